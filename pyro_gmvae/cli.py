@@ -1,0 +1,124 @@
+"""The ``gmvae`` command line: ``gmvae train``, ``gmvae evaluate``, ``gmvae ppc``, ``gmvae sample``.
+
+Each subcommand is a thin layer over the public functions of the package, which notebooks call too.
+Errors a user can fix (bad data, impossible options, a run directory in the way) end with one
+message that names the problem and the fix, and exit status 2; Ctrl-C during training saves a
+checkpoint and exits with status 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .config import (
+    ConfigError,
+    DataConfig,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+    add_arguments,
+    from_arguments,
+)
+from .data import DataError
+from .runs import CheckpointError, RunDirectoryError
+
+USER_ERRORS = (ConfigError, DataError, CheckpointError, RunDirectoryError)
+
+
+def _add_train(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="fit a GMVAE and write a run directory",
+        description="Fit a GMVAE by SVI with TraceEnum_ELBO (the cluster y is summed out exactly) "
+        "and write config.json, metrics.jsonl, checkpoint.pt and figures/ into --out.",
+    )
+    p.add_argument("--out", required=True, type=Path, help="run directory to create")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--force", action="store_true", help="start the run in --out over")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-plots", action="store_true", help="skip the figures at the end")
+    # Suppressed defaults: on --resume, only flags actually given may change the saved config.
+    for cls in (DataConfig, ModelConfig, TrainConfig):
+        add_arguments(p, cls, suppress_defaults=True)
+    p.set_defaults(func=cmd_train)
+
+
+# Options that may change when a run is resumed; every other one must match the saved run.
+RESUMABLE = {"epochs", "device"}
+
+
+def _run_config(args: argparse.Namespace) -> RunConfig:
+    if not args.resume:
+        return RunConfig(
+            data=from_arguments(DataConfig, args),
+            model=from_arguments(ModelConfig, args),
+            train=from_arguments(TrainConfig, args),
+        )
+    from .runs import CONFIG_FILE
+
+    saved = RunConfig.load(args.out / CONFIG_FILE)
+    given = RunConfig(
+        data=from_arguments(DataConfig, args, saved.data),
+        model=from_arguments(ModelConfig, args, saved.model),
+        train=from_arguments(TrainConfig, args, saved.train),
+    )
+    for section in ("data", "model", "train"):
+        old, new = getattr(saved, section).__dict__, getattr(given, section).__dict__
+        changed = [k for k in old if old[k] != new[k] and k not in RESUMABLE]
+        if changed:
+            flags = ", ".join("--" + k.replace("_", "-") for k in changed)
+            raise ConfigError(
+                f"{flags} differ from the run being resumed in {args.out}; drop them to resume, "
+                "or start a new run (another --out, or --force)"
+            )
+    return given
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import TrainingDiverged, TrainingInterrupted, train_run
+
+    config = _run_config(args)
+    try:
+        result = train_run(
+            config,
+            args.out,
+            resume=args.resume,
+            force=args.force,
+            progress=not args.no_progress,
+            plots=not args.no_plots,
+        )
+    except TrainingInterrupted as e:
+        print(f"gmvae: {e}", file=sys.stderr)
+        return 130
+    except TrainingDiverged as e:
+        print(f"gmvae: training diverged: {e}", file=sys.stderr)
+        return 3
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gmvae",
+        description="Gaussian-mixture VAE in Pyro: unsupervised clustering and per-cluster generation.",
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    _add_train(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except USER_ERRORS as e:
+        print(f"gmvae {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,240 @@
+"""Configuration: one dataclass per concern, saved as JSON beside every run, one CLI flag per field.
+
+A field's ``metadata["help"]`` is its command-line help; :func:`add_arguments` turns a dataclass into
+argparse flags (``latent_dim`` -> ``--latent-dim``) and :func:`from_arguments` reads them back, so the
+flags and the saved ``config.json`` can never drift apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+LIKELIHOODS = ("bernoulli", "continuous_bernoulli", "gaussian")
+GUIDES = ("enumerated", "marginal")
+
+
+class ConfigError(ValueError):
+    """An impossible option: the message names the option and what values it takes."""
+
+
+def _help(text: str, **kwargs: Any) -> Any:
+    return field(metadata={"help": text}, **kwargs)
+
+
+@dataclass
+class DataConfig:
+    """Where the data come from and how much of it is held out."""
+
+    data: str = _help(
+        "digits (scikit-learn's 8x8 digits), a directory of MNIST IDX files, or a .npz/.npy/.csv file",
+        default="digits",
+    )
+    label_column: str | None = _help(
+        "CSV column holding labels (used for evaluation only)", default=None
+    )
+    kind: str | None = _help("force 'image' or 'table' instead of guessing", default=None)
+    heldout_fraction: float = _help(
+        "fraction of rows kept out of training to measure generalisation", default=0.0
+    )
+
+    def validate(self) -> None:
+        if self.kind not in (None, "image", "table"):
+            raise ConfigError(f"--kind must be 'image' or 'table', not {self.kind!r}")
+        if not 0.0 <= self.heldout_fraction < 1.0:
+            raise ConfigError(f"--heldout-fraction must be in [0, 1), not {self.heldout_fraction}")
+
+
+@dataclass
+class ModelConfig:
+    """The generative model p(y) p(z|y) p(x|z) and its guide."""
+
+    clusters: int = _help("number of mixture components K", default=10)
+    latent_dim: int = _help("size of the latent z", default=10)
+    hidden: tuple[int, ...] = _help(
+        "hidden layer sizes of the encoder (the decoder mirrors them)",
+        default=(500, 500, 2000),
+    )
+    likelihood: str = _help(
+        "p(x|z): bernoulli (images in [0,1]), continuous_bernoulli (grey levels), "
+        "gaussian (real-valued tables)",
+        default="bernoulli",
+    )
+    guide: str = _help(
+        "enumerated: q(y|x) q(z|x,y) with y summed out in the guide; "
+        "marginal: q(z|x) with y summed out in the model",
+        default="marginal",
+    )
+    learn_weights: bool = _help(
+        "learn the mixture weights pi (otherwise fixed uniform)", default=True
+    )
+    n_features: int = _help("size of one observation (set from the data)", default=0)
+    image_shape: tuple[int, int] | None = _help(
+        "(height, width) of image data (set from the data)", default=None
+    )
+
+    def validate(self) -> None:
+        if self.clusters < 1:
+            raise ConfigError(f"--clusters must be at least 1, not {self.clusters}")
+        if self.latent_dim < 1:
+            raise ConfigError(f"--latent-dim must be at least 1, not {self.latent_dim}")
+        if any(h < 1 for h in self.hidden):
+            raise ConfigError(f"--hidden sizes must be positive, not {list(self.hidden)}")
+        if self.likelihood not in LIKELIHOODS:
+            raise ConfigError(
+                f"--likelihood must be one of {', '.join(LIKELIHOODS)}, not {self.likelihood!r}"
+            )
+        if self.guide not in GUIDES:
+            raise ConfigError(f"--guide must be one of {', '.join(GUIDES)}, not {self.guide!r}")
+        if self.n_features < 0:
+            raise ConfigError(f"n_features must be positive, not {self.n_features}")
+
+
+@dataclass
+class TrainConfig:
+    """How the model is fitted: VaDE-style pretraining, then SVI with TraceEnum_ELBO."""
+
+    epochs: int = _help("epochs of SVI on the ELBO", default=100)
+    batch_size: int = _help("minibatch size", default=256)
+    lr: float = _help("Adam learning rate", default=1e-3)
+    lr_decay: float = _help("multiply the learning rate by this every 10 epochs", default=0.9)
+    pretrain_epochs: int = _help(
+        "epochs of autoencoder pretraining before the mixture is fitted to the codes (0: none)",
+        default=50,
+    )
+    restarts: int = _help(
+        "mixture initialisations tried on the pretrained codes, best by likelihood", default=5
+    )
+    clip_norm: float = _help("clip gradients to this norm (0: no clipping)", default=10.0)
+    augment_rotation: float = _help(
+        "images only: rotate training minibatches at random by up to this many degrees (0: off)",
+        default=10.0,
+    )
+    augment_shift: float = _help(
+        "images only: shift training minibatches at random by up to this fraction of the width",
+        default=0.1,
+    )
+    seed: int = _help("random seed", default=0)
+    device: str | None = _help("cpu or cuda (default: cuda when available)", default=None)
+    checkpoint_every: int = _help("save a checkpoint every this many epochs", default=5)
+
+    def validate(self) -> None:
+        for name in ("epochs", "pretrain_epochs", "checkpoint_every"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 0")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be at least 1, not {self.batch_size}")
+        if not self.lr > 0:
+            raise ConfigError(f"--lr must be positive, not {self.lr}")
+        if not 0 < self.lr_decay <= 1:
+            raise ConfigError(f"--lr-decay must be in (0, 1], not {self.lr_decay}")
+        if self.restarts < 1:
+            raise ConfigError(f"--restarts must be at least 1, not {self.restarts}")
+        if not 0 <= self.augment_rotation <= 180:
+            raise ConfigError(
+                f"--augment-rotation must be in [0, 180], not {self.augment_rotation}"
+            )
+        if not 0 <= self.augment_shift < 0.5:
+            raise ConfigError(f"--augment-shift must be in [0, 0.5), not {self.augment_shift}")
+        if self.clip_norm < 0:
+            raise ConfigError(f"--clip-norm must be >= 0, not {self.clip_norm}")
+        if self.device is not None and self.device.split(":")[0] not in ("cpu", "cuda"):
+            raise ConfigError(f"--device must be cpu or cuda, not {self.device!r}")
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a run; saved as ``config.json`` in its directory."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> None:
+        self.data.validate()
+        self.model.validate()
+        self.train.validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        return cls(
+            data=_from_dict(DataConfig, d.get("data", {})),
+            model=_from_dict(ModelConfig, d.get("model", {})),
+            train=_from_dict(TrainConfig, d.get("train", {})),
+        )
+
+    def save(self, path: str | Path) -> None:
+        from .runs import atomic_write_text
+
+        atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> RunConfig:
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except (OSError, json.JSONDecodeError, TypeError) as e:
+            raise ConfigError(f"cannot read run config {path}: {e}") from e
+
+
+C = TypeVar("C")
+
+
+def _from_dict(cls: type[C], d: dict[str, Any]) -> C:
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(d) - set(names)
+    if unknown:
+        raise ConfigError(f"unknown {cls.__name__} options: {sorted(unknown)}")
+    values = {}
+    for name, value in d.items():
+        if isinstance(value, list):  # JSON has no tuples
+            value = tuple(value)
+        values[name] = value
+    return cls(**values)
+
+
+# Fields filled from the data, not from the command line.
+_NOT_FLAGS = {"n_features", "image_shape"}
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type, *, suppress_defaults: bool) -> None:
+    """Add one ``--flag`` per field of dataclass ``cls``.
+
+    With ``suppress_defaults`` an absent flag leaves no attribute, so a resumed run can tell
+    "not given" from "given the default".
+    """
+    group = parser.add_argument_group(cls.__name__.removesuffix("Config").lower() + " options")
+    for f in dataclasses.fields(cls):
+        if f.name in _NOT_FLAGS:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = argparse.SUPPRESS if suppress_defaults else f.default
+        help_text = f.metadata.get("help", "")
+        kind = str(f.type)
+        if kind == "bool":
+            group.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=default, help=help_text
+            )
+        elif "tuple" in kind:
+            group.add_argument(
+                flag, type=int, nargs="+", default=default, help=help_text + " (space separated)"
+            )
+        else:
+            base = {"int": int, "float": float}.get(kind.split(" ")[0], str)
+            group.add_argument(flag, type=base, default=default, help=help_text)
+
+
+def from_arguments(cls: type[C], args: argparse.Namespace, base: C | None = None) -> C:
+    """Build ``cls`` from parsed flags, on top of ``base`` (or the defaults)."""
+    values = dataclasses.asdict(base) if base is not None else {}
+    for f in dataclasses.fields(cls):
+        if hasattr(args, f.name) and f.name not in _NOT_FLAGS:
+            value = getattr(args, f.name)
+            values[f.name] = tuple(value) if isinstance(value, list) else value
+    return cls(**values)

@@ -1,0 +1,265 @@
+"""The GMVAE: its generative model, its two guides, and what a user asks of a fitted one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .config import ModelConfig
+from .data import DataError, validate_array
+from .likelihoods import Likelihood, make_likelihood
+from .networks import ClusterEncoder, Decoder, Encoder
+from .runs import CHECKPOINT_FILE, CONFIG_FILE, CheckpointError, load_checkpoint, save_checkpoint
+
+
+class GMVAE(nn.Module):
+    """Gaussian-mixture VAE (Dilokthanakul et al. 2016; Jiang et al. 2017) as a Pyro program.
+
+    Generative model, for each example::
+
+        p(y)   = Cat(pi)                          cluster
+        p(z|y) = N(mu_y, diag(sigma_y^2))         latent code
+        p(x|z) = likelihood(decoder(z))           observation
+
+    The cluster ``y`` is never sampled: ``TraceEnum_ELBO`` sums it out exactly, either in the guide
+    (``guide="enumerated"``) or in the model (``guide="marginal"``).
+
+    Any part can be replaced without editing the library: pass ``encoder``, ``decoder``,
+    ``cluster_encoder`` or ``likelihood`` modules, or subclass and override :meth:`cluster_prior`
+    or :meth:`latent_prior`.
+
+    Args:
+        config: sizes and choices; ``config.n_features`` must be set.
+        encoder: q(z|x[,y]) network, see :mod:`pyro_gmvae.networks`.
+        decoder: z -> likelihood parameters.
+        cluster_encoder: q(y|x) logits network (enumerated guide only).
+        likelihood: a :class:`~pyro_gmvae.likelihoods.Likelihood`.
+        name: the prefix of this model's parameters in Pyro's param store.
+    """
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        *,
+        encoder: nn.Module | None = None,
+        decoder: nn.Module | None = None,
+        cluster_encoder: nn.Module | None = None,
+        likelihood: Likelihood | None = None,
+        name: str = "gmvae",
+    ):
+        super().__init__()
+        config.validate()
+        if config.n_features < 1:
+            raise ValueError("config.n_features must be set to the size of one observation")
+        self.config = config
+        self.name = name
+        K, Z, D = config.clusters, config.latent_dim, config.n_features
+        enumerated = config.guide == "enumerated"
+
+        self.likelihood = likelihood or make_likelihood(config.likelihood, D)
+        self.decoder = decoder or Decoder(Z, config.hidden, D * self.likelihood.params_per_feature)
+        self.encoder = encoder or Encoder(D, config.hidden, Z, n_clusters=K if enumerated else 0)
+        self.cluster_encoder = (
+            (cluster_encoder or ClusterEncoder(D, config.hidden, K)) if enumerated else None
+        )
+
+        # Prior parameters. Spread initial means so clusters are distinguishable from the start;
+        # pretraining (see train.py) replaces them with a mixture fitted to the codes.
+        self.cluster_means = nn.Parameter(torch.randn(K, Z))
+        self.cluster_raw_scales = nn.Parameter(torch.zeros(K, Z))
+        if config.learn_weights:
+            self.cluster_logits = nn.Parameter(torch.zeros(K))
+        else:
+            self.register_buffer("cluster_logits", torch.zeros(K))
+
+    # ----------------------------------------------------------------------------------- priors
+    @property
+    def device(self) -> torch.device:
+        return self.cluster_means.device
+
+    @property
+    def n_clusters(self) -> int:
+        return self.config.clusters
+
+    def cluster_scales(self) -> torch.Tensor:
+        """sigma_y, shape ``(K, Z)``."""
+        return F.softplus(self.cluster_raw_scales) + 1e-4
+
+    def cluster_prior(self) -> dist.Categorical:
+        """p(y) = Cat(pi)."""
+        return dist.Categorical(logits=self.cluster_logits)
+
+    def latent_prior(self, y: torch.Tensor) -> dist.TorchDistribution:
+        """p(z|y) = N(mu_y, sigma_y); ``y`` of shape ``(K, 1)`` under enumeration or ``(N,)``."""
+        return dist.Normal(self.cluster_means[y], self.cluster_scales()[y]).to_event(1)
+
+    # ------------------------------------------------------------------------- model and guide
+    def model(self, x: torch.Tensor) -> None:
+        """p(x, y, z); ``x`` of shape ``(N, D)``."""
+        pyro.module(self.name, self)
+        with pyro.plate("data", x.shape[0]):
+            # y: (K, 1) when enumerated, in the model or replayed from the enumerated guide
+            y = pyro.sample("y", self.cluster_prior(), infer={"enumerate": "parallel"})
+            # z: (N, Z) from q(z|x), or (K, N, Z) from q(z|x,y)
+            z = pyro.sample("z", self.latent_prior(y))
+            pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
+
+    def guide_enumerated(self, x: torch.Tensor) -> None:
+        """q(y|x) q(z|x,y), with y enumerated: the ELBO sums q(y|x) over all K clusters."""
+        pyro.module(self.name, self)
+        with pyro.plate("data", x.shape[0]):
+            y = pyro.sample(
+                "y",
+                dist.Categorical(logits=self.cluster_encoder(x)),
+                infer={"enumerate": "parallel"},
+            )  # (K, 1)
+            loc, scale = self.encoder(x, y)  # (K, N, Z)
+            pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+
+    def guide_marginal(self, x: torch.Tensor) -> None:
+        """q(z|x) alone; y stays in the model, where p(z) is an exact mixture of K Gaussians."""
+        pyro.module(self.name, self)
+        with pyro.plate("data", x.shape[0]):
+            loc, scale = self.encoder(x)  # (N, Z)
+            pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+
+    def guide(self, x: torch.Tensor) -> None:
+        """The guide chosen by ``config.guide``."""
+        if self.config.guide == "enumerated":
+            self.guide_enumerated(x)
+        else:
+            self.guide_marginal(x)
+
+    # -------------------------------------------------------------------------------- inference
+    def as_tensor(self, x: np.ndarray | torch.Tensor, name: str = "x") -> torch.Tensor:
+        """``x`` as a float tensor on the model's device, checked for shape and finiteness."""
+        if not isinstance(x, torch.Tensor):
+            validate_array(np.asarray(x), name=name)
+            x = torch.as_tensor(np.asarray(x), dtype=torch.float32)
+        if x.dim() != 2 or x.shape[1] != self.config.n_features:
+            raise DataError(
+                f"{name} has shape {tuple(x.shape)}; the model expects (N, {self.config.n_features}): "
+                "flatten images to one row each and use data with the features it was trained on"
+            )
+        return x.to(device=self.device, dtype=torch.float32)
+
+    def cluster_log_posterior_given_z(self, z: torch.Tensor) -> torch.Tensor:
+        """log p(y|z) exactly, from Bayes' rule over the K clusters; ``z (N, Z) -> (N, K)``."""
+        y = torch.arange(self.n_clusters, device=z.device).unsqueeze(-1)  # (K, 1)
+        log_joint = self.cluster_prior().logits.unsqueeze(-1) + self.latent_prior(y).log_prob(z)
+        return (log_joint - log_joint.logsumexp(0)).T
+
+    @torch.no_grad()
+    def _batched(self, fn, x: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
+        return torch.cat([fn(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+
+    @torch.no_grad()
+    def predict_log_proba(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """log q(y|x), shape ``(N, K)``.
+
+        Enumerated guide: the cluster encoder. Marginal guide: the exact p(y|z) at the mean of
+        q(z|x) (as VaDE assigns clusters).
+        """
+        x = self.as_tensor(x)
+        if self.cluster_encoder is not None:
+            return self._batched(lambda b: F.log_softmax(self.cluster_encoder(b), -1), x)
+        return self._batched(lambda b: self.cluster_log_posterior_given_z(self.encoder(b)[0]), x)
+
+    def predict_proba(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Cluster posterior q(y|x) as a numpy array ``(N, K)``; rows sum to 1."""
+        return self.predict_log_proba(x).exp().cpu().numpy()
+
+    def predict(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
+        """The most probable cluster of each example, ``(N,)`` int64."""
+        return self.predict_log_proba(x).argmax(-1).cpu().numpy()
+
+    @torch.no_grad()
+    def encode(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
+        """The posterior mean of z, ``(N, Z)`` (averaged over q(y|x) for the enumerated guide)."""
+        x = self.as_tensor(x)
+
+        def mean(b: torch.Tensor) -> torch.Tensor:
+            if self.cluster_encoder is None:
+                return self.encoder(b)[0]
+            y = torch.arange(self.n_clusters, device=b.device).unsqueeze(-1)
+            loc = self.encoder(b, y)[0]  # (K, N, Z)
+            weights = F.softmax(self.cluster_encoder(b), -1).T.unsqueeze(-1)  # (K, N, 1)
+            return (weights * loc).sum(0)
+
+        return self._batched(mean, x).cpu().numpy()
+
+    @torch.no_grad()
+    def reconstruct(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
+        """E[x | z = encode(x)], ``(N, D)``."""
+        z = torch.as_tensor(self.encode(x), device=self.device)
+        return self.likelihood.mean(self.decoder(z)).cpu().numpy()
+
+    @torch.no_grad()
+    def sample(
+        self, n: int, cluster: int | None = None, *, mean: bool = True, generator=None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Generate ``n`` examples from the prior, all from ``cluster`` if given.
+
+        Returns ``(x, y)``: ``x (n, D)`` the likelihood's mean (``mean=True``, the usual picture
+        of a VAE sample) or a draw from it, and ``y (n,)`` the clusters they came from.
+        """
+        if cluster is not None and not 0 <= cluster < self.n_clusters:
+            raise ValueError(f"cluster must be in 0..{self.n_clusters - 1}, not {cluster}")
+        if cluster is None:
+            y = self.cluster_prior().sample((n,))
+        else:
+            y = torch.full((n,), cluster, dtype=torch.long, device=self.device)
+        z = self.latent_prior(y).sample()
+        out = self.decoder(z)
+        x = self.likelihood.mean(out) if mean else self.likelihood(out).sample()
+        return x.cpu().numpy(), y.cpu().numpy()
+
+    def mixture_weights(self) -> np.ndarray:
+        """pi, shape ``(K,)``."""
+        return F.softmax(self.cluster_logits.detach(), -1).cpu().numpy()
+
+    def n_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # ------------------------------------------------------------------------------ save/load
+    def save(self, path: str | Path) -> None:
+        """Write ``config.json`` and ``checkpoint.pt`` (the weights) into directory ``path``."""
+        from .config import RunConfig
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        run_config = RunConfig(model=self.config)
+        run_config.save(path / CONFIG_FILE)
+        save_checkpoint(
+            path / CHECKPOINT_FILE,
+            {"config": json.dumps(run_config.to_dict()), "model": self.state_dict()},
+        )
+
+    @classmethod
+    def load(
+        cls, path: str | Path, map_location: str | torch.device = "cpu", **modules: nn.Module
+    ) -> GMVAE:
+        """The model saved in directory (or checkpoint file) ``path``, by :meth:`save` or by
+        ``gmvae train``. Custom networks (``encoder=...``) must be passed again, as built."""
+        from .config import RunConfig
+
+        state = load_checkpoint(path, map_location=map_location)
+        if not state.get("config"):
+            raise CheckpointError(f"{path} holds no model configuration; it cannot be rebuilt")
+        config = RunConfig.from_dict(json.loads(state["config"])).model
+        model = cls(config, **modules)
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError as e:
+            raise CheckpointError(
+                f"{path} does not fit this model's configuration or networks "
+                f"({str(e).splitlines()[0]} ...); load it with the networks it was trained with"
+            ) from None
+        return model.to(map_location)

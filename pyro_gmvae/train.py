@@ -1,0 +1,489 @@
+"""Fitting a GMVAE: autoencoder pretraining, a Gaussian mixture fitted to the codes (VaDE), then
+stochastic variational inference on the exact ELBO, with y summed out by ``TraceEnum_ELBO``.
+
+The whole loop is :meth:`Trainer.run`; a run directory, if given, receives per-epoch metrics and
+checkpoints that let an interrupted run continue on the same trajectory.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyro
+import torch
+from pyro.infer import TraceEnum_ELBO
+from sklearn.mixture import GaussianMixture
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from .config import ConfigError, RunConfig, TrainConfig
+from .data import DataError
+from .metrics import clustering_scores
+from .model import GMVAE
+from .networks import Encoder
+from .runs import (
+    CHECKPOINT_FILE,
+    METRICS_FILE,
+    SCALER_FILE,
+    CheckpointError,
+    atomic_write_text,
+    load_checkpoint,
+    save_checkpoint,
+    write_metrics,
+)
+
+
+class TrainingInterrupted(RuntimeError):
+    """Training stopped on request (Ctrl-C); the checkpoint, if any, lets it resume exactly."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; nothing after the last good checkpoint was saved."""
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """``device`` as a torch device; ``None`` means CUDA when available, else the CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            "--device cuda was asked for but no CUDA device is available; use --device cpu"
+        )
+    return torch.device(device)
+
+
+def augment_images(
+    x: torch.Tensor, image_shape: tuple[int, int], rotation: float, shift: float
+) -> torch.Tensor:
+    """Random small rotations (up to ``rotation`` degrees) and shifts (up to ``shift`` of the
+    width) of flattened images ``x (N, H*W)``; the same shape comes back."""
+    n = x.shape[0]
+    h, w = image_shape
+    angle = (torch.rand(n, device=x.device) * 2 - 1) * math.radians(rotation)
+    offset = (torch.rand(n, 2, device=x.device) * 2 - 1) * (2 * shift)  # grid spans [-1, 1]
+    cos, sin = angle.cos(), angle.sin()
+    theta = torch.stack(
+        [torch.stack([cos, -sin, offset[:, 0]], -1), torch.stack([sin, cos, offset[:, 1]], -1)], 1
+    )
+    grid = F.affine_grid(theta, (n, 1, h, w), align_corners=False)
+    out = F.grid_sample(x.view(n, 1, h, w), grid, align_corners=False, padding_mode="zeros")
+    return out.view(n, h * w).clamp(0.0, 1.0)
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    np_state = np.random.get_state()  # noqa: NPY002 (Pyro and sklearn draw from it)
+    state = {
+        "torch": torch.get_rng_state(),
+        "random": random.getstate(),
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+    }
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["random"])
+    n = state["numpy"]
+    np.random.set_state(  # noqa: NPY002
+        (
+            "MT19937",
+            n["keys"].numpy().astype(np.uint32),
+            n["pos"],
+            n["has_gauss"],
+            n["cached_gaussian"],
+        )
+    )
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+class Trainer:
+    """Fits ``model`` to ``x``: ``pretrain_epochs`` of autoencoder training, a mixture fitted to the
+    codes, then ``epochs`` of SVI on the ELBO.
+
+    Args:
+        model: the GMVAE to fit (changed in place).
+        x: training data ``(N, D)``, already preprocessed (images in [0, 1]).
+        config: the training options.
+        labels: ``(N,)`` reference labels, for scoring each epoch only.
+        run_dir: where metrics and checkpoints go; ``None`` keeps everything in memory.
+        run_config: the run's full configuration, saved inside each checkpoint.
+        elbo: the loss; default ``TraceEnum_ELBO(max_plate_nesting=1)``.
+        progress: show a tqdm bar.
+        on_epoch: called with each epoch's record (e.g. to plot live in a notebook).
+    """
+
+    def __init__(
+        self,
+        model: GMVAE,
+        x: np.ndarray | torch.Tensor,
+        config: TrainConfig,
+        *,
+        labels: np.ndarray | None = None,
+        run_dir: str | Path | None = None,
+        run_config: RunConfig | None = None,
+        elbo: pyro.infer.ELBO | None = None,
+        progress: bool = True,
+        on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    ):
+        config.validate()
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.model = model.to(self.device)
+        self.x = model.as_tensor(x)
+        model.likelihood.check_support(self.x)
+        if labels is not None and len(labels) != len(self.x):
+            raise ValueError(f"{len(labels)} labels for {len(self.x)} examples")
+        self.labels = None if labels is None else np.asarray(labels)
+        self.run_dir = None if run_dir is None else Path(run_dir)
+        self.run_config = run_config
+        self.elbo = elbo or TraceEnum_ELBO(max_plate_nesting=1)
+        self.progress = progress
+        self.on_epoch = on_epoch
+        self.image_shape = model.config.image_shape
+        self.history: list[dict[str, Any]] = []
+        # Position in training: completed epochs, and the next batch within the current epoch.
+        self.epoch = 0
+        self.batch = 0
+        self.perm: torch.Tensor | None = None
+        self.epoch_loss = 0.0
+        self.mixture_ready = config.pretrain_epochs == 0
+        self.optimizer, self.scheduler = self._make_optimizer()
+        self._stop_requested = False
+
+    # ------------------------------------------------------------------------------- set-up
+    @property
+    def total_epochs(self) -> int:
+        return self.config.pretrain_epochs + self.config.epochs
+
+    def _phase(self, epoch: int) -> str:
+        return "pretrain" if epoch < self.config.pretrain_epochs else "svi"
+
+    def _make_optimizer(self):
+        optimizer = torch.optim.Adam(self.model.parameters(), lr=self.config.lr)
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 10, gamma=self.config.lr_decay)
+        return optimizer, scheduler
+
+    # ------------------------------------------------------------------------------- steps
+    def _minibatch(self, idx: torch.Tensor) -> torch.Tensor:
+        xb = self.x[idx]
+        c = self.config
+        if self.image_shape is not None and (c.augment_rotation > 0 or c.augment_shift > 0):
+            xb = augment_images(xb, self.image_shape, c.augment_rotation, c.augment_shift)
+        return xb
+
+    def pretrain_loss(self, xb: torch.Tensor) -> torch.Tensor:
+        """Autoencoder loss: -log p(x | z = mean of q(z|x)), per example."""
+        loc, _ = self.model.encoder(xb)
+        return -self.model.likelihood(self.model.decoder(loc)).log_prob(xb).mean()
+
+    def svi_loss(self, xb: torch.Tensor) -> torch.Tensor:
+        """The negative ELBO per example, y summed out exactly."""
+        return self.elbo.differentiable_loss(self.model.model, self.model.guide, xb) / len(xb)
+
+    def _step(self, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.clip_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_norm)
+        self.optimizer.step()
+
+    @torch.no_grad()
+    def init_mixture(self) -> None:
+        """Fit a K-component diagonal Gaussian mixture to the codes of the pretrained encoder and
+        make it the prior p(y) p(z|y) (VaDE). ``restarts`` initialisations, the best chosen by
+        likelihood (no labels)."""
+        model = self.model
+        codes = torch.cat(
+            [model.encoder(self.x[i : i + 4096])[0] for i in range(0, len(self.x), 4096)]
+        )
+        gmm = GaussianMixture(
+            model.n_clusters,
+            covariance_type="diag",
+            n_init=self.config.restarts,
+            random_state=self.config.seed,
+            reg_covar=1e-4,
+        ).fit(codes.cpu().double().numpy())
+        as_param = lambda a: torch.as_tensor(a, dtype=torch.float32, device=self.device)  # noqa: E731
+        model.cluster_means.copy_(as_param(gmm.means_))
+        scales = as_param(np.sqrt(gmm.covariances_)) - 1e-4
+        model.cluster_raw_scales.copy_(scales + torch.log(-torch.expm1(-scales)))  # softplus^-1
+        if model.config.learn_weights:
+            model.cluster_logits.copy_(as_param(np.log(gmm.weights_)))
+        if isinstance(model.encoder, Encoder):
+            # The pretrained encoder never trained its scale: start q(z|x) narrow relative to
+            # the clusters, or the first ELBO steps see a huge KL and wreck the codes.
+            target = 0.1 * float(np.sqrt(gmm.covariances_).min())
+            model.encoder.raw_scale.weight.zero_()
+            model.encoder.raw_scale.bias.fill_(math.log(math.expm1(target)))
+        if model.cluster_encoder is not None:
+            with torch.enable_grad():
+                self._fit_cluster_encoder(as_param(gmm.predict_proba(codes.cpu().double().numpy())))
+
+    def _fit_cluster_encoder(self, responsibilities: torch.Tensor, epochs: int = 5) -> None:
+        """Start q(y|x) from the mixture's responsibilities, so the enumerated guide begins where
+        the marginal one would (cross-entropy to soft targets)."""
+        encoder = self.model.cluster_encoder
+        optimizer = torch.optim.Adam(encoder.parameters(), lr=self.config.lr)
+        n, bs = len(self.x), self.config.batch_size
+        for _ in range(epochs):
+            for idx in torch.randperm(n, device=self.device).split(bs):
+                logits = encoder(self.x[idx])
+                loss = -(responsibilities[idx] * F.log_softmax(logits, -1)).sum(-1).mean()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+
+    # ------------------------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "config": json.dumps(self.run_config.to_dict()) if self.run_config else None,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": self.epoch,
+            "batch": self.batch,
+            "perm": self.perm,
+            "epoch_loss": self.epoch_loss,
+            "mixture_ready": self.mixture_ready,
+            "rng": _rng_state(self.device),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch, self.batch = state["epoch"], state["batch"]
+        self.perm = None if state["perm"] is None else state["perm"].to(self.device)
+        self.epoch_loss = state["epoch_loss"]
+        self.mixture_ready = state["mixture_ready"]
+        _set_rng_state(state["rng"], self.device)
+
+    def save(self) -> None:
+        if self.run_dir is not None:
+            save_checkpoint(self.run_dir / CHECKPOINT_FILE, self.state_dict())
+            write_metrics(self.run_dir / METRICS_FILE, self.history)
+
+    def resume(self, history: list[dict[str, Any]] | None = None) -> None:
+        """Continue from the run directory's checkpoint; metrics after it are dropped."""
+        state = load_checkpoint(self.run_dir / CHECKPOINT_FILE, map_location=self.device)
+        self.load_state_dict(state)
+        self.history = [r for r in (history or []) if r["epoch"] <= self.epoch]
+
+    # ------------------------------------------------------------------------------- loop
+    def _request_stop(self, signum, frame) -> None:
+        if self._stop_requested:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self._stop_requested = True
+
+    def run(self) -> list[dict[str, Any]]:
+        """Train until ``pretrain_epochs + epochs`` epochs are done; returns the per-epoch records.
+
+        Raises :class:`TrainingInterrupted` after Ctrl-C (having saved a checkpoint mid-epoch) and
+        :class:`TrainingDiverged` when the loss stops being finite.
+        """
+        in_main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, self._request_stop) if in_main else None
+        bar = tqdm(
+            total=self.total_epochs, initial=self.epoch, disable=not self.progress, unit="epoch"
+        )
+        try:
+            while self.epoch < self.total_epochs:
+                record = self._run_epoch()
+                bar.update(1)
+                bar.set_postfix(
+                    {k: f"{v:.4g}" for k, v in record.items() if k in ("loss", "accuracy")}
+                    | {"phase": record["phase"]}
+                )
+        finally:
+            bar.close()
+            if in_main:
+                signal.signal(signal.SIGINT, previous)
+        return self.history
+
+    def _run_epoch(self) -> dict[str, Any]:
+        phase = self._phase(self.epoch)
+        if phase == "svi" and not self.mixture_ready:
+            self.init_mixture()
+            self.mixture_ready = True
+            self.optimizer, self.scheduler = self._make_optimizer()
+        loss_fn = self.pretrain_loss if phase == "pretrain" else self.svi_loss
+        n, bs = len(self.x), self.config.batch_size
+        if self.perm is None:
+            self.perm = torch.randperm(n, device=self.device)
+            self.batch, self.epoch_loss = 0, 0.0
+        n_batches = math.ceil(n / bs)
+        check_every = 1 if self.device.type == "cpu" else 50  # a check syncs a GPU
+        pending: list[torch.Tensor] = []
+        start = time.perf_counter()
+        self.model.train()
+        while self.batch < n_batches:
+            idx = self.perm[self.batch * bs : (self.batch + 1) * bs]
+            loss = loss_fn(self._minibatch(idx))
+            pending.append(loss.detach() * len(idx))
+            if len(pending) >= check_every or self.batch == n_batches - 1:
+                self._check_finite(pending, phase)
+                self.epoch_loss += float(torch.stack(pending).sum())
+                pending = []
+            self._step(loss)
+            self.batch += 1
+            if self._stop_requested and self.batch < n_batches:
+                self._interrupt()
+        if phase == "svi":
+            self.scheduler.step()
+        record: dict[str, Any] = {
+            "epoch": self.epoch + 1,
+            "phase": phase,
+            "loss": self.epoch_loss / n,
+            "seconds": time.perf_counter() - start,
+        }
+        if phase == "svi" and self.labels is not None:
+            record |= clustering_scores(self.labels, self.model.predict(self.x))
+        self.epoch += 1
+        self.perm = None
+        self.history.append(record)
+        last = self.epoch == self.total_epochs
+        every = self.config.checkpoint_every
+        if last or (every and self.epoch % every == 0) or self._stop_requested:
+            self.save()
+        if self.on_epoch is not None:
+            self.on_epoch(record)
+        if self._stop_requested and not last:
+            self._interrupt()
+        return record
+
+    def _check_finite(self, pending: list[torch.Tensor], phase: str) -> None:
+        values = torch.stack(pending)
+        bad = (~torch.isfinite(values)).nonzero()
+        if len(bad) == 0:
+            return
+        batch = self.batch - len(pending) + 1 + int(bad[0, 0])
+        kept = (
+            f"the last good checkpoint in {self.run_dir} is kept"
+            if self.run_dir is not None and (self.run_dir / CHECKPOINT_FILE).exists()
+            else "no checkpoint was written"
+        )
+        raise TrainingDiverged(
+            f"the {phase} loss became {float(values[bad[0, 0]])} at epoch {self.epoch + 1}, "
+            f"batch {batch + 1}; {kept}. Lower --lr, keep --clip-norm on, or check the data "
+            "for extreme values"
+        )
+
+    def _interrupt(self) -> None:
+        self.save()
+        where = f"; resume with --resume (checkpoint in {self.run_dir})" if self.run_dir else ""
+        raise TrainingInterrupted(
+            f"training interrupted at epoch {self.epoch + 1}, batch {self.batch}{where}"
+        )
+
+
+def fit(
+    model: GMVAE,
+    x: np.ndarray | torch.Tensor,
+    config: TrainConfig | None = None,
+    **kwargs: Any,
+) -> list[dict[str, Any]]:
+    """Fit ``model`` to ``x`` in memory and return the per-epoch records; a notebook's one-liner.
+
+    ``kwargs`` go to :class:`Trainer` (``labels``, ``elbo``, ``progress``, ``on_epoch``...). Ctrl-C
+    stops after the current batch and leaves the model as trained so far.
+    """
+    config = config or TrainConfig()
+    pyro.set_rng_seed(config.seed)
+    trainer = Trainer(model, x, config, **kwargs)
+    try:
+        trainer.run()
+    except TrainingInterrupted:
+        pass
+    return trainer.history
+
+
+def train_run(
+    config: RunConfig,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    force: bool = False,
+    progress: bool = True,
+    plots: bool = True,
+) -> dict[str, Any]:
+    """``gmvae train``: load the data, fit a model into run directory ``out``, score it.
+
+    A new run saves ``config.json`` before training; ``resume`` continues from ``checkpoint.pt``.
+    Returns the final scores (clustering metrics when the data has labels).
+    """
+    from .data import check_min_rows, load_data
+    from .runs import CONFIG_FILE, prepare_run_directory, read_metrics
+
+    config.validate()
+    out = prepare_run_directory(out, resume=resume, force=force)
+    dataset = load_data(
+        config.data.data, label_column=config.data.label_column, kind=config.data.kind
+    )
+    train_data, heldout = (
+        dataset.split(config.data.heldout_fraction, seed=config.train.seed)
+        if config.data.heldout_fraction > 0
+        else (dataset, None)
+    )
+    check_min_rows(train_data, config.model.clusters)
+    if config.model.n_features and config.model.n_features != dataset.n_features:
+        raise CheckpointError(
+            f"{out} was trained on data with {config.model.n_features} features, "
+            f"{config.data.data} has {dataset.n_features}; resume with the same data"
+        )
+    config.model.n_features = dataset.n_features
+    config.model.image_shape = dataset.image_shape
+    if dataset.kind == "table" and config.model.likelihood != "gaussian":
+        raise DataError(
+            f"{config.data.data} is a standardized table; the {config.model.likelihood} likelihood "
+            "needs values in [0, 1]: pass --likelihood gaussian (or --kind image for images)"
+        )
+    if not resume:
+        config.save(out / CONFIG_FILE)
+        if dataset.scaler is not None:
+            atomic_write_text(out / SCALER_FILE, json.dumps(dataset.scaler.to_dict()))
+
+    pyro.set_rng_seed(config.train.seed)
+    model = GMVAE(config.model)
+    trainer = Trainer(
+        model,
+        train_data.x,
+        config.train,
+        labels=train_data.labels,
+        run_dir=out,
+        run_config=config,
+        progress=progress,
+    )
+    if resume:
+        trainer.resume(read_metrics(out))
+    trainer.run()
+
+    result: dict[str, Any] = {"run_dir": str(out), "epochs": trainer.epoch}
+    if trainer.history:
+        result["loss"] = trainer.history[-1]["loss"]
+    for part, data in (("train", train_data), ("heldout", heldout)):
+        if data is not None and data.labels is not None:
+            result[part] = clustering_scores(data.labels, model.predict(data.x))
+    if plots:
+        from .plots import training_figures
+
+        result["figures"] = [
+            str(p) for p in training_figures(model, train_data, trainer.history, out)
+        ]
+    return result
