@@ -110,6 +110,16 @@ class TrainConfig:
         "mixture initialisations tried on the pretrained codes, best by likelihood", default=5
     )
     clip_norm: float = _help("clip gradients to this norm (0: no clipping)", default=10.0)
+    beta: float = _help(
+        "weight of the KL terms against the likelihood during SVI, as in a beta-VAE "
+        "(1: the exact ELBO; > 1 favours well-separated clusters)",
+        default=1.0,
+    )
+    augment_mode: str = _help(
+        "view: the encoders see a randomly moved copy and the model scores the original "
+        "(a valid ELBO); data: the moved copies are treated as the data",
+        default="view",
+    )
     augment_rotation: float = _help(
         "images only: rotate training minibatches at random by up to this many degrees (0: off)",
         default=10.0,
@@ -140,6 +150,10 @@ class TrainConfig:
             )
         if not 0 <= self.augment_shift < 0.5:
             raise ConfigError(f"--augment-shift must be in [0, 0.5), not {self.augment_shift}")
+        if not self.beta > 0:
+            raise ConfigError(f"--beta must be positive, not {self.beta}")
+        if self.augment_mode not in ("view", "data"):
+            raise ConfigError(f"--augment-mode must be view or data, not {self.augment_mode!r}")
         if self.clip_norm < 0:
             raise ConfigError(f"--clip-norm must be >= 0, not {self.clip_norm}")
         if self.device is not None and self.device.split(":")[0] not in ("cpu", "cuda"):

@@ -101,8 +101,8 @@ class GMVAE(nn.Module):
         return dist.Normal(self.cluster_means[y], self.cluster_scales()[y]).to_event(1)
 
     # ------------------------------------------------------------------------- model and guide
-    def model(self, x: torch.Tensor) -> None:
-        """p(x, y, z); ``x`` of shape ``(N, D)``."""
+    def model(self, x: torch.Tensor, x_view: torch.Tensor | None = None) -> None:
+        """p(x, y, z); ``x`` of shape ``(N, D)``. ``x_view`` is for the guide and ignored here."""
         pyro.module(self.name, self)
         with pyro.plate("data", x.shape[0]):
             # y: (K, 1) when enumerated, in the model or replayed from the enumerated guide
@@ -111,31 +111,39 @@ class GMVAE(nn.Module):
             z = pyro.sample("z", self.latent_prior(y))
             pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
 
-    def guide_enumerated(self, x: torch.Tensor) -> None:
-        """q(y|x) q(z|x,y), with y enumerated: the ELBO sums q(y|x) over all K clusters."""
+    def guide_enumerated(self, x: torch.Tensor, x_view: torch.Tensor | None = None) -> None:
+        """q(y|x) q(z|x,y), with y enumerated: the ELBO sums q(y|x) over all K clusters.
+
+        ``x_view``, when given, is what the networks see instead of ``x`` (e.g. a randomly
+        shifted copy during training): any q is a valid variational family, so the ELBO of
+        ``x`` stays a bound, and the codes learn to ignore the perturbation.
+        """
         pyro.module(self.name, self)
+        seen = x if x_view is None else x_view
         with pyro.plate("data", x.shape[0]):
             y = pyro.sample(
                 "y",
-                dist.Categorical(logits=self.cluster_encoder(x)),
+                dist.Categorical(logits=self.cluster_encoder(seen)),
                 infer={"enumerate": "parallel"},
             )  # (K, 1)
-            loc, scale = self.encoder(x, y)  # (K, N, Z)
+            loc, scale = self.encoder(seen, y)  # (K, N, Z)
             pyro.sample("z", dist.Normal(loc, scale).to_event(1))
 
-    def guide_marginal(self, x: torch.Tensor) -> None:
-        """q(z|x) alone; y stays in the model, where p(z) is an exact mixture of K Gaussians."""
+    def guide_marginal(self, x: torch.Tensor, x_view: torch.Tensor | None = None) -> None:
+        """q(z|x) alone; y stays in the model, where p(z) is an exact mixture of K Gaussians.
+        ``x_view`` as in :meth:`guide_enumerated`."""
         pyro.module(self.name, self)
+        seen = x if x_view is None else x_view
         with pyro.plate("data", x.shape[0]):
-            loc, scale = self.encoder(x)  # (N, Z)
+            loc, scale = self.encoder(seen)  # (N, Z)
             pyro.sample("z", dist.Normal(loc, scale).to_event(1))
 
-    def guide(self, x: torch.Tensor) -> None:
+    def guide(self, x: torch.Tensor, x_view: torch.Tensor | None = None) -> None:
         """The guide chosen by ``config.guide``."""
         if self.config.guide == "enumerated":
-            self.guide_enumerated(x)
+            self.guide_enumerated(x, x_view)
         else:
-            self.guide_marginal(x)
+            self.guide_marginal(x, x_view)
 
     # -------------------------------------------------------------------------------- inference
     def as_tensor(self, x: np.ndarray | torch.Tensor, name: str = "x") -> torch.Tensor:

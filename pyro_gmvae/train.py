@@ -21,6 +21,7 @@ import numpy as np
 import pyro
 import torch
 from pyro.infer import TraceEnum_ELBO
+from pyro.poutine.messenger import Messenger
 from sklearn.mixture import GaussianMixture
 from torch.nn import functional as F
 from tqdm.auto import tqdm
@@ -113,6 +114,18 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+class _ScaleSite(Messenger):
+    """Scale the log-density of one sample site by a constant (a scalar, as enumeration needs)."""
+
+    def __init__(self, name: str, scale: float):
+        super().__init__()
+        self.name, self.scale = name, scale
+
+    def _process_message(self, msg: dict[str, Any]) -> None:
+        if msg["name"] == self.name:
+            msg["scale"] = self.scale * msg["scale"]
+
+
 class Trainer:
     """Fits ``model`` to ``x``: ``pretrain_epochs`` of autoencoder training, a mixture fitted to the
     codes, then ``epochs`` of SVI on the ELBO.
@@ -181,21 +194,30 @@ class Trainer:
         return optimizer, scheduler
 
     # ------------------------------------------------------------------------------- steps
-    def _minibatch(self, idx: torch.Tensor) -> torch.Tensor:
+    def _minibatch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The examples ``idx`` and, for images with augmentation on, a randomly moved view.
+
+        In ``view`` mode the networks see the view and the likelihood scores the original;
+        in ``data`` mode the view replaces the original altogether.
+        """
         xb = self.x[idx]
         c = self.config
-        if self.image_shape is not None and (c.augment_rotation > 0 or c.augment_shift > 0):
-            xb = augment_images(xb, self.image_shape, c.augment_rotation, c.augment_shift)
-        return xb
+        if self.image_shape is None or (c.augment_rotation == 0 and c.augment_shift == 0):
+            return xb, None
+        view = augment_images(xb, self.image_shape, c.augment_rotation, c.augment_shift)
+        return (xb, view) if c.augment_mode == "view" else (view, None)
 
-    def pretrain_loss(self, xb: torch.Tensor) -> torch.Tensor:
-        """Autoencoder loss: -log p(x | z = mean of q(z|x)), per example."""
-        loc, _ = self.model.encoder(xb)
+    def pretrain_loss(self, xb: torch.Tensor, view: torch.Tensor | None = None) -> torch.Tensor:
+        """Autoencoder loss: -log p(x | z = mean of q(z|view)), per example."""
+        loc, _ = self.model.encoder(xb if view is None else view)
         return -self.model.likelihood(self.model.decoder(loc)).log_prob(xb).mean()
 
-    def svi_loss(self, xb: torch.Tensor) -> torch.Tensor:
-        """The negative ELBO per example, y summed out exactly."""
-        return self.elbo.differentiable_loss(self.model.model, self.model.guide, xb) / len(xb)
+    def svi_loss(self, xb: torch.Tensor, view: torch.Tensor | None = None) -> torch.Tensor:
+        """The negative ELBO per example, y summed out exactly (KL terms weighted by beta)."""
+        model = self.model.model
+        if self.config.beta != 1.0:
+            model = _ScaleSite("x", 1.0 / self.config.beta)(model)
+        return self.elbo.differentiable_loss(model, self.model.guide, xb, view) / len(xb)
 
     def _step(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -335,7 +357,7 @@ class Trainer:
         self.model.train()
         while self.batch < n_batches:
             idx = self.perm[self.batch * bs : (self.batch + 1) * bs]
-            loss = loss_fn(self._minibatch(idx))
+            loss = loss_fn(*self._minibatch(idx))
             pending.append(loss.detach() * len(idx))
             if len(pending) >= check_every or self.batch == n_batches - 1:
                 self._check_finite(pending, phase)
