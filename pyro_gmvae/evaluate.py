@@ -1,0 +1,265 @@
+"""Evaluating a fitted GMVAE on data it may never have seen: clusters, ELBO and log p(x).
+
+- :func:`elbo_per_example`: the ELBO of each example, y summed out exactly, from the same
+  enumerated traces that ``TraceEnum_ELBO`` builds (so the per-example values add up to its loss);
+- :func:`log_likelihood`: an importance-weighted estimate of log p(x), exact over y, sampled over z;
+- :func:`evaluate`: both, plus clustering scores against the labels when the data has them.
+
+Cluster assignments come from the trained model alone (:meth:`GMVAE.predict`): nothing is refitted
+on the evaluation data, so scores on held-out data measure generalisation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from pyro import poutine
+from pyro.infer.enum import get_importance_trace
+
+from .data import DataError, Dataset
+from .metrics import clustering_scores
+from .model import GMVAE
+
+# The model's only plate is "data": enumeration dims start left of it, as in Trainer's ELBO.
+MAX_PLATE_NESTING = 1
+
+
+@contextlib.contextmanager
+def _inference_mode(model: GMVAE) -> Iterator[None]:
+    """No gradients and eval mode (for networks with dropout or batch norm), restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def _enumerated_traces(model: GMVAE, x: torch.Tensor):
+    """The guide trace and the model trace replayed against it, enumerated as TraceEnum_ELBO does:
+    the guide's enumerated sites take dims from ``-1 - MAX_PLATE_NESTING`` leftwards, the model's
+    own enumerated sites the dims left of those."""
+    guide = poutine.enum(model.guide, first_available_dim=-1 - MAX_PLATE_NESTING)
+    joint = poutine.enum(model.model)  # continues the guide's allocation of dims
+    return get_importance_trace("flat", MAX_PLATE_NESTING, joint, guide, (x,), {})
+
+
+def _enumerated_dims(trace, skip: set[str] = frozenset()) -> set[int]:
+    return {
+        site["infer"]["_enumerate_dim"]
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample" and "_enumerate_dim" in site["infer"] and name not in skip
+    }
+
+
+def _sample_log_probs(trace) -> list[torch.Tensor]:
+    return [site["log_prob"] for site in trace.nodes.values() if site["type"] == "sample"]
+
+
+def _elbo_of_traces(model_trace, guide_trace, n: int) -> torch.Tensor:
+    """Per-example ELBO ``(n,)`` of one draw of z.
+
+    With a variable ``y_m`` enumerated in the model (marginal guide) and ``y_g`` in the guide
+    (enumerated guide), the ELBO of example i is
+
+        sum_{y_g} q(y_g|x_i) [ log sum_{y_m} p(x_i, y_g, y_m, z) - log q(y_g, z | x_i) ],
+
+    which is what TraceEnum_ELBO computes before summing over examples.
+    """
+    guide_dims = _enumerated_dims(guide_trace)
+    model_dims = _enumerated_dims(model_trace, skip=set(guide_trace.nodes))
+    log_p = sum(_sample_log_probs(model_trace))
+    log_q = sum(_sample_log_probs(guide_trace))
+    for dim in sorted(model_dims):
+        log_p = log_p.logsumexp(dim, keepdim=True)
+    elbo = log_p - log_q
+    if guide_dims:
+        log_weights = sum(
+            site["log_prob"]
+            for site in guide_trace.nodes.values()
+            if site["type"] == "sample" and "_enumerate_dim" in site["infer"]
+        )  # log q(y_g|x): the probability of each enumerated value
+        elbo = log_weights.exp() * elbo
+        for dim in sorted(guide_dims):
+            elbo = elbo.sum(dim, keepdim=True)
+    if elbo.numel() != n:
+        raise ValueError(
+            f"the ELBO terms have shape {tuple(elbo.shape)}, not one value per example ({n}): "
+            "a sample site outside the 'data' plate cannot be split between examples"
+        )
+    return elbo.reshape(n)
+
+
+def elbo_per_example(
+    model: GMVAE,
+    x: np.ndarray | torch.Tensor,
+    num_particles: int = 1,
+    batch_size: int = 1024,
+) -> torch.Tensor:
+    """The ELBO of each example, ``x (N, D) -> (N,)``, with y summed out exactly.
+
+    Runs the guide and the model under parallel enumeration (as ``TraceEnum_ELBO`` does) and
+    reduces the log-probabilities per example: summed over the enumerated guide's q(y|x), or
+    ``logsumexp`` over y in the model for the marginal guide. z is drawn from the guide
+    (``num_particles`` draws averaged) with torch's global random state, so
+    ``elbo_per_example(model, x).sum() == -TraceEnum_ELBO(max_plate_nesting=1)
+    .differentiable_loss(model.model, model.guide, x)`` from the same state (one batch).
+    """
+    if num_particles < 1:
+        raise ValueError(f"num_particles must be at least 1, not {num_particles}")
+    x = model.as_tensor(x)
+    with _inference_mode(model):
+        total = torch.zeros(len(x), device=model.device)
+        for _ in range(num_particles):
+            total += torch.cat(
+                [
+                    _elbo_of_traces(*_enumerated_traces(model, xb), len(xb))
+                    for xb in x.split(batch_size)
+                ]
+            )
+    return total / num_particles
+
+
+def _log_prior_z(model: GMVAE, z: torch.Tensor) -> torch.Tensor:
+    """log p(z) = logsumexp_y [log p(y) + log p(z|y)], exact over the K clusters;
+    ``z (..., Z) -> (...)``."""
+    y = torch.arange(model.n_clusters, device=z.device)
+    y = y.reshape((-1,) + (1,) * (z.dim() - 1))  # (K, 1, ..., 1) against z's batch dims
+    log_joint = model.cluster_prior().log_prob(y) + model.latent_prior(y).log_prob(z)
+    return log_joint.logsumexp(0)
+
+
+def _proposal_samples(
+    model: GMVAE, x: torch.Tensor, num_samples: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``num_samples`` draws of z per example from the guide's marginal q(z|x) and their log
+    density: ``(S, N, Z)`` and ``(S, N)``.
+
+    The distributions are read off the guide's own trace. For the enumerated guide the proposal
+    is the mixture ``sum_y q(y|x) q(z|x,y)``, whose density is exact over y.
+    """
+    trace = poutine.trace(
+        poutine.enum(model.guide, first_available_dim=-1 - MAX_PLATE_NESTING)
+    ).get_trace(x)
+    q_z = trace.nodes["z"]["fn"]
+    if "y" not in trace.nodes:  # marginal guide: q(z|x), batch (N,)
+        z = q_z.sample((num_samples,))
+        return z, q_z.log_prob(z)
+    # Enumerated guide: q(y|x) batch (N,) over K values, q(z|x,y) batch (K, N).
+    q_y = trace.nodes["y"]["fn"]
+    y = q_y.sample((num_samples,))  # (S, N)
+    z_all = q_z.sample((num_samples,))  # (S, K, N, Z): one draw per cluster, keep the chosen one
+    index = y[:, None, :, None].expand(-1, 1, -1, z_all.shape[-1])
+    z = z_all.gather(1, index).squeeze(1)  # (S, N, Z)
+    log_q_y = q_y.logits.log_softmax(-1).T  # (K, N)
+    log_q = (log_q_y + q_z.log_prob(z.unsqueeze(1))).logsumexp(1)  # (S, N)
+    return z, log_q
+
+
+def log_likelihood(
+    model: GMVAE,
+    x: np.ndarray | torch.Tensor,
+    num_samples: int = 100,
+    batch_size: int | None = None,
+) -> torch.Tensor:
+    """Importance-weighted estimate of log p(x) for each example, ``x (N, D) -> (N,)``.
+
+    ``log p(x) ~= logsumexp_s [log p(x|z_s) + log p(z_s) - log r(z_s|x)] - log S`` with
+    ``z_s ~ r(z|x)`` for ``s = 1..S``: p(z) is the prior mixture, summed exactly over the K
+    clusters, and the proposal r is the guide's q(z|x) (marginal guide) or its mixture
+    ``sum_y q(y|x) q(z|x,y)`` (enumerated guide). The estimate is a lower bound in expectation
+    that tightens as ``num_samples`` grows (Burda et al. 2016); with ``num_samples=1`` it is an
+    ELBO with y marginalised in both model and proposal, never below :func:`elbo_per_example`
+    in expectation.
+
+    Samples are drawn with torch's global random state, ``batch_size`` examples at a time
+    (default: about 8192 decoder evaluations per batch).
+    """
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be at least 1, not {num_samples}")
+    x = model.as_tensor(x)
+    batch_size = batch_size or max(1, 8192 // num_samples)
+
+    def estimate(xb: torch.Tensor) -> torch.Tensor:
+        z, log_q = _proposal_samples(model, xb, num_samples)  # (S, n, Z), (S, n)
+        log_px_z = model.likelihood(model.decoder(z)).log_prob(xb)  # (S, n)
+        log_w = log_px_z + _log_prior_z(model, z) - log_q
+        return log_w.logsumexp(0) - math.log(num_samples)
+
+    with _inference_mode(model):
+        return torch.cat([estimate(xb) for xb in x.split(batch_size)])
+
+
+def evaluate(
+    model: GMVAE,
+    dataset: Dataset,
+    *,
+    num_samples: int = 100,
+    seed: int = 0,
+    batch_size: int | None = None,
+) -> dict[str, Any]:
+    """Score ``model`` on ``dataset`` without refitting anything on it.
+
+    Returns a JSON-serialisable dict:
+
+    - ``n``: number of examples; ``n_clusters``: K; ``num_samples``: S used for ``log_likelihood``;
+    - ``cluster_sizes``: examples assigned to each of the K clusters (``model.predict``), a list;
+    - ``elbo``: mean ELBO per example (nats; one draw of z per example);
+    - ``log_likelihood``: mean importance-weighted estimate of log p(x) per example (nats);
+    - ``accuracy`` (best one-to-one matching of clusters to labels, Hungarian),
+      ``many_to_one_accuracy`` (each cluster named after its majority label; reported always,
+      equal to ``accuracy`` or above, and the meaningful one when K > number of classes),
+      ``nmi``, ``ari``, ``n_classes``: from :func:`~pyro_gmvae.metrics.clustering_scores` when
+      the data has labels, else None.
+
+    Randomness (the draws of z) comes from ``seed`` in a forked torch random state, so the
+    caller's random state is left as it was and results are reproducible.
+
+    Raises:
+        DataError: when the data does not have the model's number of features, or lies outside
+            the support of its likelihood.
+    """
+    expected = model.config.n_features
+    if dataset.n_features != expected:
+        raise DataError(
+            f"{dataset.name} has {dataset.n_features} features per example but the model was "
+            f"trained on {expected}; evaluate it on data of the same kind as its training data"
+            + (
+                f" ({model.config.image_shape[0]}x{model.config.image_shape[1]} images)"
+                if model.config.image_shape
+                else ""
+            )
+        )
+    x = model.as_tensor(dataset.x, name=dataset.name)
+    model.likelihood.check_support(x, name=dataset.name)
+
+    devices = [model.device] if model.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        clusters = model.predict(x)
+        elbo = elbo_per_example(model, x)
+        log_px = log_likelihood(model, x, num_samples=num_samples, batch_size=batch_size)
+
+    result: dict[str, Any] = {
+        "n": len(dataset),
+        "n_clusters": model.n_clusters,
+        "num_samples": num_samples,
+        "cluster_sizes": np.bincount(clusters, minlength=model.n_clusters).tolist(),
+        "elbo": float(elbo.mean()),
+        "log_likelihood": float(log_px.mean()),
+        "n_classes": None,
+        "accuracy": None,
+        "many_to_one_accuracy": None,
+        "nmi": None,
+        "ari": None,
+    }
+    if dataset.labels is not None:
+        result["n_classes"] = len(np.unique(dataset.labels))
+        result |= clustering_scores(dataset.labels, clusters)
+    return result
