@@ -25,6 +25,9 @@ from .data import DataError, Dataset
 from .metrics import clustering_scores
 from .model import GMVAE
 
+#: Where ``gmvae evaluate --save`` writes :func:`evaluate`'s result inside a run directory.
+EVALUATION_FILE = "evaluation.json"
+
 # The model's only plate is "data": enumeration dims start left of it, as in Trainer's ELBO.
 MAX_PLATE_NESTING = 1
 
@@ -263,3 +266,34 @@ def evaluate(
         result["n_classes"] = len(np.unique(dataset.labels))
         result |= clustering_scores(dataset.labels, clusters)
     return result
+
+
+def format_evaluation(result: dict[str, Any]) -> str:
+    """:func:`evaluate`'s result as a short table for people to read."""
+    rows = []
+    if "run_dir" in result:
+        rows.append(("run", result["run_dir"]))
+    what = f"{result['n']} examples"
+    if result["n_classes"] is not None:
+        what += f", {result['n_classes']} classes"
+    rows.append(("data", f"{result['data']} ({what})" if "data" in result else what))
+    if result["accuracy"] is None:
+        rows.append(("accuracy", "- (the data has no labels)"))
+    else:
+        rows += [
+            ("accuracy", f"{result['accuracy']:.4f}  (clusters matched one-to-one to labels)"),
+            ("many-to-one", f"{result['many_to_one_accuracy']:.4f}  (cluster -> majority label)"),
+            ("NMI", f"{result['nmi']:.4f}"),
+            ("ARI", f"{result['ari']:.4f}"),
+        ]
+    rows += [
+        ("ELBO", f"{result['elbo']:.3f} nats per example"),
+        (
+            "log p(x)",
+            f"{result['log_likelihood']:.3f} nats per example "
+            f"(importance sampling, {result['num_samples']} samples of z)",
+        ),
+        ("cluster sizes", " ".join(str(c) for c in result["cluster_sizes"])),
+    ]
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
