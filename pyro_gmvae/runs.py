@@ -13,7 +13,8 @@ import io
 import json
 import os
 import pickle
-import tempfile
+import re
+import secrets
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    # os.open, not tempfile.mkstemp: mkstemp creates files readable by their owner only, and a
+    # run directory is meant to be shared; mode 0o666 lets the umask decide, as for any file.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -48,7 +52,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -67,8 +71,14 @@ def prepare_run_directory(path: str | Path, *, resume: bool, force: bool) -> Pat
         raise RunDirectoryError("--resume and --force contradict each other; pass one of them")
     if resume:
         if not (path / CHECKPOINT_FILE).exists():
+            started = (path / CONFIG_FILE).exists()
             raise RunDirectoryError(
-                f"cannot resume: {path} holds no {CHECKPOINT_FILE}; start a new run without --resume"
+                f"cannot resume: {path} holds no {CHECKPOINT_FILE}"
+                + (
+                    " (the run stopped before its first checkpoint); start it over with --force"
+                    if started
+                    else "; start a new run without --resume"
+                )
             )
         return path
     if path.exists() and not path.is_dir():
@@ -79,15 +89,29 @@ def prepare_run_directory(path: str | Path, *, resume: bool, force: bool) -> Pat
                 f"{path} already exists and is not empty; pass --resume to continue that run, "
                 "--force to start it over, or choose another --out"
             )
-        if not (path / CONFIG_FILE).exists():
+        if not _is_run_directory(path):
             raise RunDirectoryError(
-                f"{path} is not a pyro_gmvae run directory (no {CONFIG_FILE}); --force only "
+                f"{path} is not a pyro_gmvae run directory (no run {CONFIG_FILE}); --force only "
                 "overwrites runs, choose another --out"
             )
         for name in (CONFIG_FILE, METRICS_FILE, CHECKPOINT_FILE, SCALER_FILE, "evaluation.json"):
             (path / name).unlink(missing_ok=True)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def _is_run_directory(path: Path) -> bool:
+    """Whether ``path`` holds a run's ``config.json`` (not just any file of that common name)."""
+    from .config import RunConfig
+
+    try:
+        saved = json.loads((path / CONFIG_FILE).read_text())
+        if not isinstance(saved, dict) or set(saved) != {"data", "model", "train"}:
+            return False
+        RunConfig.from_dict(saved)
+    except (OSError, ValueError, TypeError, AttributeError):  # ConfigError is a ValueError
+        return False
+    return True
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
@@ -97,6 +121,19 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     atomic_write_bytes(Path(path), buffer.getvalue())
 
 
+def _failed_checksum(path: Path) -> str | None:
+    """The first member of checkpoint zip ``path`` whose CRC-32 does not match, if any.
+
+    torch.load does not check the CRCs it writes, so a flipped bit in a tensor would otherwise
+    load silently as a wrong weight. Files that are not zips are left to torch.load to judge.
+    """
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return zf.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        return None
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint without executing any code it may contain."""
     path = Path(path)
@@ -104,17 +141,27 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         path = path / CHECKPOINT_FILE
     if not path.exists():
         raise CheckpointError(f"no checkpoint at {path}; train a model there first (gmvae train)")
+    damaged = _failed_checksum(path)
+    if damaged is not None:
+        raise CheckpointError(
+            f"{path} is corrupt: its part {damaged} fails its checksum (truncated or corrupt on "
+            "disk or in transit); resume from another copy or train again"
+        )
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
+        # Name what the file tried to load; torch's own message suggests weights_only=False,
+        # the very thing that would run the code.
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        what = f"a reference to {found.group(1)}" if found else "Python objects"
         raise CheckpointError(
-            f"{path} was refused: it holds Python objects other than tensors and plain values, "
-            "which could run code when loaded. Only load checkpoints written by pyro_gmvae "
-            f"({str(e).splitlines()[0]})"
+            f"{path} was refused: it holds {what}, not just tensors and plain values, so loading it could "
+            "run code. Only load checkpoints written by pyro_gmvae, from a source you trust"
         ) from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
+        reason = str(e).split(". ")[0] or type(e).__name__
         raise CheckpointError(
-            f"{path} is not a readable checkpoint (truncated or corrupt: {e}); "
+            f"{path} is not a readable checkpoint (truncated or corrupt: {reason}); "
             "resume from another copy or train again"
         ) from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
@@ -134,7 +181,13 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
         path = path / METRICS_FILE
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, ValueError) as e:
+        raise RunDirectoryError(
+            f"{path} is not readable JSON lines ({e}); restore it from a copy, or delete it to "
+            "resume without the earlier epochs' records"
+        ) from None
 
 
 def write_metrics(path: str | Path, records: list[dict[str, Any]]) -> None:
