@@ -1,0 +1,354 @@
+"""Tests for pyro_gmvae.runs: atomic writes, run directories, and checkpoints that cannot run code."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from pyro_gmvae import runs
+from pyro_gmvae.config import ModelConfig, RunConfig
+from pyro_gmvae.model import GMVAE
+from pyro_gmvae.runs import (
+    CHECKPOINT_FILE,
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_VERSION,
+    CONFIG_FILE,
+    METRICS_FILE,
+    CheckpointError,
+    RunDirectoryError,
+    atomic_write_bytes,
+    atomic_write_text,
+    load_checkpoint,
+    prepare_run_directory,
+    read_metrics,
+    save_checkpoint,
+    write_metrics,
+)
+
+
+def tiny_model_config(**overrides) -> ModelConfig:
+    values = dict(clusters=3, latent_dim=2, hidden=(16,), n_features=16, image_shape=(4, 4))
+    return ModelConfig(**(values | overrides))
+
+
+def leftovers(directory: Path) -> list[str]:
+    """Temporary files an atomic write might have left behind."""
+    return sorted(p.name for p in directory.iterdir() if p.name.endswith(".tmp"))
+
+
+# ----------------------------------------------------------------------------------------------
+# Atomic writes
+
+
+def test_atomic_write_replaces_the_file_and_leaves_no_temporary(tmp_path):
+    target = tmp_path / "sub" / "f.txt"
+    atomic_write_text(target, "old")
+    atomic_write_text(target, "new")
+    assert target.read_text() == "new"
+    assert leftovers(target.parent) == []
+
+
+def test_atomic_write_files_follow_the_umask(tmp_path):
+    """Run files are shared: not the owner-only mode that tempfile.mkstemp would give them."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    atomic_write_bytes(tmp_path / "f", b"x")
+    assert (tmp_path / "f").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+@pytest.mark.parametrize("fail_at", ["write", "fsync", "replace"])
+def test_interrupted_write_keeps_the_old_file(tmp_path, monkeypatch, fail_at):
+    target = tmp_path / CHECKPOINT_FILE
+    save_checkpoint(target, {"model": {"w": torch.arange(4.0)}})
+    before = target.read_bytes()
+
+    def fail(*args, **kwargs):
+        raise KeyboardInterrupt  # the worst case: not even an Exception
+
+    if fail_at == "write":
+        real_fdopen = os.fdopen
+
+        class FailingFile(io.BufferedWriter):
+            def write(self, data):
+                super().write(data[: len(data) // 2])
+                fail()
+
+        monkeypatch.setattr(
+            runs.os, "fdopen", lambda fd, mode: FailingFile(real_fdopen(fd, mode, buffering=0))
+        )
+    else:
+        monkeypatch.setattr(runs.os, fail_at, fail)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(target, {"model": {"w": torch.zeros(1000)}})
+    monkeypatch.undo()
+    assert target.read_bytes() == before
+    assert leftovers(tmp_path) == []
+    assert torch.equal(load_checkpoint(target)["model"]["w"], torch.arange(4.0))
+
+
+def test_metrics_round_trip_and_corrupt_metrics_are_reported(tmp_path):
+    records = [{"epoch": 1, "loss": 2.5}, {"epoch": 2, "loss": 2.0}]
+    write_metrics(tmp_path / METRICS_FILE, records)
+    assert read_metrics(tmp_path) == records
+    assert read_metrics(tmp_path / "absent") == []
+    (tmp_path / METRICS_FILE).write_text('{"epoch": 1}\n{"epoch": 2, "lo')
+    with pytest.raises(RunDirectoryError, match="not readable JSON lines.*delete it"):
+        read_metrics(tmp_path)
+
+
+# ----------------------------------------------------------------------------------------------
+# Run directories
+
+
+def make_run(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    RunConfig(model=tiny_model_config()).save(path / CONFIG_FILE)
+    write_metrics(path / METRICS_FILE, [{"epoch": 1}])
+    save_checkpoint(path / CHECKPOINT_FILE, {"epoch": 1})
+    return path
+
+
+def test_new_run_directory_is_created_and_an_empty_one_reused(tmp_path):
+    assert prepare_run_directory(tmp_path / "a" / "b", resume=False, force=False).is_dir()
+    (tmp_path / "empty").mkdir()
+    assert prepare_run_directory(tmp_path / "empty", resume=False, force=False).is_dir()
+
+
+def test_existing_run_is_never_overwritten_without_force(tmp_path):
+    run = make_run(tmp_path / "run")
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    with pytest.raises(RunDirectoryError, match="not empty; pass --resume.*--force"):
+        prepare_run_directory(run, resume=False, force=False)
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
+def test_force_removes_only_the_runs_own_files(tmp_path):
+    run = make_run(tmp_path / "run")
+    (run / "notes.txt").write_text("mine")
+    (run / "figures").mkdir()
+    (run / "figures" / "old.png").write_bytes(b"png")
+    prepare_run_directory(run, resume=False, force=True)
+    assert sorted(p.name for p in run.iterdir()) == ["figures", "notes.txt"]
+    assert (run / "notes.txt").read_text() == "mine"
+    assert (run / "figures" / "old.png").exists()
+
+
+@pytest.mark.parametrize(
+    "config_text",
+    [
+        None,  # no config.json at all
+        '{"name": "my web app", "port": 8080}',  # someone else's config.json
+        "{}",
+        "[1, 2]",
+        "not json",
+        '{"data": {}, "model": {"colour": "red"}, "train": {}}',  # unknown option
+    ],
+)
+def test_force_refuses_directories_that_are_not_runs(tmp_path, config_text):
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "checkpoint.pt").write_bytes(b"someone else's")
+    if config_text is not None:
+        (project / CONFIG_FILE).write_text(config_text)
+    before = {p.name: p.read_bytes() for p in project.iterdir()}
+    with pytest.raises(RunDirectoryError, match="not a pyro_gmvae run directory.*another --out"):
+        prepare_run_directory(project, resume=False, force=True)
+    assert {p.name: p.read_bytes() for p in project.iterdir()} == before
+
+
+def test_run_directory_errors(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(RunDirectoryError, match="is a file, not a directory"):
+        prepare_run_directory(tmp_path / "file", resume=False, force=False)
+    with pytest.raises(RunDirectoryError, match="contradict"):
+        prepare_run_directory(tmp_path / "x", resume=True, force=True)
+    with pytest.raises(RunDirectoryError, match="holds no checkpoint.pt; start a new run"):
+        prepare_run_directory(tmp_path / "x", resume=True, force=False)
+    started = tmp_path / "started"
+    started.mkdir()
+    RunConfig(model=tiny_model_config()).save(started / CONFIG_FILE)
+    with pytest.raises(RunDirectoryError, match="before its first checkpoint.*--force"):
+        prepare_run_directory(started, resume=True, force=False)
+    run = make_run(tmp_path / "run")
+    assert prepare_run_directory(run, resume=True, force=False) == run
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints: round trip, format, corruption
+
+
+def test_checkpoint_round_trips_exactly(tmp_path):
+    state = {
+        "model": {"w": torch.randn(3, 4), "b": torch.arange(3)},
+        "epoch": 7,
+        "note": "text",
+        "nested": {"xs": [1, 2.5, None], "t": (1, 2)},
+    }
+    save_checkpoint(tmp_path / CHECKPOINT_FILE, state)
+    loaded = load_checkpoint(tmp_path)  # a directory means its checkpoint.pt
+    assert loaded["format"] == CHECKPOINT_FORMAT and loaded["version"] == CHECKPOINT_VERSION
+    assert torch.equal(loaded["model"]["w"], state["model"]["w"])
+    assert torch.equal(loaded["model"]["b"], state["model"]["b"])
+    assert (loaded["epoch"], loaded["note"], loaded["nested"]) == (7, "text", state["nested"])
+
+
+def test_missing_checkpoint(tmp_path):
+    with pytest.raises(CheckpointError, match="no checkpoint at .*gmvae train"):
+        load_checkpoint(tmp_path)
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.1, 10, 0])
+def test_truncated_checkpoint_is_reported_as_such(tmp_path, keep):
+    path = tmp_path / CHECKPOINT_FILE
+    save_checkpoint(path, {"model": {"w": torch.randn(500)}})
+    raw = path.read_bytes()
+    path.write_bytes(raw[: int(len(raw) * keep) if isinstance(keep, float) else keep])
+    with pytest.raises(CheckpointError, match="truncated or corrupt.*train again"):
+        load_checkpoint(path)
+
+
+def test_checkpoint_with_a_damaged_tensor_is_not_loaded_silently(tmp_path):
+    """torch.load itself would return the damaged weights; the zip's CRC-32 catches them."""
+    path = tmp_path / CHECKPOINT_FILE
+    weights = torch.randn(500)
+    save_checkpoint(path, {"model": {"w": weights}})
+    raw = bytearray(path.read_bytes())
+    start = raw.find(weights.numpy().tobytes())
+    assert start > 0
+    raw[start + 100 : start + 104] = b"\x00\x00\xc0\x7f"  # one weight becomes NaN
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="archive/data/0 fails its checksum.*another copy"):
+        load_checkpoint(path)
+
+
+def test_other_format_version_names_both_versions(tmp_path):
+    path = tmp_path / CHECKPOINT_FILE
+    torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION + 1}, path)
+    with pytest.raises(
+        CheckpointError,
+        match=f"format version {CHECKPOINT_VERSION + 1}, this pyro_gmvae reads version "
+        f"{CHECKPOINT_VERSION}",
+    ):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("content", [{"w": torch.ones(2)}, [1, 2], torch.ones(2)])
+def test_foreign_torch_file_is_not_a_checkpoint(tmp_path, content):
+    torch.save(content, tmp_path / CHECKPOINT_FILE)
+    with pytest.raises(CheckpointError, match="not a pyro_gmvae checkpoint"):
+        load_checkpoint(tmp_path)
+
+
+def test_model_checkpoint_of_another_configuration_is_refused(tmp_path):
+    """GMVAE.load rebuilds the saved configuration; custom networks that don't fit are refused."""
+    torch.manual_seed(0)
+    GMVAE(tiny_model_config(latent_dim=2)).save(tmp_path / "m")
+    from pyro_gmvae.networks import Encoder
+
+    wrong_encoder = Encoder(16, (16,), 5)  # latent size 5, the checkpoint has 2
+    with pytest.raises(CheckpointError, match="does not fit this model's configuration"):
+        GMVAE.load(tmp_path / "m", encoder=wrong_encoder)
+    (tmp_path / "bare").mkdir()
+    save_checkpoint(tmp_path / "bare" / CHECKPOINT_FILE, {"model": {}})
+    with pytest.raises(CheckpointError, match="no model configuration"):
+        GMVAE.load(tmp_path / "bare")
+
+
+# ----------------------------------------------------------------------------------------------
+# Untrusted checkpoints cannot run code
+
+
+class _RunsShell:
+    """Unpickling this would run a shell command that creates ``marker``."""
+
+    reference = f"{os.system.__module__}.system"  # posix.system
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch '{self.marker}'",))
+
+
+class _OpensFile:
+    """Unpickling this would create ``marker`` through builtins.open."""
+
+    reference = "io.open"
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def malicious_files(tmp_path: Path, payload) -> dict[str, Path]:
+    """The same payload three ways: inside a torch.save'd checkpoint with a valid header, as a
+    raw pickle of a checkpoint-like dict, and as a bare pickle; each named checkpoint.pt."""
+    files = {}
+    for how in ("torch.save", "pickle dict", "pickle bare"):
+        path = tmp_path / how.replace(" ", "_").replace(".", "_") / CHECKPOINT_FILE
+        path.parent.mkdir()
+        header = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION}
+        if how == "torch.save":
+            torch.save(header | {"model": {"w": torch.ones(1)}, "epoch": payload}, path)
+        elif how == "pickle dict":
+            path.write_bytes(pickle.dumps(header | {"model": payload}))
+        else:
+            path.write_bytes(pickle.dumps(payload, protocol=2))
+        RunConfig(model=tiny_model_config()).save(path.parent / CONFIG_FILE)
+        files[how] = path
+    return files
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+@pytest.mark.parametrize("payload_class", [_RunsShell, _OpensFile])
+def test_malicious_checkpoint_is_refused_without_running_it(tmp_path, payload_class):
+    marker = tmp_path / "pwned"
+    files = malicious_files(tmp_path, payload_class(marker))
+    for how, path in files.items():
+        with pytest.raises(CheckpointError, match="refused.*could run code") as info:
+            load_checkpoint(path)
+        assert "weights_only=False" not in str(info.value), "never advise the unsafe load"
+        with pytest.raises(CheckpointError, match="refused"):
+            GMVAE.load(path.parent)
+        assert not marker.exists(), f"{how}: the payload ran"
+    with pytest.raises(CheckpointError, match=f"a reference to {payload_class.reference}"):
+        load_checkpoint(files["torch.save"])
+    # The payload is real: an unsafe loader would have run it.
+    pickle.loads(files["pickle bare"].read_bytes())
+    assert marker.exists()
+
+
+def test_checkpoint_written_by_torch_save_of_a_module_is_refused(tmp_path):
+    """A whole pickled nn.Module (the usual torch.save(model) habit) is code, not weights."""
+    path = tmp_path / CHECKPOINT_FILE
+    torch.save(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "version": CHECKPOINT_VERSION,
+            "model": torch.nn.Linear(2, 2),
+        },
+        path,
+    )
+    with pytest.raises(CheckpointError, match="refused.*torch.nn.modules.linear.Linear"):
+        load_checkpoint(path)
+
+
+def test_zip_without_torch_data_is_corrupt(tmp_path):
+    path = tmp_path / CHECKPOINT_FILE
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("archive/data.pkl", b"not a pickle")
+    with pytest.raises(CheckpointError, match="truncated or corrupt|refused"):
+        load_checkpoint(path)
+    (tmp_path / "j").mkdir()
+    (tmp_path / "j" / CHECKPOINT_FILE).write_text(json.dumps({"format": CHECKPOINT_FORMAT}))
+    with pytest.raises(CheckpointError, match="truncated or corrupt|refused"):
+        load_checkpoint(tmp_path / "j")
