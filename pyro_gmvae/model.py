@@ -149,14 +149,18 @@ class GMVAE(nn.Module):
     def as_tensor(self, x: np.ndarray | torch.Tensor, name: str = "x") -> torch.Tensor:
         """``x`` as a float tensor on the model's device, checked for shape and finiteness."""
         if not isinstance(x, torch.Tensor):
-            validate_array(np.asarray(x), name=name)
+            validate_array(x, name=name)  # before np.asarray, which fails on ragged rows
             x = torch.as_tensor(np.asarray(x), dtype=torch.float32)
         if x.dim() != 2 or x.shape[1] != self.config.n_features:
             raise DataError(
                 f"{name} has shape {tuple(x.shape)}; the model expects (N, {self.config.n_features}): "
                 "flatten images to one row each and use data with the features it was trained on"
             )
-        return x.to(device=self.device, dtype=torch.float32)
+        x = x.to(device=self.device, dtype=torch.float32)
+        if not bool(torch.isfinite(x).all()):
+            # Tensors skip validate_array above, and float64 beyond float32's range is inf here.
+            validate_array(x.detach().cpu().numpy(), name=name)  # names the first bad value
+        return x
 
     def cluster_log_posterior_given_z(self, z: torch.Tensor) -> torch.Tensor:
         """log p(y|z) exactly, from Bayes' rule over the K clusters; ``z (N, Z) -> (N, K)``."""
