@@ -1,0 +1,580 @@
+"""Posterior predictive checks: does data replicated from the fitted model look like the data?
+
+A check compares a test statistic ``T`` of the observed data with its distribution over data sets
+replicated from the model (Gelman, Meng & Stern 1996):
+
+- **posterior predictive**: for each observed x, ``z ~ q(z|x)`` through the guide, then
+  ``x_rep ~ p(x|z)``; what the model makes of the data it has seen;
+- **prior predictive**: ``y ~ Cat(pi)``, ``z ~ p(z|y)``, ``x_rep ~ p(x|z)``, a data set of the same
+  size generated from scratch; what the model believes data look like.
+
+Both are drawn by Pyro's :class:`~pyro.infer.Predictive` (see :func:`replicate`). Every p-value is
+**two-sided**: ``p = min(1, 2 min(P(T_rep >= T_obs), P(T_rep <= T_obs)))`` over the replicates, so
+a small p-value flags an observed value in either tail, and a well-fitting model gives values
+spread over (0, 1] (posterior predictive p-values concentrate around 0.5, as the data helped fit
+the model). With S replicates the smallest nonzero p-value is 2/S.
+
+The checks (:func:`posterior_predictive_checks`):
+
+- mean intensity per image (mean value per example for tables): per example, and its average and
+  spread over the data set;
+- per-pixel (per-feature) means and variances over the data set, summarised by the fraction of
+  features whose p-value is below ``alpha``;
+- cluster proportions: the fraction of the data the model assigns to each cluster
+  (:meth:`GMVAE.predict`) against the counts of y in prior replicates (multinomial draws from pi);
+- log-likelihood of held-out data against that of the training data (an overfitting check);
+- distance from generated examples to their nearest training example against that of real unseen
+  examples (a memorisation check).
+
+:func:`write_report` writes ``report.md``, ``ppc.json`` and the figures into a directory.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pyro import poutine
+from pyro.infer import Predictive
+from sklearn.neighbors import NearestNeighbors
+from tqdm.auto import tqdm
+
+from .data import DataError, Dataset
+from .evaluate import log_likelihood
+from .model import GMVAE
+from .runs import atomic_write_text
+
+REPORT_FILE = "report.md"
+PPC_FILE = "ppc.json"
+
+#: a p-value below this is "extreme"
+ALPHA = 0.05
+#: a per-feature statistic is flagged when more than this fraction of its features is extreme
+FLAG_FRACTION = 0.1
+
+# Values drawn per chunk of examples (S x n x D floats): bounds memory whatever the data size.
+_CHUNK_VALUES = 1 << 22
+
+
+# ----------------------------------------------------------------------------------- replication
+@torch.no_grad()
+def replicate(model: GMVAE, x: torch.Tensor, num_samples: int, *, prior: bool = False):
+    """Replicated data: ``num_samples`` draws of ``(y, z, x)`` for each row of ``x``.
+
+    Args:
+        model: a fitted GMVAE.
+        x: observed data ``(N, D)`` on the model's device.
+        num_samples: S, the number of replicated data sets.
+        prior: draw from the prior predictive (``x`` then only sets N) instead of the posterior
+            predictive given ``x``.
+
+    Returns:
+        ``{"y": (S, N) int64, "z": (S, N, Z), "x": (S, N, D)}``.
+    """
+    # The model observes x (obs=x), so Predictive would return the data itself at the x site;
+    # uncondition makes it a draw from p(x|z) while x still sets the plate size N.
+    replicated_model = poutine.uncondition(model.model)
+    predictive = Predictive(
+        replicated_model,
+        guide=None if prior else model.guide,
+        num_samples=num_samples,
+        return_sites=("y", "z", "x"),
+        parallel=True,
+    )
+    samples = predictive(x)
+    if not prior and model.config.guide == "marginal":
+        # Predictive runs the model without enumeration, so the model's y above was drawn from
+        # p(y), ignoring z. x depends on y only through z, so x_rep is exact; y is redrawn from
+        # the exact p(y|z) (Bayes' rule over the K clusters, as predict does). infer_discrete
+        # computes the same conditional but must sit inside the conditioning on z, which
+        # Predictive applies outside the model it is given.
+        z = samples["z"]
+        log_post = model.cluster_log_posterior_given_z(z.reshape(-1, z.shape[-1]))
+        samples["y"] = torch.distributions.Categorical(logits=log_post).sample().view(z.shape[:-1])
+    return samples
+
+
+# ------------------------------------------------------------------------------------ statistics
+def two_sided_p_values(observed: np.ndarray, replicated: np.ndarray) -> np.ndarray:
+    """Two-sided posterior predictive p-values, ``observed (F,)``, ``replicated (R, F) -> (F,)``.
+
+    ``min(1, 2 min(P(T_rep >= T_obs), P(T_rep <= T_obs)))``; ties count on both sides, so a
+    statistic the replicates reproduce exactly (e.g. an always-blank pixel) gets p = 1.
+    """
+    observed = np.asarray(observed, dtype=np.float64)
+    replicated = np.asarray(replicated, dtype=np.float64)
+    if replicated.ndim != 2 or observed.shape != replicated.shape[1:]:
+        raise ValueError(
+            f"replicated {replicated.shape} must be (R, F) for observed {observed.shape} of (F,)"
+        )
+    above = (replicated >= observed).mean(0)
+    below = (replicated <= observed).mean(0)
+    return np.minimum(1.0, 2.0 * np.minimum(above, below))
+
+
+@dataclass
+class Statistic:
+    """One test statistic: its observed value, replicated distribution and p-values.
+
+    Attributes:
+        name: identifier, e.g. ``"feature_mean"``.
+        title: what it is, in words.
+        predictive: where the replicates come from: ``"posterior"``, ``"prior"``, or
+            ``"training"`` (the held-out check's reference is the training data).
+        observed: ``(F,)`` the statistic on the data, one value per component (F = 1: a scalar).
+        replicated: ``(R, F)`` the statistic on R replicates.
+        p_values: ``(F,)`` two-sided p-values (:func:`two_sided_p_values`).
+        component: what one of the F components is (``"pixel"``, ``"cluster"``, ...).
+        image_shape: ``(H, W)`` when the F components are the pixels of an image.
+        details: named arrays for figures (e.g. per-example values behind a scalar summary).
+    """
+
+    name: str
+    title: str
+    predictive: str
+    observed: np.ndarray
+    replicated: np.ndarray
+    p_values: np.ndarray
+    component: str = "value"
+    image_shape: tuple[int, int] | None = None
+    details: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def n_components(self) -> int:
+        return int(self.observed.shape[0])
+
+    @property
+    def is_scalar(self) -> bool:
+        return self.n_components == 1
+
+    @property
+    def p_value(self) -> float | None:
+        """The p-value of a scalar statistic; None for per-feature ones."""
+        return float(self.p_values[0]) if self.is_scalar else None
+
+    def extreme_fraction(self, alpha: float = ALPHA) -> float:
+        """Fraction of components with a p-value below ``alpha``."""
+        return float((self.p_values < alpha).mean())
+
+    @property
+    def flagged(self) -> bool:
+        """A misfit: p < ALPHA for a scalar, more than FLAG_FRACTION extreme components otherwise."""
+        if self.is_scalar:
+            return self.p_values[0] < ALPHA
+        return self.extreme_fraction() > FLAG_FRACTION
+
+    def direction(self) -> str:
+        """Where the extreme observed values sit: ``"below"`` or ``"above"`` the replicates,
+        ``"both"`` when in both tails alike, ``"within"`` when not flagged."""
+        if not self.flagged:
+            return "within"
+        centre = np.median(self.replicated, axis=0)
+        extreme = self.p_values < ALPHA
+        low = int((extreme & (self.observed < centre)).sum())
+        high = int((extreme & (self.observed > centre)).sum())
+        if low > 2 * high:
+            return "below"
+        if high > 2 * low:
+            return "above"
+        return "both"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary: replicates as mean, sd and the 2.5% and 97.5% quantiles."""
+        lo, hi = np.quantile(self.replicated, [0.025, 0.975], axis=0)
+        return {
+            "name": self.name,
+            "title": self.title,
+            "predictive": self.predictive,
+            "observed": self.observed.tolist(),
+            "replicated_mean": self.replicated.mean(0).tolist(),
+            "replicated_sd": self.replicated.std(0).tolist(),
+            "replicated_q025": lo.tolist(),
+            "replicated_q975": hi.tolist(),
+            "n_replicates": int(self.replicated.shape[0]),
+            "p_values": self.p_values.tolist(),
+            "p_value": self.p_value,
+            "extreme_fraction": self.extreme_fraction(),
+            "flagged": bool(self.flagged),
+            "direction": self.direction(),
+        }
+
+
+def _statistic(name, title, predictive, observed, replicated, **kwargs) -> Statistic:
+    observed = np.atleast_1d(np.asarray(observed, dtype=np.float64))
+    replicated = np.asarray(replicated, dtype=np.float64).reshape(-1, observed.shape[0])
+    return Statistic(
+        name,
+        title,
+        predictive,
+        observed,
+        replicated,
+        two_sided_p_values(observed, replicated),
+        **kwargs,
+    )
+
+
+@dataclass
+class PPCReport:
+    """The checks of one model on one data set.
+
+    Attributes:
+        statistics: the test statistics, in the order they were computed.
+        data: the data's name; ``n``: its number of examples; ``n_heldout``: held-out examples
+            (0 when none were given).
+        num_samples: replicated data sets drawn per predictive.
+        seed: the random seed.
+        notes: checks that were skipped and why.
+    """
+
+    statistics: list[Statistic]
+    data: str
+    n: int
+    n_heldout: int
+    num_samples: int
+    seed: int
+    notes: list[str] = field(default_factory=list)
+
+    def __getitem__(self, key: str | tuple[str, str]) -> Statistic:
+        """The statistic called ``name`` (the first one) or ``(name, predictive)``."""
+        for s in self.statistics:
+            if key == s.name or key == (s.name, s.predictive):
+                return s
+        raise KeyError(key)
+
+    def flagged(self) -> list[Statistic]:
+        return [s for s in self.statistics if s.flagged]
+
+    def rows(self) -> list[list[str]]:
+        """Table rows: statistic, predictive, observed, replicated, p-value, verdict."""
+        rows = []
+        for s in self.statistics:
+            if s.is_scalar:
+                lo, hi = np.quantile(s.replicated[:, 0], [0.025, 0.975])
+                observed = f"{s.observed[0]:.4g}"
+                replicated = f"{s.replicated[:, 0].mean():.4g} [{lo:.4g}, {hi:.4g}]"
+                p = f"{s.p_value:.3f}"
+            else:
+                observed = f"{s.n_components} {s.component}s"
+                replicated = f"{s.replicated.shape[0]} replicates"
+                p = f"{100 * s.extreme_fraction():.1f}% < {ALPHA}"
+            verdict = f"MISFIT ({s.direction()})" if s.flagged else "ok"
+            rows.append([s.title, s.predictive, observed, replicated, p, verdict])
+        return rows
+
+    _HEADER = ["statistic", "replicates", "observed", "replicated mean [95%]", "p-value", "verdict"]
+
+    def to_table(self) -> str:
+        """A fixed-width table for the terminal."""
+        rows = [self._HEADER, *self.rows()]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(self._HEADER))]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        return "\n".join(lines + [f"note: {n}" for n in self.notes])
+
+    def to_markdown(self, figures: dict[str, str] | None = None) -> str:
+        """The report as Markdown; ``figures`` maps statistic keys (``name/predictive``) to
+        relative image paths to embed."""
+        out = [
+            f"# Posterior predictive checks: {self.data}",
+            "",
+            f"{self.n} examples, {self.n_heldout} held out; {self.num_samples} replicated data "
+            f"sets per predictive; seed {self.seed}.",
+            "",
+            "p-values are two-sided, `min(1, 2 min(P(T_rep >= T_obs), P(T_rep <= T_obs)))`: small "
+            f"values (< {ALPHA}) mean the model does not reproduce the statistic. For per-feature "
+            f"statistics the table gives the fraction of features with p < {ALPHA}; more than "
+            f"{FLAG_FRACTION:.0%} is flagged. *posterior*: replicated given each observed example "
+            "through the guide; *prior*: generated from scratch; *training*: the reference is the "
+            "training data.",
+            "",
+            "| " + " | ".join(self._HEADER) + " |",
+            "|" + "---|" * len(self._HEADER),
+            *("| " + " | ".join(r) + " |" for r in self.rows()),
+            "",
+        ]
+        out += [f"- {n}" for n in self.notes]
+        for s in self.statistics:
+            key = f"{s.name}/{s.predictive}"
+            if figures and key in figures:
+                out += ["", f"## {s.title} ({s.predictive})", "", f"![{key}]({figures[key]})"]
+        return "\n".join(out) + "\n"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "data": self.data,
+            "n": self.n,
+            "n_heldout": self.n_heldout,
+            "num_samples": self.num_samples,
+            "seed": self.seed,
+            "alpha": ALPHA,
+            "flag_fraction": FLAG_FRACTION,
+            "notes": self.notes,
+            "statistics": [s.to_dict() for s in self.statistics],
+        }
+
+
+# --------------------------------------------------------------------------------------- checks
+def _predictive_statistics(
+    model: GMVAE, x: torch.Tensor, num_samples: int, prior: bool, progress: bool
+) -> dict[str, np.ndarray]:
+    """Replicate in chunks of examples and reduce each replicate to its statistics as it comes,
+    so S x N x D values never sit in memory at once.
+
+    Returns per-example means ``(S, N)``, per-feature sums and sums of squares ``(S, D)`` and
+    cluster counts ``(S, K)``.
+    """
+    n, d = x.shape
+    S, K = num_samples, model.n_clusters
+    chunk = max(1, _CHUNK_VALUES // (S * d))
+    example_means = []
+    sums = np.zeros((S, d))
+    squares = np.zeros((S, d))
+    counts = np.zeros((S, K))
+    label = "prior predictive" if prior else "posterior predictive"
+    for xb in tqdm(x.split(chunk), desc=label, disable=not progress, leave=False):
+        rep = replicate(model, xb, S, prior=prior)
+        xr = rep["x"].double()  # (S, n, D)
+        example_means.append(xr.mean(-1).cpu().numpy())
+        sums += xr.sum(1).cpu().numpy()
+        squares += (xr**2).sum(1).cpu().numpy()
+        y = rep["y"] + K * torch.arange(S, device=rep["y"].device).unsqueeze(-1)  # (S, n)
+        counts += torch.bincount(y.reshape(-1), minlength=S * K).view(S, K).cpu().numpy()
+    means = sums / n
+    return {
+        "example_means": np.concatenate(example_means, axis=1),
+        "feature_means": means,
+        "feature_variances": np.maximum(squares / n - means**2, 0.0),
+        "cluster_proportions": counts / n,
+    }
+
+
+def _nearest_distances(reference: np.ndarray, queries: np.ndarray, leave_one_out=False):
+    """Euclidean distance from each query row to its nearest reference row ``(M,)``; with
+    ``leave_one_out`` the queries are reference rows, and their own row does not count."""
+    nn = NearestNeighbors(n_neighbors=2 if leave_one_out else 1).fit(reference)
+    distances, _ = nn.kneighbors(queries)
+    return distances[:, -1]
+
+
+def posterior_predictive_checks(
+    model: GMVAE,
+    dataset: Dataset,
+    *,
+    heldout: Dataset | None = None,
+    num_samples: int = 100,
+    seed: int = 0,
+    loglik_samples: int = 16,
+    progress: bool = False,
+) -> PPCReport:
+    """Check whether ``model`` reproduces ``dataset`` (the data it was fitted to).
+
+    Args:
+        model: a fitted GMVAE.
+        dataset: its training data (images in [0, 1], tables standardized as for training).
+        heldout: data of the same kind the model never saw; enables the log-likelihood check and
+            serves as the real unseen examples of the memorisation check (otherwise each training
+            example's distance to its nearest *other* training example is used).
+        num_samples: S, replicated data sets per predictive (p-values resolve to 2/S).
+        seed: seeds every draw; the caller's random state is left as it was.
+        loglik_samples: importance samples per example for log p(x)
+            (:func:`~pyro_gmvae.evaluate.log_likelihood`).
+        progress: show progress bars.
+
+    Returns:
+        A :class:`PPCReport`.
+
+    Raises:
+        DataError: data that do not have the model's features or lie outside its likelihood's
+            support.
+        ValueError: ``num_samples < 2`` or ``loglik_samples < 1``.
+    """
+    if num_samples < 2:
+        raise ValueError(
+            f"num_samples must be at least 2 to give a distribution, not {num_samples}"
+        )
+    if loglik_samples < 1:
+        raise ValueError(f"loglik_samples must be at least 1, not {loglik_samples}")
+    x = _checked(model, dataset)
+    x_heldout = None if heldout is None else _checked(model, heldout)
+    image_shape = model.config.image_shape
+    per_example = "mean intensity per image" if image_shape else "mean value per example"
+    feature = "pixel" if image_shape else "feature"
+    x_np = x.double().cpu().numpy()
+    observed = {
+        "example_means": x_np.mean(1),
+        "feature_means": x_np.mean(0),
+        "feature_variances": x_np.var(0),
+        "cluster_proportions": np.bincount(model.predict(x), minlength=model.n_clusters) / len(x),
+    }
+    rng = np.random.default_rng(seed)
+    stats: list[Statistic] = []
+    notes: list[str] = []
+    was_training = model.training
+    model.eval()
+    devices = [model.device] if model.device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            for predictive in ("posterior", "prior"):
+                rep = _predictive_statistics(
+                    model, x, num_samples, prior=predictive == "prior", progress=progress
+                )
+                obs_means, rep_means = observed["example_means"], rep["example_means"]
+                stats += [
+                    _statistic(
+                        "intensity_mean",
+                        f"{per_example}: average over examples",
+                        predictive,
+                        obs_means.mean(),
+                        rep_means.mean(1),
+                        details={"observed": obs_means, "replicated": rep_means.reshape(-1)},
+                    ),
+                    _statistic(
+                        "intensity_sd",
+                        f"{per_example}: sd over examples",
+                        predictive,
+                        obs_means.std(),
+                        rep_means.std(1),
+                    ),
+                ]
+                if predictive == "posterior":  # only the posterior pairs replicates with examples
+                    stats.append(
+                        _statistic(
+                            "intensity",
+                            per_example,
+                            predictive,
+                            obs_means,
+                            rep_means,
+                            component="example",
+                        )
+                    )
+                for name, what in (("feature_means", "mean"), ("feature_variances", "variance")):
+                    stats.append(
+                        _statistic(
+                            name.removesuffix("s"),
+                            f"per-{feature} {what}",
+                            predictive,
+                            observed[name],
+                            rep[name],
+                            component=feature,
+                            image_shape=image_shape,
+                        )
+                    )
+                if predictive == "prior":
+                    stats.append(
+                        _statistic(
+                            "cluster_proportions",
+                            "cluster proportions (assigned vs drawn from pi)",
+                            predictive,
+                            observed["cluster_proportions"],
+                            rep["cluster_proportions"],
+                            component="cluster",
+                            details={"pi": model.mixture_weights()},
+                        )
+                    )
+            if x_heldout is None:
+                notes.append(
+                    "no held-out data: the log-likelihood check was skipped (give held-out data, "
+                    "e.g. --heldout-fraction, to run it)"
+                )
+            else:
+                stats.append(_loglik_check(model, x, x_heldout, loglik_samples, num_samples, rng))
+            stats.append(_memorisation_check(model, x_np, x_heldout, num_samples, rng))
+    finally:
+        model.train(was_training)
+    return PPCReport(
+        statistics=stats,
+        data=dataset.name,
+        n=len(dataset),
+        n_heldout=0 if heldout is None else len(heldout),
+        num_samples=num_samples,
+        seed=seed,
+        notes=notes,
+    )
+
+
+def _checked(model: GMVAE, dataset: Dataset) -> torch.Tensor:
+    if dataset.n_features != model.config.n_features:
+        raise DataError(
+            f"{dataset.name} has {dataset.n_features} features per example but the model was "
+            f"trained on {model.config.n_features}; check it on data of the kind it was trained on"
+        )
+    x = model.as_tensor(dataset.x, name=dataset.name)
+    model.likelihood.check_support(x, name=dataset.name)
+    return x
+
+
+def _loglik_check(
+    model: GMVAE,
+    x: torch.Tensor,
+    x_heldout: torch.Tensor,
+    loglik_samples: int,
+    num_samples: int,
+    rng: np.random.Generator,
+) -> Statistic:
+    """Mean log p(x) of the held-out examples against the means of random training subsets of
+    the same size: an overfitting model scores its training data higher than new data."""
+    train_ll = log_likelihood(model, x, num_samples=loglik_samples).double().cpu().numpy()
+    heldout_ll = log_likelihood(model, x_heldout, num_samples=loglik_samples).double().cpu().numpy()
+    m = len(heldout_ll)
+    replace = m > len(train_ll)
+    subsets = [rng.choice(len(train_ll), m, replace=replace) for _ in range(max(num_samples, 200))]
+    return _statistic(
+        "loglik",
+        "log-likelihood per example, held-out vs training",
+        "training",
+        heldout_ll.mean(),
+        [train_ll[i].mean() for i in subsets],
+        details={"training": train_ll, "heldout": heldout_ll},
+    )
+
+
+def _memorisation_check(
+    model: GMVAE,
+    x_np: np.ndarray,
+    x_heldout: torch.Tensor | None,
+    num_samples: int,
+    rng: np.random.Generator,
+) -> Statistic:
+    """Median distance to the nearest training example of a set of real unseen examples, against
+    that of sets of the same size generated by the model (prior predictive draws, not the
+    likelihood's mean: a mean lacks the observation noise that real data has, and would sit
+    closer to the training set than any real example). Generated sets much closer than real ones
+    suggest memorised training examples; much farther, samples unlike the data."""
+    n_unseen = len(x_np) if x_heldout is None else len(x_heldout)
+    # Sets of g examples, R of them, at most ~5000 generated examples in all to bound the cost.
+    g = max(1, min(n_unseen, 500, max(20, 5000 // num_samples)))
+    generated, _ = model.sample(g * num_samples, mean=False)
+    d_generated = _nearest_distances(x_np, generated.astype(np.float64))
+    pick = rng.choice(n_unseen, g, replace=False)
+    if x_heldout is None:
+        d_unseen = _nearest_distances(x_np, x_np[pick], leave_one_out=True)
+        reference = "training examples (to their nearest other training example)"
+    else:
+        d_unseen = _nearest_distances(x_np, x_heldout.double().cpu().numpy()[pick])
+        reference = "held-out examples"
+    return _statistic(
+        "nearest_training_distance",
+        f"median distance to nearest training example, {reference} vs generated",
+        "prior",
+        np.median(d_unseen),
+        np.median(d_generated.reshape(num_samples, g), axis=1),
+        details={"unseen": d_unseen, "generated": d_generated},
+    )
+
+
+# --------------------------------------------------------------------------------------- report
+def write_report(report: PPCReport, out_dir: str | Path) -> list[Path]:
+    """Write ``report.md``, ``ppc.json`` and ``figures/`` into ``out_dir``; returns the paths."""
+    from .plots import ppc_figures
+
+    out_dir = Path(out_dir)
+    figures = ppc_figures(report, out_dir)
+    links = {key: path.relative_to(out_dir).as_posix() for key, path in figures.items()}
+    atomic_write_text(out_dir / REPORT_FILE, report.to_markdown(links))
+    atomic_write_text(out_dir / PPC_FILE, json.dumps(report.to_dict(), indent=1) + "\n")
+    return [out_dir / REPORT_FILE, out_dir / PPC_FILE, *figures.values()]
