@@ -1,0 +1,910 @@
+"""Speed of pyro_gmvae: Pyro's exact enumeration against the same ELBO written by hand in PyTorch.
+
+Three measurements, printed as tables (``python benchmarks/speed.py --help`` for the flags):
+
+1. **One optimizer step** at K clusters and a few batch sizes, for both guides: the trainer's own
+   step (``Trainer.svi_loss`` with ``TraceEnum_ELBO``, then ``Trainer._step``) against one step of
+   :func:`hand_loss`, the same negative ELBO written in plain PyTorch as an explicit, vectorised
+   sum over the K clusters, on the same GMVAE instance, batch and device. Variants of the Pyro
+   step measure candidate fixes for its overhead (validation off, ``pyro.module`` once, no NaN
+   check, JIT). All variants run interleaved in one process, so their ratios share the same
+   machine conditions. Before timing, the Pyro and hand-written losses (and gradients) are
+   checked to agree on the same draws of z.
+2. **Whole training epochs** (``Trainer._run_epoch``, SVI phase, the recipe's own minibatch
+   augmentation) on MNIST for a grid of K and batch sizes: examples per second and peak memory,
+   each configuration in a fresh subprocess so its peak memory is its own.
+3. On CUDA, an epoch of 60,000 28x28 examples at K = 10 (mnist8k repeated to 60,000 rows).
+
+Targets (from the issue) are printed as PASS/FAIL, never asserted. ``--profile N`` instead
+profiles N Pyro steps with cProfile and prints where the time goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import cProfile
+import dataclasses
+import json
+import math
+import os
+import platform
+import pstats
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import numpy as np
+import pyro
+import torch
+from pyro.infer import ELBO, JitTraceEnum_ELBO, TraceEnum_ELBO
+from pyro.infer.traceenum_elbo import _compute_dice_elbo
+from torch.nn import functional as F
+
+from pyro_gmvae.config import ModelConfig, TrainConfig
+from pyro_gmvae.data import load_data, resolve_mnist8k
+from pyro_gmvae.likelihoods import Bernoulli
+from pyro_gmvae.model import GMVAE
+from pyro_gmvae.train import Trainer
+
+GPU_EPOCH_ROWS = 60_000
+TARGETS = {
+    "ratio_256": 1.15,  # step time pyro / hand at batch 256, K = 10, CPU
+    "ratio_64": 1.3,  # ... at batch 64
+    "k_exponent": 1.1,  # epoch time ~ K^e; 1 is linear, 0.1 of slack for timing noise
+    "gpu_epoch_s": 2.0,  # 60,000 examples at K = 10 on a GPU
+}
+# Presets of --grid: epoch-grid clusters, batch sizes, rows; "tiny" also shrinks the model.
+GRIDS: dict[str, dict[str, Any]] = {
+    "full": {"clusters": [10, 30, 100], "batch_sizes": [64, 256, 1024], "rows": 8000},
+    "cpu": {"clusters": [10, 30, 100], "batch_sizes": [64, 256, 1024], "rows": 1024},
+    "tiny": {
+        "clusters": [2, 3],
+        "batch_sizes": [16],
+        "rows": 48,
+        "step_batches": [8, 16],
+        "step_clusters": 3,
+        "hidden": [16],
+        "latent_dim": 2,
+    },
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# The ELBO by hand
+
+
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def _log_normal(z: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """log N(z; loc, diag(scale^2)), summed over the last dimension: ``(..., Z) -> (...)``."""
+    return (-0.5 * ((z - loc) / scale) ** 2 - scale.log() - _HALF_LOG_2PI).sum(-1)
+
+
+def _log_normal_of_draw(eps: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """log N(loc + scale * eps; loc, scale) from the standard draw ``eps``: ``(..., Z) -> (...)``."""
+    return (-0.5 * eps**2 - scale.log() - _HALF_LOG_2PI).sum(-1)
+
+
+def _log_likelihood(model: GMVAE, decoded: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """log p(x|z) from the decoder output ``(..., N, D)`` and ``x (N, D)``: ``-> (..., N)``."""
+    if type(model.likelihood) is Bernoulli:
+        # What one writes by hand; other likelihoods go through the model's own module.
+        target = x.expand_as(decoded)
+        return -F.binary_cross_entropy_with_logits(decoded, target, reduction="none").sum(-1)
+    return model.likelihood(decoded).log_prob(x)
+
+
+def hand_loss(
+    model: GMVAE, x: torch.Tensor, view: torch.Tensor | None = None, beta: float = 1.0
+) -> torch.Tensor:
+    """The negative ELBO per example that ``Trainer.svi_loss`` computes, in plain PyTorch.
+
+    The sum over the K clusters is explicit and vectorised (no Python loop), with the model's own
+    networks. z is drawn exactly as Pyro draws it (one ``normal_`` of the shape of q's location),
+    so under the same seed the two losses see the same z.
+
+    - marginal guide: ``logsumexp_y [log p(y) + log p(z|y)] + log p(x|z) - log q(z|x)``;
+    - enumerated guide: ``sum_y q(y|x) [log p(y) + log p(z_y|y) + log p(x|z_y) - log q(y|x)
+      - log q(z_y|x,y)]``.
+
+    Args:
+        model: the GMVAE whose networks and prior are used.
+        x: ``(N, D)`` the examples the likelihood scores.
+        view: ``(N, D)`` what the encoders see instead of ``x`` (augmented view), or None.
+        beta: the likelihood term is divided by ``beta`` (the trainer's beta-weighted KL).
+
+    Returns:
+        A scalar: minus the ELBO averaged over the N examples.
+    """
+    seen = x if view is None else view
+    log_pi = F.log_softmax(model.cluster_logits, -1)  # (K,)
+    means, scales = model.cluster_means, model.cluster_scales()  # (K, Z)
+    if model.config.guide == "marginal":
+        loc, scale = model.encoder(seen)  # (N, Z)
+        eps = torch.empty_like(loc).normal_()
+        z = loc + scale * eps
+        # log p(z) = logsumexp_y [log p(y) + log p(z|y)]: (N, 1, Z) against (K, Z) -> (N, K)
+        log_prior = (log_pi + _log_normal(z.unsqueeze(-2), means, scales)).logsumexp(-1)
+        log_lik = _log_likelihood(model, model.decoder(z), x)  # (N,)
+        return -(log_lik / beta + log_prior - _log_normal_of_draw(eps, scale)).mean()
+
+    log_q_y = F.log_softmax(model.cluster_encoder(seen), -1).T  # (K, N)
+    y = torch.arange(model.n_clusters, device=x.device).unsqueeze(-1)  # (K, 1)
+    loc, scale = model.encoder(seen, y)  # (K, N, Z)
+    eps = torch.empty_like(loc).normal_()
+    z = loc + scale * eps
+    log_lik = _log_likelihood(model, model.decoder(z), x)  # (K, N): K decoder passes
+    terms = (
+        log_pi.unsqueeze(-1)
+        + _log_normal(z, means.unsqueeze(-2), scales.unsqueeze(-2))
+        + log_lik / beta
+        - log_q_y
+        - _log_normal_of_draw(eps, scale)
+    )  # (K, N)
+    return -(log_q_y.exp() * terms).sum(0).mean()
+
+
+# ----------------------------------------------------------------------------------------------
+# Variants of the step
+
+
+class TraceEnumNoNanCheck(TraceEnum_ELBO):
+    """``TraceEnum_ELBO`` without the ``warn_if_nan`` of ``differentiable_loss``, which reads the
+    loss on the host (and hooks its gradient to read that too): a device synchronisation per
+    step on CUDA. The trainer already checks the loss for NaN at intervals."""
+
+    def differentiable_loss(self, model, guide, *args, **kwargs):
+        elbo = 0.0
+        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+            elbo = elbo + _compute_dice_elbo(model_trace, guide_trace)
+        return -elbo / self.num_particles
+
+
+@contextlib.contextmanager
+def pyro_module_noop() -> Iterator[None]:
+    """Make ``pyro.module`` return the module untouched: what registering it once would cost.
+
+    The trainer optimises ``model.parameters()`` with torch's Adam, so the registration that
+    ``model``/``guide`` repeat on every call (a traced ``param`` site per tensor) changes nothing.
+    """
+    with mock.patch.object(pyro, "module", lambda name, nn_module, *args, **kwargs: nn_module):
+        yield
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way of computing the loss of a step; all share the trainer's ``_step``."""
+
+    name: str
+    note: str
+    elbo: Callable[[], ELBO] | None = None  # None: the hand-written loss
+    validation: bool = True
+    module_each_call: bool = True
+    # Call elbo.differentiable_loss(model, guide, x) directly instead of Trainer.svi_loss, which
+    # passes view=None positionally (JIT cannot trace a None argument) and scales x by 1/beta.
+    direct: bool = False
+
+    def context(self) -> contextlib.ExitStack:
+        stack = contextlib.ExitStack()
+        if not self.validation:
+            stack.enter_context(pyro.validation_enabled(False))
+        if not self.module_each_call:
+            stack.enter_context(pyro_module_noop())
+        return stack
+
+
+def _trace_enum() -> ELBO:
+    return TraceEnum_ELBO(max_plate_nesting=1)
+
+
+def _jit_trace_enum() -> ELBO:
+    return JitTraceEnum_ELBO(max_plate_nesting=1, ignore_jit_warnings=True)
+
+
+VARIANTS = {
+    v.name: v
+    for v in [
+        Variant("hand", "plain PyTorch, explicit vectorised sum over the K clusters"),
+        Variant("pyro", "Trainer.svi_loss + _step, as the trainer runs them", _trace_enum),
+        Variant(
+            "pyro:no-validation",
+            "inside pyro.validation_enabled(False)",
+            _trace_enum,
+            validation=False,
+        ),
+        Variant(
+            "pyro:module-once",
+            "pyro.module a no-op (parameters registered once)",
+            _trace_enum,
+            module_each_call=False,
+        ),
+        Variant(
+            "pyro:no-nan-check",
+            "differentiable_loss without warn_if_nan (TraceEnumNoNanCheck)",
+            lambda: TraceEnumNoNanCheck(max_plate_nesting=1),
+        ),
+        Variant(
+            "pyro:no-strict-warning",
+            "TraceEnum_ELBO(max_plate_nesting=1, strict_enumeration_warning=False)",
+            lambda: TraceEnum_ELBO(max_plate_nesting=1, strict_enumeration_warning=False),
+        ),
+        Variant(
+            "pyro:all",
+            "no validation + module once + no NaN check",
+            lambda: TraceEnumNoNanCheck(max_plate_nesting=1),
+            validation=False,
+            module_each_call=False,
+        ),
+        Variant("jit", "Trainer(elbo=JitTraceEnum_ELBO(max_plate_nesting=1))", _jit_trace_enum),
+        Variant(
+            "jit:direct",
+            "JitTraceEnum_ELBO's differentiable_loss(model, guide, x) / N, no view argument",
+            _jit_trace_enum,
+            direct=True,
+        ),
+    ]
+}
+
+
+def make_trainer(
+    model: GMVAE, x: torch.Tensor | np.ndarray, train_config: TrainConfig, variant: Variant
+) -> Trainer:
+    """A trainer of ``model`` on ``x`` in the SVI phase, its ELBO the variant's."""
+    elbo = variant.elbo() if variant.elbo is not None else None
+    return Trainer(model, x, train_config, elbo=elbo, progress=False)
+
+
+def step_loss(variant: Variant, trainer: Trainer, xb: torch.Tensor) -> torch.Tensor:
+    """The loss of one step of ``variant``, as the trainer computes it (no augmented view)."""
+    if variant.elbo is None:
+        return hand_loss(trainer.model, xb, beta=getattr(trainer.config, "beta", 1.0))
+    if variant.direct:
+        model = trainer.model
+        return trainer.elbo.differentiable_loss(model.model, model.guide, xb) / len(xb)
+    return trainer.svi_loss(xb)
+
+
+# ----------------------------------------------------------------------------------------------
+# Set-up shared by the step and epoch measurements
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def load_mnist(rows: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """``rows`` MNIST digits ``(rows, 784)`` in [0, 1] from mnist8k, repeated when rows > 8000."""
+    path = resolve_mnist8k()
+    if path is None:
+        sys.exit("mnist8k.npz not found: set PYRO_GMVAE_MNIST8K to its path")
+    data = load_data(path)
+    x = data.x if rows <= len(data) else np.resize(data.x, (rows, data.n_features))
+    return np.ascontiguousarray(x[:rows]), data.image_shape
+
+
+def model_config(args: argparse.Namespace, guide: str, clusters: int, image_shape) -> ModelConfig:
+    """The library's default ModelConfig, with the benchmark's guide and K (and size overrides)."""
+    overrides: dict[str, Any] = {
+        "guide": guide,
+        "clusters": clusters,
+        "n_features": image_shape[0] * image_shape[1],
+        "image_shape": tuple(image_shape),
+    }
+    if args.hidden is not None:
+        overrides["hidden"] = tuple(args.hidden)
+    if args.latent_dim is not None:
+        overrides["latent_dim"] = args.latent_dim
+    return dataclasses.replace(ModelConfig(), **overrides)
+
+
+def train_config(args: argparse.Namespace, batch_size: int) -> TrainConfig:
+    """The library's default TrainConfig, straight into the SVI phase."""
+    return dataclasses.replace(
+        TrainConfig(),
+        batch_size=batch_size,
+        pretrain_epochs=0,
+        epochs=1,
+        device=args.device,
+        seed=args.seed,
+        checkpoint_every=0,
+    )
+
+
+def build_model(config: ModelConfig, seed: int) -> GMVAE:
+    pyro.clear_param_store()  # another model of the same name may have registered before
+    pyro.set_rng_seed(seed)
+    return GMVAE(config)
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. Steps
+
+
+def check_agreement(
+    model: GMVAE, trainers: dict[str, Trainer], xb: torch.Tensor, seed: int
+) -> dict[str, dict[str, Any]]:
+    """Loss and gradient of each variant against the hand-written loss, on the same draws of z.
+
+    Returns ``{variant: {"loss", "rel_loss", "rel_grad"}}`` (or ``{"error"}``); relative errors
+    are ``|a - b| / |b|`` for the loss and ``||a - b|| / ||b||`` over all gradients.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def loss_and_grads(name: str) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        variant = VARIANTS[name]
+        pyro.set_rng_seed(seed)
+        with variant.context():
+            loss = step_loss(variant, trainers[name], xb)
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        grads = [
+            torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)
+        ]
+        return loss.detach(), grads
+
+    ref_loss, ref_grads = loss_and_grads("hand")
+    ref_norm = torch.sqrt(sum((g.double() ** 2).sum() for g in ref_grads))
+    results: dict[str, dict[str, Any]] = {"hand": {"loss": float(ref_loss)}}
+    for name in trainers:
+        if name == "hand":
+            continue
+        try:
+            loss, grads = loss_and_grads(name)
+        except Exception as e:  # JIT has open bugs: report, do not crash
+            results[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"}
+            continue
+        diff = torch.sqrt(
+            sum(((g - r).double() ** 2).sum() for g, r in zip(grads, ref_grads, strict=True))
+        )
+        results[name] = {
+            "loss": float(loss),
+            "rel_loss": float((loss - ref_loss).abs() / ref_loss.abs()),
+            "rel_grad": float(diff / ref_norm),
+            # A traced graph draws z with torch.normal, not normal_: other draws, other values.
+            "same_draws": not isinstance(trainers[name].elbo, JitTraceEnum_ELBO),
+        }
+    return results
+
+
+def time_steps(
+    trainers: dict[str, Trainer], xb: torch.Tensor, repeats: int, warmup: int
+) -> dict[str, dict[str, Any]]:
+    """Median forward and whole-step times (seconds) of each variant, interleaved round-robin.
+
+    The forward time is the host's time to build the loss (on CUDA the kernels may still run);
+    the step time is synchronised at both ends, so it is the device's time for the whole step.
+    """
+    device = xb.device
+    results: dict[str, dict[str, Any]] = {}
+    live = []
+    for name, trainer in trainers.items():
+        variant = VARIANTS[name]
+        try:
+            with variant.context():
+                for _ in range(warmup):
+                    trainer._step(step_loss(variant, trainer, xb))
+            _sync(device)
+            live.append(name)
+            results[name] = {"forward": [], "step": []}
+        except Exception as e:  # JIT has open bugs: report, do not crash
+            results[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"}
+    for r in range(repeats):
+        # Rotate the order so that no variant always runs right after the same one.
+        for name in live[r % len(live) :] + live[: r % len(live)]:
+            variant, trainer = VARIANTS[name], trainers[name]
+            with variant.context():
+                _sync(device)
+                t0 = time.perf_counter()
+                loss = step_loss(variant, trainer, xb)
+                t1 = time.perf_counter()
+                trainer._step(loss)
+                _sync(device)
+                t2 = time.perf_counter()
+            results[name]["forward"].append(t1 - t0)
+            results[name]["step"].append(t2 - t1 + (t1 - t0))
+    for name in live:
+        times = results[name]
+        results[name] = {
+            "forward": statistics.median(times["forward"]),
+            "step": statistics.median(times["step"]),
+            "step_q1_q3": tuple(np.percentile(times["step"], [25, 75]).tolist()),
+        }
+    return results
+
+
+def run_steps(args: argparse.Namespace, x: np.ndarray, image_shape) -> list[dict[str, Any]]:
+    """Section 1: one row per (guide, batch, variant)."""
+    rows = []
+    for guide in args.guides:
+        model = build_model(model_config(args, guide, args.step_clusters, image_shape), args.seed)
+        for batch in args.step_batches:
+            config = train_config(args, batch)
+            trainers = {
+                name: make_trainer(model, x[:batch], config, VARIANTS[name])
+                for name in args.variants
+            }
+            xb = trainers["hand"].x
+            agreement = check_agreement(model, trainers, xb, args.seed)
+            times = time_steps(trainers, xb, args.repeats, args.warmup)
+            hand = times["hand"]["step"]
+            for name in args.variants:
+                row = {"guide": guide, "batch": batch, "clusters": args.step_clusters}
+                row["variant"] = name
+                row |= times[name]
+                if "step" in times[name]:
+                    row["ratio"] = times[name]["step"] / hand
+                row["agreement"] = agreement.get(name, {})
+                rows.append(row)
+            del trainers
+    return rows
+
+
+def print_steps(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    print(
+        f"\n## 1. One optimizer step (loss, backward, clip, Adam): median of {args.repeats} "
+        f"after {args.warmup} warm-up, variants interleaved"
+    )
+    print(
+        f"{'guide':<11}{'batch':>6}{'K':>5}  {'variant':<23}{'fwd ms':>9}{'step ms':>9}"
+        f"{'IQR ms':>14}{'ratio':>7}  {'agrees with hand (loss / grad rel. err.)':<40}"
+    )
+    for r in rows:
+        head = f"{r['guide']:<11}{r['batch']:>6}{r['clusters']:>5}  {r['variant']:<23}"
+        a = r["agreement"]
+        if "error" in a:
+            agree = f"failed: {a['error']}"
+        elif "rel_loss" in a:
+            agree = f"{a['rel_loss']:.1e} / {a['rel_grad']:.1e}"
+            agree += "" if a["same_draws"] else " (other draws of z)"
+        else:
+            agree = f"reference (loss {a.get('loss', float('nan')):.4g})"
+        if "error" in r:
+            print(f"{head}{'failed':>9}  {r['error']}")
+            continue
+        q1, q3 = r["step_q1_q3"]
+        print(
+            f"{head}{r['forward'] * 1e3:>9.2f}{r['step'] * 1e3:>9.2f}"
+            f"{f'{q1 * 1e3:.1f}-{q3 * 1e3:.1f}':>14}{r['ratio']:>7.3f}  {agree}"
+        )
+    print("ratio: step time / hand-written step time, same process, same model, same batch.")
+    for name in args.variants:
+        print(f"  {name:<23}{VARIANTS[name].note}")
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. and 3. Epochs, each in a fresh process
+
+
+def _rss_mb() -> float:
+    """The current resident memory in MB (Linux), or NaN."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
+def epoch_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """Time one SVI epoch of ``Trainer._run_epoch`` as configured by ``spec``; run in its own
+    process by :func:`run_epoch_config`, so the peak memory is this configuration's alone."""
+    torch.set_num_threads(spec["threads"])
+    args = argparse.Namespace(**spec)
+    x, image_shape = load_mnist(spec["rows"])
+    model = build_model(model_config(args, spec["guide"], spec["clusters"], image_shape), args.seed)
+    variant = VARIANTS[spec["variant"]]
+    trainer = make_trainer(model, x, train_config(args, spec["batch_size"]), variant)
+    device = trainer.device
+    del x
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        base_mb = torch.cuda.memory_allocated(device) / 2**20
+    else:
+        base_mb = _rss_mb()
+    batch_idx = torch.arange(min(spec["batch_size"], len(trainer.x)), device=device)
+    fixed = trainer.x[batch_idx]
+
+    def timed(fn: Callable[[], Any], n: int) -> float:
+        times = []
+        for _ in range(n):
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+    with variant.context():
+        for _ in range(spec["warmup"]):
+            trainer._step(trainer.svi_loss(*trainer._minibatch(batch_idx)))
+        step_s = timed(lambda: trainer._step(trainer.svi_loss(fixed)), 3)
+        prep_s = timed(lambda: trainer._minibatch(batch_idx), 3)
+        _sync(device)
+        start = time.perf_counter()
+        record = trainer._run_epoch()
+        _sync(device)
+        epoch_s = time.perf_counter() - start
+    if device.type == "cuda":
+        peak_mb = torch.cuda.max_memory_allocated(device) / 2**20
+    else:
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
+    return {
+        "epoch_s": epoch_s,
+        "examples_per_s": len(trainer.x) / epoch_s,
+        "batches": math.ceil(len(trainer.x) / spec["batch_size"]),
+        "step_s": step_s,
+        "prep_s": prep_s,
+        "peak_mb": peak_mb,
+        "train_mb": peak_mb - base_mb,
+        "loss": record["loss"],
+    }
+
+
+def run_epoch_config(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """Run :func:`epoch_worker` in a fresh Python process; errors come back as ``{"error"}``."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"over {timeout:.0f} s"}
+    if proc.returncode != 0:
+        why = "killed (out of memory?)" if proc.returncode < 0 else f"exit {proc.returncode}"
+        lines = proc.stderr.strip().splitlines()
+        return {"error": f"{why}: {lines[-1][:150] if lines else ''}"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def epoch_specs(args: argparse.Namespace) -> list[dict[str, Any]]:
+    base = {
+        "device": args.device,
+        "threads": args.threads,
+        "seed": args.seed,
+        "hidden": args.hidden,
+        "latent_dim": args.latent_dim,
+        "warmup": 2,
+    }
+    specs = [
+        base | {"guide": g, "clusters": k, "batch_size": b, "rows": args.rows, "variant": v}
+        for v in args.epoch_variants
+        for g in args.guides
+        for b in args.batch_sizes
+        for k in args.clusters
+    ]
+    if args.device.startswith("cuda") and not args.skip_gpu_epoch:
+        batches = sorted({TrainConfig().batch_size, 1024})
+        specs += [
+            base
+            | {"guide": g, "clusters": 10, "batch_size": b, "rows": GPU_EPOCH_ROWS}
+            | {"variant": v}
+            for v in args.epoch_variants
+            for g in args.guides
+            for b in batches
+        ]
+    return specs
+
+
+def run_epochs(args: argparse.Namespace) -> list[dict[str, Any]]:
+    rows = []
+    for spec in epoch_specs(args):
+        result = run_epoch_config(spec, args.epoch_timeout)
+        rows.append(spec | result)
+        if args.verbose:
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    return rows
+
+
+def print_epochs(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    memory = "peak CUDA MB allocated" if args.device.startswith("cuda") else "peak RSS MB"
+    print(
+        "\n## 2. One SVI epoch of Trainer._run_epoch (augmentation as in TrainConfig), "
+        "one fresh process per row"
+    )
+    print(
+        f"{'guide':<11}{'variant':<12}{'rows':>7}{'K':>5}{'batch':>6}{'ex/s':>9}{'epoch s':>9}"
+        f"{'step ms':>9}{'prep ms':>9}{'outside':>9}{'peak MB':>9}{'train MB':>9}"
+    )
+    for r in rows:
+        head = (
+            f"{r['guide']:<11}{r['variant']:<12}{r['rows']:>7}{r['clusters']:>5}"
+            f"{r['batch_size']:>6}"
+        )
+        if "error" in r:
+            print(f"{head}  failed: {r['error']}")
+            continue
+        in_steps = r["rows"] / r["batch_size"] * r["step_s"]
+        outside = 1 - in_steps / r["epoch_s"]
+        print(
+            f"{head}{r['examples_per_s']:>9.0f}{r['epoch_s']:>9.2f}{r['step_s'] * 1e3:>9.1f}"
+            f"{r['prep_s'] * 1e3:>9.2f}{outside:>9.0%}{r['peak_mb']:>9.0f}{r['train_mb']:>9.0f}"
+        )
+    print(
+        f"step ms: median of 3 steps on one fixed batch, outside the epoch. prep ms: the "
+        f"trainer's minibatch gather + augmentation. outside: share of the epoch not explained by "
+        f"rows/batch x step ms (batch preparation, bookkeeping; noisy). {memory}: whole process "
+        "peak; train MB: peak above the memory after set-up (model, data, optimizer built)."
+    )
+    if any(r["rows"] > 8000 for r in rows):
+        print(f"rows = {GPU_EPOCH_ROWS}: mnist8k repeated (tiled) to {GPU_EPOCH_ROWS} rows.")
+
+
+# ----------------------------------------------------------------------------------------------
+# Targets
+
+
+def _verdict(ok: bool | None) -> str:
+    return "n/a " if ok is None else ("PASS" if ok else "FAIL")
+
+
+def evaluate_targets(
+    args: argparse.Namespace, steps: list[dict[str, Any]], epochs: list[dict[str, Any]]
+) -> list[tuple[str, bool | None, str]]:
+    """``(target, passed or None when not measured, the measurement)`` for each target."""
+    out: list[tuple[str, bool | None, str]] = []
+    on_cpu = args.device == "cpu"
+    for batch, key in ((256, "ratio_256"), (64, "ratio_64")):
+        limit = TARGETS[key]
+        for guide in args.guides:
+            row = next(
+                (
+                    r
+                    for r in steps
+                    if r["guide"] == guide
+                    and r["batch"] == batch
+                    and r["clusters"] == 10
+                    and r["variant"] == "pyro"
+                    and "ratio" in r
+                ),
+                None,
+            )
+            name = f"step ratio pyro/hand <= {limit} at batch {batch}, K=10, CPU ({guide})"
+            if row is None or not on_cpu:
+                out.append((name, None, "not measured (needs --device cpu and this batch, K=10)"))
+            else:
+                out.append((name, row["ratio"] <= limit, f"{row['ratio']:.3f}"))
+    for guide in args.guides:
+        for batch in args.batch_sizes:
+            ok_rows = [
+                r
+                for r in epochs
+                if r["guide"] == guide
+                and r["batch_size"] == batch
+                and r["rows"] == args.rows
+                and r["variant"] == "pyro"
+                and "epoch_s" in r
+            ]
+            name = f"epoch cost at most linear in K ({guide}, batch {batch})"
+            if len({r["clusters"] for r in ok_rows}) < 2:
+                out.append((name, None, "needs two values of K"))
+                continue
+            lo = min(ok_rows, key=lambda r: r["clusters"])
+            hi = max(ok_rows, key=lambda r: r["clusters"])
+            exponent = math.log(hi["epoch_s"] / lo["epoch_s"]) / math.log(
+                hi["clusters"] / lo["clusters"]
+            )
+            out.append(
+                (
+                    name,
+                    exponent <= TARGETS["k_exponent"],
+                    f"time ~ K^{exponent:.2f} from K={lo['clusters']} to {hi['clusters']}",
+                )
+            )
+    for r in epochs:
+        if r["rows"] == GPU_EPOCH_ROWS and r["variant"] == "pyro":
+            name = (
+                f"GPU epoch of 60k at K=10 < {TARGETS['gpu_epoch_s']} s "
+                f"({r['guide']}, batch {r['batch_size']})"
+            )
+            if "epoch_s" in r:
+                out.append((name, r["epoch_s"] < TARGETS["gpu_epoch_s"], f"{r['epoch_s']:.2f} s"))
+            else:
+                out.append((name, False, r.get("error", "")))
+    if not args.device.startswith("cuda"):
+        out.append(("GPU epoch of 60k at K=10 < 2 s", None, "run with --device cuda"))
+    return out
+
+
+def print_targets(targets: list[tuple[str, bool | None, str]]) -> None:
+    print("\n## Targets (reported, not asserted)")
+    for name, ok, measured in targets:
+        print(f"  {_verdict(ok)}  {name}: {measured}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Profile
+
+
+_PROFILE_GROUPS = [
+    ("pyro/poutine", "pyro.poutine: tracing, enumeration, messengers"),
+    ("pyro/infer", "pyro.infer: TraceEnum_ELBO, Dice, validation checks"),
+    ("pyro/ops", "pyro.ops: packed tensors, contraction, einsum"),
+    ("pyro/primitives", "pyro.module / pyro.param / pyro.sample"),
+    ("pyro/params", "pyro.module / pyro.param / pyro.sample"),
+    ("pyro/distributions", "distributions: construction, validation, log_prob"),
+    ("torch/distributions", "distributions: construction, validation, log_prob"),
+    ("pyro/", "pyro: other"),
+    ("pyro_gmvae/", "pyro_gmvae: model, guide, trainer"),
+    ("torch/nn", "torch.nn: module calls (Python)"),
+    ("torch/optim", "torch.optim: Adam (Python)"),
+    ("torch/autograd", "backward: autograd (Python + C++ kernels)"),
+    ("run_backward", "backward: autograd (Python + C++ kernels)"),
+    ("torch/", "torch: other Python"),
+    ("~", "C++ ops called from Python (the arithmetic itself)"),
+]
+
+
+def profile_steps(args: argparse.Namespace, x: np.ndarray, image_shape) -> None:
+    """cProfile ``args.profile`` steps of each of "hand" and "pyro"; own time grouped by package.
+
+    cProfile slows Python code more than C++ kernels, so these shares overstate Pyro's overhead;
+    the variant timings of section 1 are the unbiased measure.
+    """
+    guide = args.guides[0]
+    batch = args.step_batches[0]
+    model = build_model(model_config(args, guide, args.step_clusters, image_shape), args.seed)
+    config = train_config(args, batch)
+    print(
+        f"\n## Profile: {args.profile} steps, guide {guide}, batch {batch}, "
+        f"K={args.step_clusters} (cProfile own time, ms per step)"
+    )
+    for name in ("hand", "pyro"):
+        variant = VARIANTS[name]
+        trainer = make_trainer(model, x[:batch], config, variant)
+        for _ in range(args.warmup):
+            trainer._step(step_loss(variant, trainer, trainer.x))
+        profiler = cProfile.Profile()
+        profiler.enable()
+        for _ in range(args.profile):
+            trainer._step(step_loss(variant, trainer, trainer.x))
+        _sync(trainer.device)
+        profiler.disable()
+        stats = pstats.Stats(profiler)
+        groups: dict[str, float] = {}
+        for (filename, _, function), (_, _, own, _, _) in stats.stats.items():
+            key = (
+                filename if filename != "~" else ("run_backward" if "backward" in function else "~")
+            )
+            label = next((g for prefix, g in _PROFILE_GROUPS if prefix in key), "other Python")
+            groups[label] = groups.get(label, 0.0) + own
+        total = sum(groups.values())
+        print(f"{name}: {total / args.profile * 1e3:.2f} ms per step under the profiler")
+        for label, own in sorted(groups.items(), key=lambda kv: -kv[1]):
+            print(f"  {own / args.profile * 1e3:8.2f}  {own / total:5.1%}  {label}")
+        if name == "pyro":
+            print("  top 12 functions by cumulative time:")
+            stats.sort_stats("cumulative").print_stats(12)
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+
+
+def describe_machine(args: argparse.Namespace) -> dict[str, Any]:
+    cpu = platform.processor() or "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    info = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "pyro": pyro.__version__,
+        "python": platform.python_version(),
+        "device": args.device,
+        "load_average": os.getloadavg(),
+    }
+    if args.device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(torch.device(args.device))
+    return info
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
+    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    p.add_argument(
+        "--grid", choices=sorted(GRIDS), default="full", help="preset of the flags below"
+    )
+    p.add_argument("--guides", nargs="+", default=["marginal", "enumerated"])
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    p.add_argument("--repeats", type=int, default=30, help="timed steps per variant")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps per variant first")
+    p.add_argument("--step-batches", type=int, nargs="+", help="batch sizes of section 1")
+    p.add_argument("--step-clusters", type=int, help="K of section 1 (default 10)")
+    p.add_argument("--clusters", type=int, nargs="+", help="K values of the epoch grid")
+    p.add_argument("--batch-sizes", type=int, nargs="+", help="batch sizes of the epoch grid")
+    p.add_argument("--rows", type=int, help="MNIST rows per epoch (8000: all of mnist8k)")
+    p.add_argument(
+        "--epoch-variants",
+        nargs="+",
+        choices=[v for v in VARIANTS if v != "hand"],
+        default=["pyro"],
+        help="Pyro variants timed over whole epochs",
+    )
+    p.add_argument("--hidden", type=int, nargs="+", help="override ModelConfig.hidden")
+    p.add_argument("--latent-dim", type=int, help="override ModelConfig.latent_dim")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--skip-steps", action="store_true", help="skip section 1")
+    p.add_argument("--skip-epochs", action="store_true", help="skip sections 2 and 3")
+    p.add_argument("--skip-gpu-epoch", action="store_true", help="skip section 3 on CUDA")
+    p.add_argument("--epoch-timeout", type=float, default=600, help="seconds per epoch process")
+    p.add_argument("--profile", type=int, default=0, help="only profile this many steps")
+    p.add_argument("--json", type=Path, help="also write all results to this JSON file")
+    p.add_argument("--verbose", action="store_true", help="print each epoch result as it comes")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    preset = GRIDS[args.grid]
+    defaults = {"step_batches": [64, 256], "step_clusters": 10} | preset
+    for key, value in defaults.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    if "hand" not in args.variants:
+        args.variants = ["hand", *args.variants]
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.worker is not None:
+        warnings.filterwarnings("ignore")
+        print(json.dumps(epoch_worker(json.loads(args.worker))))
+        return
+    torch.set_num_threads(args.threads)
+    machine = describe_machine(args)
+    mcfg = model_config(args, args.guides[0], args.step_clusters, (28, 28))
+    tcfg = train_config(args, TrainConfig().batch_size)
+    print("# pyro_gmvae speed benchmark")
+    print(
+        "command: python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
+    )
+    print("machine: " + ", ".join(f"{k} {v}" for k, v in machine.items()))
+    print(
+        f"model (ModelConfig defaults, guide and K per row): hidden {list(mcfg.hidden)}, latent "
+        f"{mcfg.latent_dim}, likelihood {mcfg.likelihood}, learn_weights {mcfg.learn_weights}; "
+        f"{GMVAE(mcfg).n_parameters():,} parameters (marginal guide, K={args.step_clusters})"
+    )
+    print(
+        f"training (TrainConfig defaults): lr {tcfg.lr}, clip_norm {tcfg.clip_norm}, beta "
+        f"{getattr(tcfg, 'beta', 1.0)}, augmentation {getattr(tcfg, 'augment_mode', '')} "
+        f"rotation {tcfg.augment_rotation} shift {tcfg.augment_shift}; data: mnist8k (28x28)"
+    )
+    x, image_shape = load_mnist(max(args.step_batches))
+    if args.profile:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            profile_steps(args, x, image_shape)
+        return
+
+    steps: list[dict[str, Any]] = []
+    if not args.skip_steps:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # JIT tracer and enumeration warnings
+            steps = run_steps(args, x, image_shape)
+        print_steps(steps, args)
+    epochs = [] if args.skip_epochs else run_epochs(args)
+    if epochs:
+        print_epochs(epochs, args)
+    targets = evaluate_targets(args, steps, epochs)
+    print_targets(targets)
+    print(f"\nload average at the end: {os.getloadavg()}")
+    if args.json is not None:
+        result = {"machine": machine, "steps": steps, "epochs": epochs, "targets": targets}
+        args.json.write_text(json.dumps(result, indent=1, default=str) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,170 @@
+"""benchmarks/speed.py: its hand-written ELBO is the trainer's loss, and the script runs.
+
+Correctness only: no timing is asserted (the machine is shared and timings are noisy).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pyro
+import pytest
+import torch
+
+from pyro_gmvae import GMVAE, ModelConfig, TrainConfig, Trainer
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "speed.py"
+N, D, K, Z = 6, 16, 3, 2
+
+
+def _load_speed():
+    spec = importlib.util.spec_from_file_location("speed", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["speed"] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+speed = _load_speed()
+
+
+def tiny_trainer(guide: str, beta: float = 1.0) -> Trainer:
+    """A float32 trainer of a tiny image model, its prior moved off the symmetric start."""
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    config = ModelConfig(
+        clusters=K, latent_dim=Z, hidden=(8,), n_features=D, image_shape=(4, 4), guide=guide
+    )
+    model = GMVAE(config)
+    with torch.no_grad():
+        model.cluster_raw_scales.normal_(0.0, 0.5)
+        model.cluster_logits.normal_(0.0, 1.0)
+        if model.encoder.cluster_offset is not None:
+            model.encoder.cluster_offset.weight.normal_(0.0, 1.0)
+    x = torch.rand(N, D, generator=torch.Generator().manual_seed(1))
+    train = TrainConfig(pretrain_epochs=0, batch_size=N, beta=beta, device="cpu")
+    return Trainer(model, x, train, progress=False)
+
+
+def losses_on_same_draws(trainer: Trainer, view: torch.Tensor | None = None, seed: int = 3):
+    pyro.set_rng_seed(seed)
+    pyro_loss = trainer.svi_loss(trainer.x, view)
+    pyro.set_rng_seed(seed)
+    hand = speed.hand_loss(trainer.model, trainer.x, view, beta=trainer.config.beta)
+    return pyro_loss, hand
+
+
+@pytest.mark.parametrize("beta", [1.0, 2.5])
+@pytest.mark.parametrize("guide", ["marginal", "enumerated"])
+def test_hand_loss_equals_trainer_loss_and_gradients(guide, beta):
+    trainer = tiny_trainer(guide, beta)
+    pyro_loss, hand = losses_on_same_draws(trainer)
+    torch.testing.assert_close(hand, pyro_loss, rtol=1e-5, atol=1e-5)
+    params = list(trainer.model.parameters())
+    g_pyro = torch.autograd.grad(pyro_loss, params, allow_unused=True)
+    g_hand = torch.autograd.grad(hand, params, allow_unused=True)
+    for p, a, b in zip(params, g_pyro, g_hand, strict=True):
+        a = torch.zeros_like(p) if a is None else a
+        b = torch.zeros_like(p) if b is None else b
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("guide", ["marginal", "enumerated"])
+def test_hand_loss_with_an_augmented_view(guide):
+    """The encoders see the view, the likelihood scores the original: as the trainer does."""
+    trainer = tiny_trainer(guide)
+    view = trainer.x.flip(0)
+    pyro_loss, hand = losses_on_same_draws(trainer, view)
+    torch.testing.assert_close(hand, pyro_loss, rtol=1e-5, atol=1e-5)
+    other = speed.hand_loss(trainer.model, trainer.x)
+    assert abs(float((hand - other).detach())) > 1e-3
+
+
+@pytest.mark.parametrize("guide", ["marginal", "enumerated"])
+def test_agreement_needs_the_same_draws(guide):
+    """The equality above is not trivial: other draws of z give another loss."""
+    trainer = tiny_trainer(guide)
+    pyro.set_rng_seed(3)
+    pyro_loss = trainer.svi_loss(trainer.x)
+    pyro.set_rng_seed(4)
+    hand = speed.hand_loss(trainer.model, trainer.x)
+    assert abs(float((pyro_loss - hand).detach())) > 1e-3
+
+
+def test_variants_agree_with_the_hand_loss():
+    """Every non-JIT Pyro variant the benchmark times computes the same loss and gradients."""
+    trainer = tiny_trainer("marginal")
+    names = [n for n in speed.VARIANTS if not n.startswith("jit")]
+    trainers = {
+        n: speed.make_trainer(trainer.model, trainer.x, trainer.config, speed.VARIANTS[n])
+        for n in names
+    }
+    agreement = speed.check_agreement(trainer.model, trainers, trainer.x, seed=5)
+    for name in names[1:]:
+        assert agreement[name]["rel_loss"] < 1e-5, name
+        assert agreement[name]["rel_grad"] < 1e-4, name
+
+
+def test_help(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        speed.parse_args(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "--device" in out and "--grid" in out and "--repeats" in out
+
+
+MICRO = ["--grid", "tiny", "--repeats", "2", "--warmup", "1", "--guides", "marginal"]
+
+
+def test_micro_run_steps(mnist8k_path, tmp_path, capsys, monkeypatch):
+    """Section 1 in this process: both Pyro and hand steps timed, their losses agree."""
+    result = tmp_path / "speed.json"
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # leave this process alone
+    speed.main([*MICRO, "--variants", "pyro", "--skip-epochs", "--json", str(result)])
+    out = capsys.readouterr().out
+    assert "## 1. One optimizer step" in out and "## Targets" in out
+    data = json.loads(result.read_text())
+    assert {r["variant"] for r in data["steps"]} == {"hand", "pyro"}
+    for row in data["steps"]:
+        assert row["step"] > 0 and row["forward"] > 0
+        if row["variant"] == "pyro":
+            assert row["agreement"]["rel_loss"] < 1e-4 and row["agreement"]["rel_grad"] < 1e-3
+
+
+def test_epoch_worker(mnist8k_path):
+    """One tiny epoch of the trainer, measured as the grid's subprocesses do (here in-process)."""
+    spec = {
+        "guide": "enumerated",
+        "clusters": 3,
+        "batch_size": 16,
+        "rows": 40,
+        "variant": "pyro",
+        "device": "cpu",
+        "threads": 1,
+        "seed": 0,
+        "hidden": [8],
+        "latent_dim": 2,
+        "warmup": 1,
+    }
+    result = speed.epoch_worker(spec)
+    assert result["batches"] == 3
+    assert result["epoch_s"] > 0 and result["step_s"] > 0 and result["peak_mb"] > 0
+    assert result["examples_per_s"] == pytest.approx(40 / result["epoch_s"])
+    assert math.isfinite(result["loss"])
+
+
+@pytest.mark.slow
+def test_script_end_to_end(mnist8k_path, tmp_path):
+    """The script as a user runs it: a subprocess per epoch configuration, exit status 0."""
+    result = tmp_path / "speed.json"
+    cmd = [sys.executable, str(SCRIPT), *MICRO, "--clusters", "2", "3", "--json", str(result)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    data = json.loads(result.read_text())
+    assert [r["clusters"] for r in data["epochs"]] == [2, 3]
+    assert all(r["examples_per_s"] > 0 and r["peak_mb"] > 0 for r in data["epochs"])
