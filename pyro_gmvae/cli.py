@@ -100,6 +100,31 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_run_data(args: argparse.Namespace, model):
+    """``args.data`` preprocessed as the run in ``args.run_dir`` saw its training data: images
+    as images, tables standardized with the run's ``scaler.json``."""
+    from .data import Scaler, load_data
+    from .runs import SCALER_FILE
+
+    run_dir = args.run_dir if args.run_dir.is_dir() else args.run_dir.parent
+    is_image = model.config.image_shape is not None
+    scaler = None
+    if (run_dir / SCALER_FILE).exists():
+        scaler = Scaler.from_dict(json.loads((run_dir / SCALER_FILE).read_text()))
+    elif not is_image:
+        print(
+            f"gmvae {args.command}: warning: {run_dir} has no {SCALER_FILE}; the table is "
+            "standardized with its own means and standard deviations",
+            file=sys.stderr,
+        )
+    return load_data(
+        args.data,
+        label_column=args.label_column,
+        scaler=scaler,
+        kind="image" if is_image else "table",
+    )
+
+
 def _add_evaluate(subparsers) -> None:
     p = subparsers.add_parser(
         "evaluate",
@@ -130,36 +155,117 @@ def _add_evaluate(subparsers) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .data import Scaler, load_data
     from .evaluate import EVALUATION_FILE, evaluate, format_evaluation
     from .model import GMVAE
-    from .runs import SCALER_FILE, atomic_write_text
+    from .runs import atomic_write_text
 
     if args.num_samples < 1:
         raise ConfigError(f"--num-samples must be at least 1, not {args.num_samples}")
     model = GMVAE.load(args.run_dir)
     run_dir = args.run_dir if args.run_dir.is_dir() else args.run_dir.parent
-    is_image = model.config.image_shape is not None
-    scaler = None
-    if (run_dir / SCALER_FILE).exists():
-        scaler = Scaler.from_dict(json.loads((run_dir / SCALER_FILE).read_text()))
-    elif not is_image:
-        print(
-            f"gmvae evaluate: warning: {run_dir} has no {SCALER_FILE}; the table is "
-            "standardized with its own means and standard deviations",
-            file=sys.stderr,
-        )
-    dataset = load_data(
-        args.data,
-        label_column=args.label_column,
-        scaler=scaler,
-        kind="image" if is_image else "table",
-    )
+    dataset = _load_run_data(args, model)
     result = evaluate(model, dataset, num_samples=args.num_samples, seed=args.seed)
     result |= {"run_dir": str(args.run_dir), "data": dataset.name}
     if args.save:
         atomic_write_text(run_dir / EVALUATION_FILE, json.dumps(result, indent=2) + "\n")
     print(json.dumps(result) if args.json else format_evaluation(result))
+    return 0
+
+
+def _add_ppc(subparsers) -> None:
+    p = subparsers.add_parser(
+        "ppc",
+        help="posterior predictive checks: does data replicated from the model look like --data?",
+        description="Draw replicated data from the model in RUN_DIR, given each example through "
+        "the guide (posterior predictive) and from scratch (prior predictive), with Pyro's "
+        "Predictive, and compare test statistics with the data: mean intensity per image, "
+        "per-pixel (per-feature) means and variances, cluster proportions, log p(x) of held-out "
+        "vs training data, and the distance of generated examples to their nearest training "
+        "example (memorisation). Prints a table; writes report.md, ppc.json and figures/ "
+        "into --out.",
+    )
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="run directory of gmvae train")
+    p.add_argument("--data", required=True, help="the run's training data, as for gmvae train")
+    p.add_argument("--out", required=True, type=Path, help="directory for the report")
+    p.add_argument("--label-column", default=None, help="CSV column holding labels")
+    p.add_argument(
+        "--num-samples",
+        type=int,
+        default=100,
+        help="replicated data sets per predictive (default 100; p-values resolve to 2/S)",
+    )
+    p.add_argument(
+        "--heldout-fraction",
+        type=float,
+        default=None,
+        help="fraction of --data held out from the checks' training side (default: the run's "
+        "own, split with the run's seed, so it is exactly the data the run never saw)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="random seed of the replicates")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_ppc)
+
+
+def cmd_ppc(args: argparse.Namespace) -> int:
+    from .model import GMVAE
+    from .ppc import REPORT_FILE, posterior_predictive_checks, write_report
+    from .runs import CONFIG_FILE
+
+    if args.num_samples < 2:
+        raise ConfigError(f"--num-samples must be at least 2, not {args.num_samples}")
+    model = GMVAE.load(args.run_dir)
+    run_dir = args.run_dir if args.run_dir.is_dir() else args.run_dir.parent
+    run = RunConfig.load(run_dir / CONFIG_FILE) if (run_dir / CONFIG_FILE).exists() else None
+    if args.label_column is None and run is not None:
+        args.label_column = run.data.label_column
+    dataset = _load_run_data(args, model)
+    fraction = args.heldout_fraction
+    if fraction is None:
+        fraction = run.data.heldout_fraction if run is not None else 0.0
+    if not 0 <= fraction < 1:
+        raise ConfigError(f"--heldout-fraction must be in [0, 1), not {fraction}")
+    heldout = None
+    if fraction > 0:
+        dataset, heldout = dataset.split(fraction, seed=run.train.seed if run else 0)
+    report = posterior_predictive_checks(
+        model,
+        dataset,
+        heldout=heldout,
+        num_samples=args.num_samples,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+    write_report(report, args.out)
+    print(report.to_table())
+    print(f"\nreport: {args.out / REPORT_FILE}")
+    return 0
+
+
+def _add_sample(subparsers) -> None:
+    p = subparsers.add_parser(
+        "sample",
+        help="a PNG of generated examples, one row per cluster",
+        description="Generate --per-cluster examples from each cluster of the model in RUN_DIR "
+        "(z ~ p(z|y), shown as the mean of p(x|z)) and save them as a grid, one row per cluster "
+        "(per-feature profiles for tables).",
+    )
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="run directory of gmvae train")
+    p.add_argument("--per-cluster", type=int, default=10, help="examples per cluster (default 10)")
+    p.add_argument("--out", required=True, type=Path, help="PNG file to write")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.set_defaults(func=cmd_sample)
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from .model import GMVAE
+    from .plots import samples_figure, save_figure
+
+    if args.per_cluster < 1:
+        raise ConfigError(f"--per-cluster must be at least 1, not {args.per_cluster}")
+    if args.out.suffix.lower() != ".png":
+        raise ConfigError(f"--out must name a .png file, not {args.out}")
+    model = GMVAE.load(args.run_dir)
+    print(save_figure(samples_figure(model, args.per_cluster, seed=args.seed), args.out))
     return 0
 
 
@@ -171,6 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_train(subparsers)
     _add_evaluate(subparsers)
+    _add_ppc(subparsers)
+    _add_sample(subparsers)
     return parser
 
 
