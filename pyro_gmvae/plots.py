@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 from scipy.optimize import linear_sum_assignment
 
 from .data import Dataset
-from .metrics import contingency
+from .metrics import cluster_accuracy, contingency
 from .model import GMVAE
 from .runs import atomic_write_bytes
 
@@ -314,15 +314,13 @@ def _scatter_by_group(ax, points, groups, colours, names) -> None:
 
 
 # ----------------------------------------------------------------------------- confusion matrix
-def confusion_figure(
-    labels: np.ndarray,
-    clusters: np.ndarray,
-    n_clusters: int | None = None,
-    *,
-    label_names: list[str] | None = None,
-) -> Figure:
-    """Counts of each label (rows) in each cluster (columns), the columns ordered by the best
-    one-to-one matching of clusters to labels (Hungarian), so a good clustering is diagonal."""
+def matched_confusion(
+    labels: np.ndarray, clusters: np.ndarray, n_clusters: int | None = None
+) -> tuple[np.ndarray, list[int]]:
+    """Counts ``M[label, j]`` of each label in cluster ``order[j]``, shape ``(L, K)``, with the
+    clusters ordered by the best one-to-one matching to labels (Hungarian): the cluster matched
+    to label 0 first, and so on, unmatched clusters last. With K >= L the matched counts are the
+    diagonal, and a perfect clustering is diagonal."""
     labels, clusters = np.asarray(labels), np.asarray(clusters)
     if labels.ndim != 1 or clusters.ndim != 1 or len(labels) != len(clusters) or len(labels) == 0:
         raise ValueError(
@@ -332,10 +330,22 @@ def confusion_figure(
     C = contingency(labels, clusters, n_clusters)  # (K, L)
     rows, cols = linear_sum_assignment(-C)
     matched = dict(zip(cols, rows, strict=True))  # label -> its cluster
-    order = [matched[c] for c in range(C.shape[1]) if c in matched]
+    order = [int(matched[c]) for c in range(C.shape[1]) if c in matched]
     order += [k for k in range(C.shape[0]) if k not in order]
-    M = C[order].T  # (L, K): labels down, clusters across
-    accuracy = C[rows, cols].sum() / len(labels)
+    return C[order].T, order
+
+
+def confusion_figure(
+    labels: np.ndarray,
+    clusters: np.ndarray,
+    n_clusters: int | None = None,
+    *,
+    label_names: list[str] | None = None,
+) -> Figure:
+    """Counts of each label (rows) in each cluster (columns), the columns ordered by the best
+    one-to-one matching of clusters to labels (:func:`matched_confusion`)."""
+    M, order = matched_confusion(labels, clusters, n_clusters)
+    accuracy = cluster_accuracy(labels, clusters)
     L, K = M.shape
     fig = _figure(2.0 + 0.5 * K, 1.6 + 0.45 * L)
     ax = fig.subplots()
