@@ -1,0 +1,413 @@
+"""Clustering benchmark: pyro_gmvae's default recipe against KMeans and Gaussian mixtures.
+
+For each dataset and seed, trains pyro_gmvae exactly as ``gmvae train`` would (``train_run`` with
+the library's defaults, K=10, any recipe flag overridable here) and fits, on the same data in the
+same process, the baselines:
+
+- ``kmeans-raw`` / ``kmeans-pca50``: scikit-learn KMeans, ``n_init=10``, on the pixels or on 50
+  principal components (PCA fitted on the training rows);
+- ``gmm-diag-raw``: scikit-learn GaussianMixture with diagonal covariances on the pixels (full
+  784x784 covariances are singular on MNIST's constant border pixels, and slow);
+- ``gmm-full-pca50``: GaussianMixture with full covariances on 50 principal components.
+
+scikit-learn's defaults otherwise (GaussianMixture: one k-means initialisation, ``reg_covar=1e-6``).
+
+Labels are used for scoring only. With ``--heldout-fraction f`` every method is fitted on the same
+random ``1 - f`` of the rows (``Dataset.split`` with the run's seed) and also scored on the unseen
+rest, clusters assigned by the fitted model alone.
+
+Prints the machine and one table (mean +- std over seeds and worst seed of accuracy and NMI, mean
+wall time per run); writes every per-seed result to ``OUT/results.json`` (after each run, so an
+interrupted benchmark keeps what it measured) and the table as Markdown to ``--markdown``. See
+``benchmarks/README.md`` for the command lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyro
+import sklearn
+import torch
+from sklearn.cluster import KMeans
+from sklearn.decomposition import PCA
+from sklearn.mixture import GaussianMixture
+from threadpoolctl import threadpool_limits
+
+from pyro_gmvae.config import (
+    DataConfig,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+    add_arguments,
+    from_arguments,
+)
+from pyro_gmvae.data import Dataset, load_data, resolve_mnist8k
+from pyro_gmvae.metrics import clustering_scores
+from pyro_gmvae.runs import atomic_write_text
+from pyro_gmvae.train import TrainingDiverged, train_run
+
+GMVAE = "pyro_gmvae"
+BASELINES = ("kmeans-raw", "kmeans-pca50", "gmm-diag-raw", "gmm-full-pca50")
+PCA_COMPONENTS = 50
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ----------------------------------------------------------------------------------- machine
+
+
+def machine_info() -> dict[str, Any]:
+    """What the timings were measured on."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        commit += " (with uncommitted changes)" if dirty else ""
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "cores_available": len(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else None,
+        "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "pyro": pyro.__version__,
+        "scikit-learn": sklearn.__version__,
+        "platform": platform.platform(),
+        "commit": commit,
+    }
+
+
+def format_machine(machine: dict[str, Any]) -> str:
+    return (
+        f"Machine: {machine['cpu']}, {machine['cores']} cores "
+        f"({machine['cores_available']} available), torch threads {machine['torch_threads']}, "
+        f"GPU {machine['gpu'] or 'none'}; Python {machine['python']}, torch {machine['torch']}, "
+        f"pyro {machine['pyro']}, scikit-learn {machine['scikit-learn']}; "
+        f"pyro_gmvae commit {machine['commit']}"
+    )
+
+
+# -------------------------------------------------------------------------------------- runs
+
+
+def resolve_spec(name: str) -> str:
+    """A ``--datasets`` entry as a ``--data`` spec: ``mnist8k`` is the shared 8,000 digits."""
+    if name != "mnist8k":
+        return name
+    path = resolve_mnist8k()
+    if path is None:
+        raise SystemExit(
+            "benchmark: mnist8k.npz not found (looked in ../shared/data/ from the repository "
+            "root); set PYRO_GMVAE_MNIST8K to its path or leave mnist8k out of --datasets"
+        )
+    return str(path)
+
+
+def split(dataset: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset | None]:
+    """The rows train_run trains on and the ones it holds out, for the same fraction and seed."""
+    return dataset.split(fraction, seed=seed) if fraction > 0 else (dataset, None)
+
+
+def scores(data: Dataset | None, clusters: np.ndarray | None) -> dict[str, float] | None:
+    if data is None or data.labels is None or clusters is None:
+        return None
+    return clustering_scores(data.labels, clusters)
+
+
+def run_baseline(
+    method: str, train: Dataset, heldout: Dataset | None, n_clusters: int, seed: int
+) -> dict[str, Any]:
+    """Fit ``method`` on ``train`` and score it there and on ``heldout`` (predicted, not refitted)."""
+    x_train = train.x
+    x_heldout = None if heldout is None else heldout.x
+    if method.endswith("pca50"):
+        pca = PCA(min(PCA_COMPONENTS, *x_train.shape), random_state=seed).fit(x_train)
+        x_train = pca.transform(x_train)
+        x_heldout = None if x_heldout is None else pca.transform(x_heldout)
+    if method.startswith("kmeans"):
+        fitted = KMeans(n_clusters, n_init=10, random_state=seed).fit(x_train)
+    else:
+        covariance = "diag" if method.startswith("gmm-diag") else "full"
+        fitted = GaussianMixture(n_clusters, covariance_type=covariance, random_state=seed)
+        fitted.fit(x_train)
+    train_clusters = fitted.predict(x_train)
+    heldout_clusters = None if x_heldout is None else fitted.predict(x_heldout)
+    return {
+        "train": scores(train, train_clusters),
+        "heldout": scores(heldout, heldout_clusters),
+    }
+
+
+def run_gmvae(config: RunConfig, run_dir: Path) -> dict[str, Any]:
+    """Train with ``train_run`` (what ``gmvae train`` does) and collect its scores."""
+    pyro.clear_param_store()  # nothing of the previous run may leak into this one
+    result = train_run(config, run_dir, force=True, progress=False, plots=False)
+    return {
+        "train": result.get("train"),
+        "heldout": result.get("heldout"),
+        "epochs": result.get("epochs"),
+        "loss": result.get("loss"),
+    }
+
+
+# ------------------------------------------------------------------------------------ tables
+
+
+def _mean_std(values: list[float]) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
+
+
+def _worst(values: list[float]) -> str:
+    return f"{min(values):.3f}" if values else "-"
+
+
+def summary_rows(records: list[dict[str, Any]], heldout: bool) -> tuple[list[str], list[list[str]]]:
+    """One row per dataset and method, in the order they were run."""
+    header = ["dataset", "method", "seeds", "accuracy", "worst acc", "NMI", "worst NMI", "ARI"]
+    if heldout:
+        header += ["held-out acc", "worst held-out", "train - held-out"]
+    header += ["time per run (s)"]
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in records:
+        groups.setdefault((r["dataset"], r["method"]), []).append(r)
+    rows = []
+    for (dataset, method), runs in groups.items():
+        ok = [r for r in runs if r["error"] is None and r["train"] is not None]
+        failed = len(runs) - len(ok)
+        acc = [r["train"]["accuracy"] for r in ok]
+        nmi = [r["train"]["nmi"] for r in ok]
+        ari = [r["train"]["ari"] for r in ok]
+        row = [
+            dataset,
+            method,
+            f"{len(ok)}" + (f" ({failed} failed)" if failed else ""),
+            _mean_std(acc),
+            _worst(acc),
+            _mean_std(nmi),
+            _worst(nmi),
+            f"{np.mean(ari):.3f}" if ari else "-",
+        ]
+        if heldout:
+            pairs = [(r["train"]["accuracy"], r["heldout"]["accuracy"]) for r in ok if r["heldout"]]
+            held = [h for _, h in pairs]
+            gaps = [t - h for t, h in pairs]
+            row += [
+                _mean_std(held),
+                _worst(held),
+                f"{np.mean(gaps):+.3f} (max {max(gaps):+.3f})" if gaps else "-",
+            ]
+        row.append(f"{np.mean([r['seconds'] for r in runs]):.1f}")
+        rows.append(row)
+    return header, rows
+
+
+def render(header: list[str], rows: list[list[str]], markdown: bool = False) -> str:
+    """A plain fixed-width table, or a Markdown one."""
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+    widths = [max(len(str(c)) for c in column) for column in zip(header, *rows, strict=True)]
+    line = lambda cells: "  ".join(f"{c:<{w}}" for c, w in zip(cells, widths, strict=True))  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def markdown_report(
+    header: list[str], rows: list[list[str]], machine: dict[str, Any], command: str, when: str
+) -> str:
+    return (
+        f"{render(header, rows, markdown=True)}\n\n"
+        f"Accuracy: best one-to-one matching of the 10 clusters to the 10 classes (Hungarian); "
+        f"mean ± standard deviation over seeds, and the worst seed. Time: wall-clock seconds "
+        f"per run (training and scoring).\n\n"
+        f"{format_machine(machine)}. Run on {when}.\n\n"
+        f"Command:\n\n```\n{command}\n```\n"
+    )
+
+
+# -------------------------------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--datasets",
+        nargs="+",
+        default=["mnist8k", "digits"],
+        help="mnist8k, digits, or any --data spec of gmvae train",
+    )
+    p.add_argument("--seeds", type=int, default=5, help="number of seeds (0, 1, ..., S-1)")
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        default=[GMVAE, *BASELINES],
+        choices=[GMVAE, *BASELINES],
+        help="what to run",
+    )
+    p.add_argument(
+        "--heldout-fraction",
+        type=float,
+        default=0.0,
+        help="train on the rest and also score on this fraction of unseen rows",
+    )
+    p.add_argument("--threads", type=int, default=2, help="torch and BLAS/OpenMP threads")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="folder for results.json (default benchmarks/results/clustering-<time>)",
+    )
+    p.add_argument(
+        "--markdown",
+        type=Path,
+        default=None,
+        help="also write the table as Markdown here (default OUT/results.md)",
+    )
+    p.add_argument(
+        "--keep-runs",
+        action="store_true",
+        help="keep the pyro_gmvae run directories in OUT/runs (else a temp folder)",
+    )
+    # The recipe: gmvae train's own flags, suppressed unless given, so the defaults are the
+    # library's. K is 10 unless --clusters says otherwise.
+    for cls in (ModelConfig, TrainConfig):
+        add_arguments(p, cls, suppress_defaults=True)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if hasattr(args, "seed"):
+        parser.error("--seed is set per run; use --seeds S to run seeds 0..S-1")
+    if args.seeds < 1 or args.threads < 1:
+        parser.error("--seeds and --threads must be at least 1")
+    if not 0 <= args.heldout_fraction < 1:
+        parser.error("--heldout-fraction must be in [0, 1)")
+    torch.set_num_threads(args.threads)
+    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    out = args.out or REPO / "benchmarks/results" / (
+        "clustering-" + datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    markdown_path = args.markdown or out / "results.md"
+    command = shlex.join(["python", "benchmarks/clustering.py", *(argv or sys.argv[1:])])
+    machine = machine_info()
+    print(format_machine(machine), flush=True)
+
+    model_config = from_arguments(ModelConfig, args, base=ModelConfig(clusters=10))
+    records: list[dict[str, Any]] = []
+    report: dict[str, Any] = {
+        "command": command,
+        "date": when,
+        "machine": machine,
+        "heldout_fraction": args.heldout_fraction,
+        "recipes": {},
+        "runs": records,
+    }
+    scratch = tempfile.TemporaryDirectory(prefix="gmvae-benchmark-")
+    runs_root = out / "runs" if args.keep_runs else Path(scratch.name)
+
+    with scratch, threadpool_limits(args.threads):
+        for name in args.datasets:
+            spec = resolve_spec(name)
+            dataset = load_data(spec)
+            label = Path(name).stem if name != "mnist8k" else name
+            for seed in range(args.seeds):
+                train, heldout = split(dataset, args.heldout_fraction, seed)
+                config = RunConfig(
+                    data=DataConfig(data=spec, heldout_fraction=args.heldout_fraction),
+                    model=ModelConfig(**vars(model_config)),
+                    train=from_arguments(TrainConfig, args, base=TrainConfig(seed=seed)),
+                )
+                report["recipes"].setdefault(label, config.to_dict())
+                for method in args.methods:
+                    record = {
+                        "dataset": label,
+                        "method": method,
+                        "seed": seed,
+                        "n_train": len(train),
+                        "n_heldout": 0 if heldout is None else len(heldout),
+                        "error": None,
+                    }
+                    start = time.perf_counter()
+                    try:
+                        if method == GMVAE:
+                            run_dir = runs_root / f"{label}-seed{seed}"
+                            record |= run_gmvae(config, run_dir)
+                            if not args.keep_runs:  # checkpoints of big networks add up
+                                shutil.rmtree(run_dir)
+                        else:
+                            record |= run_baseline(
+                                method, train, heldout, model_config.clusters, seed
+                            )
+                    except TrainingDiverged as e:  # a failed seed counts, and is shown
+                        record |= {"error": str(e), "train": None, "heldout": None}
+                    record["seconds"] = time.perf_counter() - start
+                    records.append(record)
+                    atomic_write_text(out / "results.json", json.dumps(report, indent=2) + "\n")
+                    print(_progress_line(record), file=sys.stderr, flush=True)
+
+    header, rows = summary_rows(records, heldout=args.heldout_fraction > 0)
+    print()
+    print(render(header, rows))
+    atomic_write_text(markdown_path, markdown_report(header, rows, machine, command, when))
+    print(f"\nper-seed results: {out / 'results.json'}; Markdown table: {markdown_path}")
+    return 0
+
+
+def _progress_line(record: dict[str, Any]) -> str:
+    where = f"[{record['dataset']} seed {record['seed']}] {record['method']}"
+    if record["error"] is not None:
+        return f"{where}: FAILED: {record['error']}"
+    if record["train"] is None:
+        return f"{where}: {record['seconds']:.1f}s (no labels to score)"
+    text = f"{where}: acc {record['train']['accuracy']:.3f} NMI {record['train']['nmi']:.3f}"
+    if record["heldout"] is not None:
+        text += f", held-out acc {record['heldout']['accuracy']:.3f}"
+    return text + f" ({record['seconds']:.1f}s)"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
