@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from typing import Any
 
 import numpy as np
@@ -53,7 +53,7 @@ def _enumerated_traces(model: GMVAE, x: torch.Tensor):
     return get_importance_trace("flat", MAX_PLATE_NESTING, joint, guide, (x,), {})
 
 
-def _enumerated_dims(trace, skip: set[str] = frozenset()) -> set[int]:
+def _enumerated_dims(trace, skip: Collection[str] = ()) -> set[int]:
     return {
         site["infer"]["_enumerate_dim"]
         for name, site in trace.nodes.items()
