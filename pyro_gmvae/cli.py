@@ -93,6 +93,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     except TrainingInterrupted as e:
         print(f"gmvae: {e}", file=sys.stderr)
         return 130
+    except KeyboardInterrupt:
+        # A second Ctrl-C, or one before training began: nothing new was saved, and atomic
+        # writes leave the previous checkpoint whole.
+        print(
+            f"gmvae: stopped at once; the last checkpoint in {args.out}, if any, is intact: "
+            "resume with --resume",
+            file=sys.stderr,
+        )
+        return 130
     except TrainingDiverged as e:
         print(f"gmvae: training diverged: {e}", file=sys.stderr)
         return 3

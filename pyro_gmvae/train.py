@@ -27,7 +27,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from .config import ConfigError, RunConfig, TrainConfig
-from .data import DataError
+from .data import DataError, check_min_rows
 from .metrics import clustering_scores
 from .model import GMVAE
 from .networks import Encoder
@@ -161,8 +161,12 @@ class Trainer:
         self.model = model.to(self.device)
         self.x = model.as_tensor(x)
         model.likelihood.check_support(self.x)
+        check_min_rows(self.x, model.n_clusters)  # the mixture fit needs a row per cluster
         if labels is not None and len(labels) != len(self.x):
-            raise ValueError(f"{len(labels)} labels for {len(self.x)} examples")
+            raise DataError(
+                f"{len(labels)} labels for {len(self.x)} rows of data; pass one label per row "
+                "(or no labels)"
+            )
         self.labels = None if labels is None else np.asarray(labels)
         self.run_dir = None if run_dir is None else Path(run_dir)
         self.run_config = run_config
@@ -179,6 +183,8 @@ class Trainer:
         self.mixture_ready = config.pretrain_epochs == 0
         self.optimizer, self.scheduler = self._make_optimizer()
         self._stop_requested = False
+        # Reading a loss back syncs a GPU with the host: there, check for NaN every 50 batches.
+        self.check_every = 1 if self.device.type == "cpu" else 50
 
     # ------------------------------------------------------------------------------- set-up
     @property
@@ -299,13 +305,46 @@ class Trainer:
 
     def save(self) -> None:
         if self.run_dir is not None:
-            save_checkpoint(self.run_dir / CHECKPOINT_FILE, self.state_dict())
+            # Metrics first: killed in between, the metrics are ahead of the checkpoint and
+            # resume drops the extra records; the other way round an epoch's record would be lost.
             write_metrics(self.run_dir / METRICS_FILE, self.history)
+            save_checkpoint(self.run_dir / CHECKPOINT_FILE, self.state_dict())
 
     def resume(self, history: list[dict[str, Any]] | None = None) -> None:
-        """Continue from the run directory's checkpoint; metrics after it are dropped."""
-        state = load_checkpoint(self.run_dir / CHECKPOINT_FILE, map_location=self.device)
-        self.load_state_dict(state)
+        """Continue from the run directory's checkpoint; metrics after it are dropped.
+
+        Raises :class:`CheckpointError` when the checkpoint holds no training state or was
+        written for a model of another configuration.
+        """
+        path = self.run_dir / CHECKPOINT_FILE
+        state = load_checkpoint(path, map_location=self.device)
+        if state.get("config"):
+            try:
+                saved = RunConfig.from_dict(json.loads(state["config"])).model
+            except (ValueError, TypeError) as e:  # ConfigError is a ValueError
+                raise CheckpointError(f"{path} holds an unreadable configuration ({e})") from None
+            changed = [
+                f"{k} {v!r} there, {getattr(self.model.config, k)!r} here"
+                for k, v in vars(saved).items()
+                if getattr(self.model.config, k) != v
+            ]
+            if changed:
+                raise CheckpointError(
+                    f"{path} was written for another model ({'; '.join(changed)}); resume with "
+                    "the options and data it was trained with, or start a new run"
+                )
+        try:
+            self.load_state_dict(state)
+        except KeyError as e:
+            raise CheckpointError(
+                f"{path} holds no training state ({e} is missing): it is a model saved by "
+                "GMVAE.save, which GMVAE.load reads but training cannot continue from"
+            ) from None
+        except (RuntimeError, ValueError, TypeError) as e:
+            raise CheckpointError(
+                f"{path} does not fit this model ({str(e).splitlines()[0]}); resume with the "
+                "options and data it was trained with, or start a new run"
+            ) from None
         self.history = [r for r in (history or []) if r["epoch"] <= self.epoch]
 
     # ------------------------------------------------------------------------------- loop
@@ -351,22 +390,30 @@ class Trainer:
             self.perm = torch.randperm(n, device=self.device)
             self.batch, self.epoch_loss = 0, 0.0
         n_batches = math.ceil(n / bs)
-        check_every = 1 if self.device.type == "cpu" else 50  # a check syncs a GPU
         pending: list[torch.Tensor] = []
         start = time.perf_counter()
         self.model.train()
         while self.batch < n_batches:
             idx = self.perm[self.batch * bs : (self.batch + 1) * bs]
-            loss = loss_fn(*self._minibatch(idx))
+            try:
+                loss = loss_fn(*self._minibatch(idx))
+            except ValueError:
+                # Pyro refuses distributions with NaN parameters: a step since the last check
+                # (deferred on a GPU) made the weights non-finite. Name the batch, not Pyro.
+                self._add_losses(pending, phase, last=self.batch - 1)
+                self._check_weights(self.batch - 1)
+                raise
             pending.append(loss.detach() * len(idx))
-            if len(pending) >= check_every or self.batch == n_batches - 1:
-                self._check_finite(pending, phase)
-                self.epoch_loss += float(torch.stack(pending).sum())
-                pending = []
+            if len(pending) >= self.check_every or self.batch == n_batches - 1:
+                self._add_losses(pending, phase, last=self.batch)
             self._step(loss)
+            if self._stop_requested:  # the checkpoint must hold no unchecked step
+                self._add_losses(pending, phase, last=self.batch)
+                self._check_weights(self.batch)
             self.batch += 1
             if self._stop_requested and self.batch < n_batches:
                 self._interrupt()
+        self._check_weights(n_batches - 1)  # a finite loss can still end in an inf gradient
         if phase == "svi":
             self.scheduler.step()
         record: dict[str, Any] = {
@@ -378,7 +425,7 @@ class Trainer:
         if phase == "svi" and self.labels is not None:
             record |= clustering_scores(self.labels, self.model.predict(self.x))
         self.epoch += 1
-        self.perm = None
+        self.perm, self.batch = None, 0
         self.history.append(record)
         last = self.epoch == self.total_epochs
         every = self.config.checkpoint_every
@@ -390,29 +437,45 @@ class Trainer:
             self._interrupt()
         return record
 
-    def _check_finite(self, pending: list[torch.Tensor], phase: str) -> None:
+    def _add_losses(self, pending: list[torch.Tensor], phase: str, last: int) -> None:
+        """Check the unchecked losses of batches ``last - len(pending) + 1 .. last`` and add them
+        to the epoch's total; ``pending`` is emptied."""
+        if not pending:
+            return
         values = torch.stack(pending)
         bad = (~torch.isfinite(values)).nonzero()
-        if len(bad) == 0:
-            return
-        batch = self.batch - len(pending) + 1 + int(bad[0, 0])
+        if len(bad) > 0:
+            i = int(bad[0, 0])
+            batch = last - len(pending) + 1 + i
+            raise self._diverged(f"the {phase} loss became {float(values[i])}", batch)
+        self.epoch_loss += float(values.sum())
+        pending.clear()
+
+    def _check_weights(self, batch: int) -> None:
+        if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+            raise self._diverged("the weights became NaN or infinite", batch)
+
+    def _diverged(self, what: str, batch: int) -> TrainingDiverged:
+        """The error for a run that stopped being finite at (0-based) ``batch`` of this epoch."""
         kept = (
             f"the last good checkpoint in {self.run_dir} is kept"
             if self.run_dir is not None and (self.run_dir / CHECKPOINT_FILE).exists()
             else "no checkpoint was written"
         )
-        raise TrainingDiverged(
-            f"the {phase} loss became {float(values[bad[0, 0]])} at epoch {self.epoch + 1}, "
-            f"batch {batch + 1}; {kept}. Lower --lr, keep --clip-norm on, or check the data "
-            "for extreme values"
+        return TrainingDiverged(
+            f"{what} at epoch {self.epoch + 1}, batch {batch + 1}; {kept}. Lower --lr, keep "
+            "--clip-norm on, or check the data for extreme values"
         )
 
     def _interrupt(self) -> None:
         self.save()
-        where = f"; resume with --resume (checkpoint in {self.run_dir})" if self.run_dir else ""
-        raise TrainingInterrupted(
-            f"training interrupted at epoch {self.epoch + 1}, batch {self.batch}{where}"
+        at = (
+            f"after epoch {self.epoch}"
+            if self.batch == 0
+            else f"in epoch {self.epoch + 1}, after batch {self.batch}"
         )
+        how = f"; resume with --resume (checkpoint in {self.run_dir})" if self.run_dir else ""
+        raise TrainingInterrupted(f"training interrupted {at}{how}")
 
 
 def fit(
