@@ -1,0 +1,746 @@
+"""Reliability: interrupted, resumed and diverging runs; bad input through the public API and the
+command line; untrusted checkpoints in a run directory; the memory guard.
+
+Every training here is tiny (240 digits, hidden=(16,), latent_dim=2, K=3, 4 batches an epoch) and
+spells out its TrainConfig, so the tests do not move when the recipe's defaults do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyro
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from pyro_gmvae import cli, data
+from pyro_gmvae.config import ConfigError, ModelConfig, RunConfig, TrainConfig
+from pyro_gmvae.data import DataError, load_data
+from pyro_gmvae.model import GMVAE
+from pyro_gmvae.runs import (
+    CHECKPOINT_FILE,
+    METRICS_FILE,
+    CheckpointError,
+    load_checkpoint,
+    read_metrics,
+)
+from pyro_gmvae.train import Trainer, TrainingDiverged, TrainingInterrupted, fit
+
+DIGITS = load_data("digits")
+X = DIGITS.x[:240]  # (240, 64) in [0, 1]
+LABELS = DIGITS.labels[:240]
+PRETRAIN, SVI = 2, 3  # epochs; 240 rows / 60 = 4 batches each
+
+
+def model_config(**overrides) -> ModelConfig:
+    values = dict(
+        clusters=3,
+        latent_dim=2,
+        hidden=(16,),
+        likelihood="bernoulli",
+        guide="marginal",
+        learn_weights=True,
+        n_features=64,
+        image_shape=(8, 8),
+    )
+    return ModelConfig(**(values | overrides))
+
+
+def train_config(**overrides) -> TrainConfig:
+    values = dict(
+        epochs=SVI,
+        pretrain_epochs=PRETRAIN,
+        batch_size=60,
+        lr=3e-3,
+        lr_decay=0.5,
+        restarts=1,
+        clip_norm=10.0,
+        augment_rotation=10.0,  # random augmentation: the RNG state must survive a resume
+        augment_shift=0.1,
+        seed=3,
+        device="cpu",
+        checkpoint_every=1,
+    )
+    return TrainConfig(**(values | overrides))
+
+
+def make_trainer(run_dir: Path | None, tc: TrainConfig | None = None, guide="marginal", **kw):
+    """A fresh process's view: a new model from the seed, as train_run builds it."""
+    tc = tc or train_config()
+    mc = model_config(guide=guide)
+    pyro.clear_param_store()
+    pyro.set_rng_seed(tc.seed)
+    return Trainer(
+        GMVAE(mc),
+        X,
+        tc,
+        labels=LABELS,
+        run_dir=run_dir,
+        run_config=RunConfig(model=mc, train=tc),
+        progress=False,
+        **kw,
+    )
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Models this small train ten times faster on one thread than on two contended ones."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+_REFERENCE: dict[str, dict] = {}
+
+
+def reference(guide: str = "marginal") -> dict:
+    """The uninterrupted run, without a run directory (so saving cannot be what makes it match)."""
+    if guide not in _REFERENCE:
+        trainer = make_trainer(None, guide=guide)
+        history = trainer.run()
+        _REFERENCE[guide] = {
+            "params": {k: v.clone() for k, v in trainer.model.state_dict().items()},
+            "history": history,
+        }
+    return _REFERENCE[guide]
+
+
+def without_time(records: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
+
+
+def assert_same_as_uninterrupted(trainer: Trainer, run_dir: Path, guide="marginal") -> None:
+    ref = reference(guide)
+    params = trainer.model.state_dict()
+    assert params.keys() == ref["params"].keys()
+    for name, value in ref["params"].items():
+        assert torch.equal(params[name], value), f"{name} differs from the uninterrupted run"
+    metrics = read_metrics(run_dir)
+    assert [r["epoch"] for r in metrics] == list(range(1, PRETRAIN + SVI + 1))
+    assert without_time(metrics) == without_time(ref["history"])
+
+
+def stop_after_batch(trainer: Trainer, epoch: int, batch: int, how: str) -> None:
+    """Request a stop as Ctrl-C does, once batch ``batch`` of epoch ``epoch`` (0-based) has been
+    stepped: either through the trainer's handler or with a real SIGINT to this process."""
+    step = trainer._step
+
+    def step_then_stop(loss):
+        step(loss)
+        if (trainer.epoch, trainer.batch) == (epoch, batch):
+            if how == "signal":
+                os.kill(os.getpid(), signal.SIGINT)
+            else:
+                trainer._request_stop(signal.SIGINT, None)
+
+    trainer._step = step_then_stop
+
+
+@pytest.fixture
+def count_mixture_fits(monkeypatch) -> list[int]:
+    calls: list[int] = []
+    fit_mixture = Trainer.init_mixture
+
+    def counted(self):
+        calls.append(self.epoch)
+        fit_mixture(self)
+
+    monkeypatch.setattr(Trainer, "init_mixture", counted)
+    return calls
+
+
+# ----------------------------------------------------------------------------------------------
+# Resume exactness
+
+
+@pytest.mark.parametrize("stop_after", [1, PRETRAIN, PRETRAIN + 1])
+def test_resume_at_an_epoch_boundary_matches_the_uninterrupted_run(
+    tmp_path, stop_after, count_mixture_fits
+):
+    """Ctrl-C during an epoch's end (scoring, saving): mid-pretraining, between pretraining and
+    SVI (the mixture not yet fitted), and between SVI epochs."""
+    reference()
+    count_mixture_fits.clear()
+    first = make_trainer(
+        tmp_path,
+        on_epoch=lambda r: r["epoch"] == stop_after and first._request_stop(signal.SIGINT, None),
+    )
+    with pytest.raises(TrainingInterrupted, match=f"interrupted after epoch {stop_after}; resume"):
+        first.run()
+    assert [r["epoch"] for r in read_metrics(tmp_path)] == list(range(1, stop_after + 1))
+    state = load_checkpoint(tmp_path)
+    assert (state["epoch"], state["batch"], state["perm"]) == (stop_after, 0, None)
+    assert state["mixture_ready"] == (stop_after > PRETRAIN)
+
+    second = make_trainer(tmp_path)
+    second.resume(read_metrics(tmp_path))
+    second.run()
+    assert_same_as_uninterrupted(second, tmp_path)
+    assert count_mixture_fits == [PRETRAIN], "the mixture is fitted once, when SVI starts"
+
+
+def test_a_finished_run_continued_with_more_epochs_matches_one_long_run(tmp_path):
+    reference()
+    make_trainer(tmp_path, train_config(epochs=1)).run()
+    longer = make_trainer(tmp_path, train_config(epochs=SVI))
+    longer.resume(read_metrics(tmp_path))
+    assert longer.epoch == PRETRAIN + 1
+    longer.run()
+    assert_same_as_uninterrupted(longer, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("epoch", "batch", "how", "guide"),
+    [
+        (0, 0, "flag", "marginal"),  # mid-pretraining
+        (PRETRAIN, 0, "signal", "marginal"),  # first SVI batch, just after the mixture fit
+        (PRETRAIN, 1, "flag", "enumerated"),  # ... whose fit also trains q(y|x)
+        (PRETRAIN + 1, 2, "signal", "marginal"),  # last-but-one batch of an SVI epoch
+    ],
+)
+def test_resume_mid_epoch_matches_the_uninterrupted_run(
+    tmp_path, epoch, batch, how, guide, count_mixture_fits
+):
+    reference(guide)
+    count_mixture_fits.clear()
+    first = make_trainer(tmp_path, guide=guide)
+    stop_after_batch(first, epoch, batch, how)
+    handler = signal.getsignal(signal.SIGINT)
+    with pytest.raises(
+        TrainingInterrupted,
+        match=f"interrupted in epoch {epoch + 1}, after batch {batch + 1}; resume with --resume",
+    ):
+        first.run()
+    assert signal.getsignal(signal.SIGINT) is handler, "Ctrl-C handler restored"
+    state = load_checkpoint(tmp_path)
+    assert (state["epoch"], state["batch"]) == (epoch, batch + 1)
+    assert sorted(state["perm"].tolist()) == list(range(len(X))), "the epoch's own order"
+    assert [r["epoch"] for r in read_metrics(tmp_path)] == list(range(1, epoch + 1))
+
+    second = make_trainer(tmp_path, guide=guide)
+    second.resume(read_metrics(tmp_path))
+    second.run()
+    assert_same_as_uninterrupted(second, tmp_path, guide)
+    assert count_mixture_fits == [PRETRAIN]
+
+
+@pytest.mark.parametrize("killed_in", ["write_metrics", "save_checkpoint"])
+def test_a_kill_while_saving_leaves_a_run_that_resumes_exactly(tmp_path, monkeypatch, killed_in):
+    """Metrics and checkpoint are two files: whichever write is cut short, the resumed run has one
+    record per epoch (none lost, none twice) and the uninterrupted run's parameters."""
+    import pyro_gmvae.train as train_module
+
+    reference()
+    real = getattr(train_module, killed_in)
+    calls = []
+
+    def dies_on_third_save(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # what a kill looks like from the inside, at this point
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, killed_in, dies_on_third_save)
+    with pytest.raises(KeyboardInterrupt):
+        make_trainer(tmp_path).run()
+    monkeypatch.undo()
+    resumed = make_trainer(tmp_path)
+    resumed.resume(read_metrics(tmp_path))
+    resumed.run()
+    assert_same_as_uninterrupted(resumed, tmp_path)
+
+
+def test_deferred_loss_checks_are_flushed_before_an_interrupt_saves(tmp_path):
+    """On a GPU the loss is read back every ``check_every`` batches; a Ctrl-C in between must
+    still count the unchecked batches in the epoch's loss."""
+    first = make_trainer(tmp_path)
+    first.check_every = 3
+    stop_after_batch(first, PRETRAIN + 1, 1, "flag")
+    with pytest.raises(TrainingInterrupted):
+        first.run()
+    second = make_trainer(tmp_path)
+    second.check_every = 3
+    second.resume(read_metrics(tmp_path))
+    second.run()
+    ref = reference()
+    assert all(torch.equal(second.model.state_dict()[k], v) for k, v in ref["params"].items())
+    losses = [r["loss"] for r in read_metrics(tmp_path)]
+    assert losses == pytest.approx([r["loss"] for r in ref["history"]], rel=1e-6)
+
+
+def test_resume_refuses_a_checkpoint_of_another_configuration(tmp_path):
+    make_trainer(tmp_path, train_config(epochs=0, pretrain_epochs=1)).run()
+    tc = train_config()
+    pyro.set_rng_seed(0)
+    other = Trainer(GMVAE(model_config(clusters=4)), X, tc, run_dir=tmp_path, progress=False)
+    with pytest.raises(CheckpointError, match="another model \\(clusters 3 there, 4 here\\)"):
+        other.resume()
+    # Without a saved configuration, the weights' shapes still give it away.
+    state = load_checkpoint(tmp_path)
+    state["config"] = None
+    from pyro_gmvae.runs import save_checkpoint
+
+    save_checkpoint(tmp_path / CHECKPOINT_FILE, {k: v for k, v in state.items() if k != "format"})
+    with pytest.raises(CheckpointError, match="does not fit this model.*options and data"):
+        other.resume()
+
+
+def test_resume_refuses_a_model_checkpoint_without_training_state(tmp_path):
+    pyro.set_rng_seed(0)
+    GMVAE(model_config()).save(tmp_path)
+    with pytest.raises(CheckpointError, match="no training state.*GMVAE.load"):
+        make_trainer(tmp_path).resume()
+
+
+# ----------------------------------------------------------------------------------------------
+# Divergence
+
+
+def nan_at(trainer: Trainer, epoch: int, batch: int, value: float = float("nan")) -> None:
+    """Make the loss of batch ``batch`` of epoch ``epoch`` (0-based) ``value``."""
+    for name in ("pretrain_loss", "svi_loss"):
+        real = getattr(trainer, name)
+
+        def loss(*args, real=real):
+            out = real(*args)
+            if (trainer.epoch, trainer.batch) == (epoch, batch):
+                out = out * value
+            return out
+
+        setattr(trainer, name, loss)
+
+
+def snapshot(run_dir: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(run_dir.iterdir()) if p.is_file()}
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_nan_loss_stops_naming_epoch_and_batch_and_keeps_the_last_good_checkpoint(
+    tmp_path, value
+):
+    saved = {}
+    trainer = make_trainer(
+        tmp_path, on_epoch=lambda r: saved.update({r["epoch"]: snapshot(tmp_path)})
+    )
+    nan_at(trainer, PRETRAIN + 1, 2, value)
+    with pytest.raises(
+        TrainingDiverged,
+        match=f"svi loss became {value} at epoch {PRETRAIN + 2}, batch 3; the last good "
+        f"checkpoint in {re.escape(str(tmp_path))} is kept.*--lr",
+    ):
+        trainer.run()
+    assert snapshot(tmp_path) == saved[PRETRAIN + 1], "nothing written after the last good epoch"
+    state = load_checkpoint(tmp_path)
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+    assert [r["epoch"] for r in read_metrics(tmp_path)] == list(range(1, PRETRAIN + 2))
+
+
+def test_divergence_before_any_checkpoint_writes_none(tmp_path):
+    trainer = make_trainer(tmp_path)
+    nan_at(trainer, 0, 1)
+    with pytest.raises(
+        TrainingDiverged, match="pretrain loss became nan at epoch 1, batch 2; no checkpoint"
+    ):
+        trainer.run()
+    assert not (tmp_path / CHECKPOINT_FILE).exists()
+    assert not (tmp_path / METRICS_FILE).exists()
+
+
+@pytest.mark.filterwarnings("ignore:Encountered NaN")
+def test_deferred_loss_checks_never_save_a_diverged_model(tmp_path):
+    """With GPU-style deferred checks, steps on a NaN loss reach the weights before the check;
+    a Ctrl-C then must not save them over the last good checkpoint."""
+    saved = {}
+    trainer = make_trainer(
+        tmp_path, on_epoch=lambda r: saved.update({r["epoch"]: snapshot(tmp_path)})
+    )
+    trainer.check_every = 50
+    nan_at(trainer, PRETRAIN, 0)
+    stop_after_batch(trainer, PRETRAIN, 1, "flag")
+    with pytest.raises(TrainingDiverged, match=f"epoch {PRETRAIN + 1}, batch 1; the last good"):
+        trainer.run()
+    assert snapshot(tmp_path) == saved[PRETRAIN]
+
+
+@pytest.mark.parametrize("batch", [1, 3])  # mid-epoch, and the epoch's last batch
+def test_weights_made_non_finite_by_a_step_stop_the_run(tmp_path, batch):
+    """An infinite gradient can wreck the weights while the loss was still finite: the run
+    stops at that batch instead of in Pyro's argument checks, and saves nothing."""
+    saved = {}
+    trainer = make_trainer(
+        tmp_path, on_epoch=lambda r: saved.update({r["epoch"]: snapshot(tmp_path)})
+    )
+    step = trainer._step
+
+    def step_to_inf(loss):
+        step(loss)
+        if (trainer.epoch, trainer.batch) == (PRETRAIN, batch):
+            with torch.no_grad():
+                trainer.model.encoder.loc.weight.fill_(float("inf"))
+
+    trainer._step = step_to_inf
+    with pytest.raises(
+        TrainingDiverged,
+        match=f"weights became NaN or infinite at epoch {PRETRAIN + 1}, batch {batch + 1}; "
+        "the last good checkpoint",
+    ):
+        trainer.run()
+    assert snapshot(tmp_path) == saved[PRETRAIN]
+
+
+# ----------------------------------------------------------------------------------------------
+# The command line: exit codes and one-line messages
+
+
+def gmvae_train(tmp_path: Path, *args: str) -> list[str]:
+    """Arguments for a tiny `gmvae train` on 240 digits saved as an .npy file."""
+    data_file = tmp_path / "digits240.npy"
+    if not data_file.exists():
+        np.save(data_file, X)
+    return [
+        "train",
+        "--data",
+        str(data_file),
+        "--clusters",
+        "3",
+        "--latent-dim",
+        "2",
+        "--hidden",
+        "16",
+        "--batch-size",
+        "60",
+        "--lr",
+        "0.003",
+        "--restarts",
+        "1",
+        "--augment-rotation",
+        "0",
+        "--augment-shift",
+        "0",
+        "--checkpoint-every",
+        "1",
+        "--seed",
+        "0",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--no-plots",
+        *args,
+    ]
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    code = cli.main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_user_error(code: int, err: str, match: str) -> None:
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, f"one line, no traceback: {err}"
+    assert lines[0].startswith("gmvae train: error: "), err
+    assert re.search(match, lines[0]), f"{match!r} not in {lines[0]!r}"
+
+
+def test_cli_divergence_exits_3_naming_the_batch(tmp_path, capsys, monkeypatch):
+    real = Trainer.svi_loss
+
+    def nan_in_second_svi_epoch(self, *args):
+        out = real(self, *args)
+        return out * float("nan") if (self.epoch, self.batch) == (2, 1) else out
+
+    monkeypatch.setattr(Trainer, "svi_loss", nan_in_second_svi_epoch)
+    out = tmp_path / "run"
+    argv = gmvae_train(tmp_path, "--out", str(out), "--pretrain-epochs", "1", "--epochs", "3")
+    code, stdout, err = run_cli(argv, capsys)
+    assert code == 3
+    assert err.startswith("gmvae: training diverged: the svi loss became nan at epoch 3, batch 2")
+    assert "last good checkpoint" in err and stdout == ""
+    assert load_checkpoint(out)["epoch"] == 2
+
+
+def test_cli_resume_with_a_changed_option_is_refused(tmp_path, capsys):
+    out = tmp_path / "run"
+    base = gmvae_train(tmp_path, "--out", str(out), "--pretrain-epochs", "1", "--epochs", "0")
+    assert run_cli(base, capsys)[0] == 0
+    before = snapshot(out)
+    code, _, err = run_cli([*base, "--resume", "--clusters", "4"], capsys)
+    assert_user_error(code, err, "--clusters differ from the run being resumed.*drop them")
+    code, _, err = run_cli([*base, "--resume", "--lr", "0.01", "--seed", "1"], capsys)
+    assert_user_error(code, err, "--lr, --seed differ")
+    assert snapshot(out) == before
+    code, _, err = run_cli([*base, "--force", "--resume"], capsys)
+    assert_user_error(code, err, "contradict")
+
+
+def test_cli_refuses_foreign_malicious_and_mismatched_checkpoints(tmp_path, capsys):
+    out = tmp_path / "run"
+    base = gmvae_train(tmp_path, "--out", str(out), "--pretrain-epochs", "1", "--epochs", "0")
+    assert run_cli(base, capsys)[0] == 0
+    # A run of another configuration, its checkpoint copied over this run's.
+    other = tmp_path / "other"
+    argv = gmvae_train(tmp_path, "--out", str(other), "--pretrain-epochs", "1", "--epochs", "0")
+    assert run_cli([*argv, "--latent-dim", "3"], capsys)[0] == 0
+    (out / CHECKPOINT_FILE).write_bytes((other / CHECKPOINT_FILE).read_bytes())
+    code, _, err = run_cli([*base, "--resume"], capsys)
+    assert_user_error(code, err, "written for another model \\(latent_dim 3 there, 2 here\\)")
+
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch '{marker}'",))
+
+    state = load_checkpoint(other)
+    state["rng"] = Payload()
+    torch.save(state, out / CHECKPOINT_FILE)
+    code, _, err = run_cli([*base, "--resume"], capsys)
+    assert_user_error(code, err, "refused: it holds a reference to .*system.*could run code")
+    assert not marker.exists()
+
+    raw = (other / CHECKPOINT_FILE).read_bytes()
+    (out / CHECKPOINT_FILE).write_bytes(raw[: len(raw) // 2])
+    code, _, err = run_cli([*base, "--resume"], capsys)
+    assert_user_error(code, err, "truncated or corrupt")
+
+
+def test_cli_second_ctrl_c_exits_130_with_a_message(tmp_path, capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "run", interrupted)
+    code, _, err = run_cli(gmvae_train(tmp_path, "--out", str(tmp_path / "run")), capsys)
+    assert code == 130
+    assert err.startswith("gmvae: stopped at once") and "--resume" in err
+
+
+def bad_npy(tmp_path: Path, array: np.ndarray) -> str:
+    path = tmp_path / "bad.npy"
+    np.save(path, array)
+    return str(path)
+
+
+def with_nan(x: np.ndarray) -> np.ndarray:
+    x = x.copy()
+    x[5, 7] = np.nan
+    return x
+
+
+@pytest.mark.parametrize(
+    ("make_data", "extra", "match"),
+    [
+        (lambda: with_nan(X), [], "1 NaN .* row 5, column 7; drop or impute"),
+        (lambda: np.where(np.arange(64) == 3, np.inf, X), [], "infinite .* row 0, column 3"),
+        (lambda: X[:, 0], [], "1-D .*reshape"),
+        (lambda: X[:0], [], "0 rows"),
+        (lambda: X[:1], [], "only 1 row"),
+        (lambda: X[:2], [], "fewer rows \\(2\\) than clusters \\(3\\); lower --clusters"),
+        (lambda: X[:20, :10] * 255, [], "standardized table; the bernoulli likelihood.*gaussian"),
+        (lambda: X, ["--clusters", "0"], "--clusters must be at least 1"),
+        (lambda: X, ["--latent-dim", "0"], "--latent-dim must be at least 1"),
+        (lambda: X, ["--lr", "-0.1"], "--lr must be positive"),
+        (lambda: X, ["--batch-size", "0"], "--batch-size must be at least 1"),
+    ],
+)
+def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys, make_data, extra, match):
+    argv = gmvae_train(tmp_path, "--out", str(tmp_path / "run"), *extra)
+    argv[argv.index("--data") + 1] = bad_npy(tmp_path, make_data())
+    code, stdout, err = run_cli(argv, capsys)
+    assert_user_error(code, err, match)
+    assert stdout == ""
+
+
+def test_cli_labels_of_another_length(tmp_path, capsys):
+    path = tmp_path / "d.npz"
+    np.savez(path, images=X.reshape(-1, 8, 8), labels=LABELS[:-1])
+    argv = gmvae_train(tmp_path, "--out", str(tmp_path / "run"))
+    argv[argv.index("--data") + 1] = str(path)
+    assert_user_error(*run_cli(argv, capsys)[::2], "239 labels for 240 rows")
+
+
+def test_cli_refuses_data_larger_than_memory(tmp_path, capsys, monkeypatch):
+    """The loader compares the float32 copy with MemAvailable before allocating it."""
+    monkeypatch.setattr(data, "_available_memory_bytes", lambda: 50_000)  # X needs 61,440
+    argv = gmvae_train(tmp_path, "--out", str(tmp_path / "run"))
+    code, _, err = run_cli(argv, capsys)
+    assert_user_error(code, err, "needs 0.0 GiB as float32 but only 0.0 GiB .*subset of the rows")
+    monkeypatch.setattr(data, "_available_memory_bytes", lambda: 100_000)
+    assert len(load_data(argv[argv.index("--data") + 1])) == len(X)
+
+
+# ----------------------------------------------------------------------------------------------
+# A real Ctrl-C
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs POSIX SIGINT delivery")
+def test_ctrl_c_saves_a_checkpoint_and_resume_ends_where_an_uninterrupted_run_would(
+    tmp_path, capsys
+):
+    out = tmp_path / "run"
+    argv = gmvae_train(tmp_path, "--out", str(out), "--pretrain-epochs", "1", "--epochs", "100000")
+    command = [sys.executable, "-m", "pyro_gmvae", *argv]
+    env = os.environ | {"OMP_NUM_THREADS": "1"}  # as one_torch_thread, for equal results
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (out / METRICS_FILE).exists() and proc.poll() is None:
+            assert time.monotonic() < deadline, "no epoch finished within 60 s"
+            time.sleep(0.05)
+        time.sleep(0.3)  # land somewhere inside a later epoch
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr
+    assert stderr.startswith("gmvae: training interrupted ") and "--resume" in stderr
+    assert "Traceback" not in stderr
+    state = load_checkpoint(out)  # loadable, and says where training stopped
+    stopped = state["epoch"] + (state["batch"] > 0)
+
+    # Resumed in this process (a second interpreter would double the test's time).
+    resume = [*argv, "--resume", "--epochs", str(stopped)]  # 1 pretrain + (stopped - 1) SVI
+    assert cli.main(resume) == 0
+    assert json.loads(capsys.readouterr().out)["epochs"] == stopped + 1
+    assert [r["epoch"] for r in read_metrics(out)] == list(range(1, stopped + 2))
+
+    # The same run uninterrupted, in this process.
+    straight = tmp_path / "straight"
+    argv_straight = gmvae_train(
+        tmp_path, "--out", str(straight), "--pretrain-epochs", "1", "--epochs", str(stopped)
+    )
+    assert cli.main(argv_straight) == 0
+    resumed, uninterrupted = load_checkpoint(out)["model"], load_checkpoint(straight)["model"]
+    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted)
+    losses = [r["loss"] for r in read_metrics(out)]
+    assert losses == [r["loss"] for r in read_metrics(straight)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad input through the Python API
+
+
+@pytest.mark.parametrize(
+    ("x", "labels", "match"),
+    [
+        (with_nan(X), None, "1 NaN .* row 5, column 7"),
+        (torch.as_tensor(with_nan(X)), None, "1 NaN .* row 5, column 7"),
+        (np.full((4, 64), 1e300), None, "infinite"),  # finite float64, inf as float32
+        (X[:, 0], None, "1-D"),
+        (X.reshape(-1, 8, 8), None, "shape \\(240, 8, 8\\).*flatten images"),
+        (X[:, :10], None, "shape \\(240, 10\\); the model expects \\(N, 64\\)"),
+        ([[0.1] * 64, [0.2] * 63], None, "cannot convert to an array.*rectangular"),
+        (X[:0], None, "0 rows"),
+        (X[:1], None, "only 1 row"),
+        (X[:2], None, "fewer rows \\(2\\) than clusters \\(3\\)"),
+        (X * 255, None, "values range over \\[0, 255\\].*bernoulli.*divide grey levels by 255"),
+        (X, LABELS[:-1], "239 labels for 240 rows of data; pass one label per row"),
+    ],
+)
+def test_bad_input_to_fit_raises_data_error(x, labels, match):
+    pyro.set_rng_seed(0)
+    model = GMVAE(model_config())
+    with pytest.raises(DataError, match=match):
+        fit(model, x, train_config(), labels=labels, progress=False)
+
+
+@pytest.mark.parametrize(
+    ("model_options", "train_options", "match"),
+    [
+        ({"clusters": 0}, {}, "--clusters must be at least 1, not 0"),
+        ({"latent_dim": 0}, {}, "--latent-dim must be at least 1"),
+        ({"hidden": (16, 0)}, {}, "--hidden sizes must be positive"),
+        ({}, {"lr": -1e-3}, "--lr must be positive, not -0.001"),
+        ({}, {"lr": float("nan")}, "--lr must be positive, not nan"),
+        ({}, {"epochs": -1}, "--epochs must be >= 0"),
+        ({}, {"device": "tpu"}, "--device must be cpu or cuda"),
+    ],
+)
+def test_impossible_options_raise_config_error(model_options, train_options, match):
+    with pytest.raises(ConfigError, match=match):
+        model = GMVAE(model_config(**model_options))
+        fit(model, X, train_config(**train_options), progress=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# Properties of the model's validators
+
+PROPERTY = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+D = 5
+_MODEL = GMVAE(model_config(n_features=D, image_shape=None))
+
+
+def unit_arrays() -> st.SearchStrategy[np.ndarray]:
+    """(3..12, D) float32 or float64 arrays of values in [0, 1]."""
+    dtypes = st.sampled_from([np.float32, np.float64])
+    shapes = st.tuples(st.integers(3, 12), st.just(D))
+    return dtypes.flatmap(
+        lambda dt: hnp.arrays(dt, shapes, elements=st.floats(0, 1, width=32).map(dt))
+    )
+
+
+@PROPERTY
+@given(x=unit_arrays(), as_tensor=st.booleans())
+def test_any_finite_unit_array_of_the_right_width_is_accepted(x, as_tensor):
+    given_x = torch.as_tensor(x) if as_tensor else x
+    t = _MODEL.as_tensor(given_x)
+    assert t.dtype == torch.float32 and t.shape == x.shape
+    assert torch.equal(t, torch.as_tensor(x, dtype=torch.float32))
+    trainer = Trainer(_MODEL, given_x, train_config(), progress=False)
+    assert torch.equal(trainer.x, t)
+
+
+@PROPERTY
+@given(
+    x=unit_arrays(),
+    bad=st.sampled_from([np.nan, np.inf, -np.inf]),
+    where=st.tuples(st.integers(0, 100), st.integers(0, D - 1)),
+    as_tensor=st.booleans(),
+)
+def test_any_non_finite_value_raises_data_error(x, bad, where, as_tensor):
+    x = x.copy()
+    row = where[0] % len(x)
+    x[row, where[1]] = bad
+    given_x = torch.as_tensor(x) if as_tensor else x
+    with pytest.raises(DataError, match=f"the first at row {row}, column {where[1]}"):
+        _MODEL.as_tensor(given_x)
+    with pytest.raises(DataError, match="NaN .* infinite"):
+        Trainer(_MODEL, given_x, train_config(), progress=False)
+
+
+@PROPERTY
+@given(
+    shape=st.lists(st.integers(0, 6), min_size=0, max_size=4),
+    fill=st.floats(allow_nan=True, allow_infinity=True),
+    as_tensor=st.booleans(),
+)
+def test_any_shape_is_accepted_only_as_rows_of_the_models_width(shape, fill, as_tensor):
+    """Whatever the shape and values, the validator either returns (N, D) finite float32 or
+    raises DataError, never another exception."""
+    x = np.full(shape, fill, dtype=np.float64)
+    with np.errstate(over="ignore"):
+        representable = bool(np.isfinite(np.float32(fill)))
+    given_x = torch.as_tensor(x) if as_tensor else x
+    try:
+        t = _MODEL.as_tensor(given_x)
+    except DataError:
+        ok = len(shape) == 2 and shape[0] > 0 and shape[1] == D and representable
+        assert not ok, f"valid input {shape} of {fill} was refused"
+    else:
+        assert tuple(t.shape) == (shape[0], D) and len(shape) == 2
+        assert shape[0] > 0 or as_tensor  # empty: refused as an array, an empty tensor passes
+        assert bool(torch.isfinite(t).all())
