@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 from pyro_gmvae.data import resolve_mnist8k
 
@@ -14,3 +15,16 @@ def mnist8k_path() -> Path:
     if path is None:
         pytest.skip("mnist8k.npz not found; set PYRO_GMVAE_MNIST8K to its path")
     return path
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread(request):
+    """Run fast tests on one CPU thread: their tiny matrices gain nothing from more, and on a
+    busy machine competing threads make them many times slower. Slow tests keep the default."""
+    if request.node.get_closest_marker("slow") is not None:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
