@@ -352,3 +352,24 @@ def test_zip_without_torch_data_is_corrupt(tmp_path):
     (tmp_path / "j" / CHECKPOINT_FILE).write_text(json.dumps({"format": CHECKPOINT_FORMAT}))
     with pytest.raises(CheckpointError, match="truncated or corrupt|refused"):
         load_checkpoint(tmp_path / "j")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["evaluate", "{run}", "--data", "digits"],
+        ["ppc", "{run}", "--data", "digits", "--out", "{tmp}/ppc"],
+        ["sample", "{run}", "--out", "{tmp}/s.png"],
+    ],
+)
+def test_commands_that_load_a_run_refuse_a_malicious_checkpoint(tmp_path, capsys, command):
+    from pyro_gmvae import cli
+
+    marker = tmp_path / "pwned"
+    path = malicious_files(tmp_path, _RunsShell(marker))["torch.save"]
+    argv = [a.format(run=path.parent, tmp=tmp_path) for a in command]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"gmvae {command[0]}: error: ") and len(err.splitlines()) == 1
+    assert "refused" in err and "could run code" in err
+    assert not marker.exists()
