@@ -1,0 +1,198 @@
+"""The ``gmvae`` command line: flags mirror the config dataclasses, user errors exit 2 with one
+line naming the flag, runs resume."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from pyro_gmvae.cli import main
+from pyro_gmvae.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from pyro_gmvae.runs import read_metrics
+
+CONFIG_CLASSES = (DataConfig, ModelConfig, TrainConfig)
+FROM_DATA = {"n_features", "image_shape"}  # set from the data, not flags
+
+
+def config_flags() -> list[str]:
+    return [
+        "--" + f.name.replace("_", "-")
+        for cls in CONFIG_CLASSES
+        for f in dataclasses.fields(cls)
+        if f.name not in FROM_DATA
+    ]
+
+
+def test_train_help_lists_one_flag_per_config_field():
+    done = subprocess.run(
+        [sys.executable, "-m", "pyro_gmvae", "train", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    # argparse wraps lines; a flag is listed as a word of its own
+    words = set(done.stdout.replace(",", " ").split())
+    missing = [flag for flag in config_flags() if flag not in words]
+    assert not missing, f"--help lacks {missing}"
+    for flag in ("--data", "--clusters", "--out", "--resume", "--force", "--device", "--guide"):
+        assert flag in words
+    for name in FROM_DATA:
+        assert "--" + name.replace("_", "-") not in words
+    assert "--no-learn-weights" in words  # booleans can be switched off
+
+
+def test_help_of_every_flag_is_its_field_help(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--help"])
+    assert exit_info.value.code == 0
+    # argparse re-wraps help text, breaking lines at spaces and hyphens: compare without them
+    text = "".join(capsys.readouterr().out.split())
+    for cls in CONFIG_CLASSES:
+        for f in dataclasses.fields(cls):
+            if f.name not in FROM_DATA:
+                assert "".join(f.metadata["help"].split()) in text, f.name
+
+
+@pytest.fixture
+def table(tmp_path):
+    """A small labelled table (.npz, 6 features) with two clusters."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 60)
+    x = rng.normal(size=(60, 6)) + 4.0 * labels[:, None]
+    path = tmp_path / "table.npz"
+    np.savez(path, X=x, y=labels)
+    return path
+
+
+def fast_args(data, out, *extra: str) -> list[str]:
+    return [
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--clusters",
+        "2",
+        "--latent-dim",
+        "2",
+        "--hidden",
+        "8",
+        "--likelihood",
+        "gaussian",
+        "--batch-size",
+        "32",
+        "--restarts",
+        "1",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--no-plots",
+        *extra,
+    ]
+
+
+@pytest.mark.parametrize(
+    "flag, value",
+    [
+        ("--clusters", "0"),
+        ("--latent-dim", "0"),
+        ("--lr", "-1"),
+        ("--likelihood", "nope"),
+        ("--guide", "nope"),
+        ("--batch-size", "0"),
+        ("--hidden", "0"),
+        ("--epochs", "-1"),
+        ("--lr-decay", "2"),
+        ("--heldout-fraction", "1"),
+        ("--device", "tpu"),
+    ],
+)
+def test_impossible_option_exits_2_naming_the_flag(table, tmp_path, capsys, flag, value):
+    out = tmp_path / "run"
+    code = main(fast_args(table, out, "--epochs", "1", "--pretrain-epochs", "0", flag, value))
+    err = capsys.readouterr().err
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith("gmvae train: error:")
+    assert flag in err
+    assert not out.exists() or not any(out.iterdir())  # nothing was written
+
+
+def test_unparseable_value_is_argparses_exit_2(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--data", "digits", "--out", "x", "--clusters", "ten"])
+    assert exit_info.value.code == 2
+    assert "--clusters" in capsys.readouterr().err
+
+
+def test_missing_data_file_exits_2_naming_it(tmp_path, capsys):
+    missing = tmp_path / "nowhere.npz"
+    code = main(["train", "--data", str(missing), "--out", str(tmp_path / "run"), "--no-plots"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert str(missing) in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_missing_data_exits_2_in_a_real_process(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "pyro_gmvae", "train", "--data", "nope.csv", "--out", "r"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2
+    assert "nope.csv" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_train_then_resume_with_more_epochs(table, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(fast_args(table, out, "--pretrain-epochs", "1", "--epochs", "1")) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["epochs"] == 2
+    assert len(read_metrics(out)) == 2
+
+    # The same command again would overwrite the run: refused.
+    assert main(fast_args(table, out, "--pretrain-epochs", "1", "--epochs", "1")) == 2
+    assert "--resume" in capsys.readouterr().err
+
+    # Resuming with a different model is refused, naming the flag; the run is untouched.
+    before = (out / "checkpoint.pt").read_bytes()
+    code = main(["train", "--out", str(out), "--resume", "--clusters", "3", "--no-plots"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--clusters" in err
+    assert (out / "checkpoint.pt").read_bytes() == before
+
+    # More epochs continue the run: flags not given are read from config.json.
+    code = main(
+        ["train", "--out", str(out), "--resume", "--epochs", "3", "--no-progress", "--no-plots"]
+    )
+    assert code == 0
+    second = json.loads(capsys.readouterr().out)
+    assert second["epochs"] == 4
+    records = read_metrics(out)
+    assert [r["epoch"] for r in records] == [1, 2, 3, 4]
+    assert [r["phase"] for r in records] == ["pretrain", "svi", "svi", "svi"]
+    assert records[1]["loss"] == first["loss"]  # the first run's records are kept
+    assert RunConfig.load(out / "config.json").model.clusters == 2
+
+
+def test_resume_without_a_run_exits_2(tmp_path, capsys):
+    code = main(["train", "--out", str(tmp_path / "none"), "--resume", "--no-plots"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "config.json" in err or "checkpoint" in err
+
+
+def test_resume_and_force_together_are_refused(table, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(fast_args(table, out, "--pretrain-epochs", "0", "--epochs", "1")) == 0
+    capsys.readouterr()
+    assert main(["train", "--out", str(out), "--resume", "--force", "--no-plots"]) == 2
+    assert "--resume and --force" in capsys.readouterr().err
