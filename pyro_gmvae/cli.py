@@ -210,6 +210,13 @@ def _add_ppc(subparsers) -> None:
         help="fraction of --data held out from the checks' training side (default: the run's "
         "own, split with the run's seed, so it is exactly the data the run never saw)",
     )
+    p.add_argument(
+        "--max-examples",
+        type=int,
+        default=2000,
+        help="check a random subset of this many examples, to bound the cost (default 2000; "
+        "0: all)",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed of the replicates")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_ppc)
@@ -222,6 +229,8 @@ def cmd_ppc(args: argparse.Namespace) -> int:
 
     if args.num_samples < 2:
         raise ConfigError(f"--num-samples must be at least 2, not {args.num_samples}")
+    if args.max_examples < 0:
+        raise ConfigError(f"--max-examples must be at least 0, not {args.max_examples}")
     model = GMVAE.load(args.run_dir)
     run_dir = args.run_dir if args.run_dir.is_dir() else args.run_dir.parent
     run = RunConfig.load(run_dir / CONFIG_FILE) if (run_dir / CONFIG_FILE).exists() else None
@@ -242,6 +251,7 @@ def cmd_ppc(args: argparse.Namespace) -> int:
         heldout=heldout,
         num_samples=args.num_samples,
         seed=args.seed,
+        max_examples=args.max_examples or None,
         progress=not args.no_progress,
     )
     write_report(report, args.out)
