@@ -106,6 +106,12 @@ class TrainConfig:
         "epochs of autoencoder pretraining before the mixture is fitted to the codes (0: none)",
         default=50,
     )
+    init: str = _help(
+        "how the mixture prior starts from the pretrained codes: spectral (clusters of the "
+        "codes' nearest-neighbour graph) or gmm (a Gaussian mixture fitted by EM, as in VaDE)",
+        default="spectral",
+    )
+    init_neighbors: int = _help("neighbours per code in the graph of --init spectral", default=10)
     restarts: int = _help(
         "mixture initialisations tried on the pretrained codes, best by likelihood", default=5
     )
@@ -142,6 +148,10 @@ class TrainConfig:
             raise ConfigError(f"--lr must be positive, not {self.lr}")
         if not 0 < self.lr_decay <= 1:
             raise ConfigError(f"--lr-decay must be in (0, 1], not {self.lr_decay}")
+        if self.init not in ("spectral", "gmm"):
+            raise ConfigError(f"--init must be spectral or gmm, not {self.init!r}")
+        if self.init_neighbors < 1:
+            raise ConfigError(f"--init-neighbors must be at least 1, not {self.init_neighbors}")
         if self.restarts < 1:
             raise ConfigError(f"--restarts must be at least 1, not {self.restarts}")
         if not 0 <= self.augment_rotation <= 180:

@@ -22,6 +22,7 @@ import pyro
 import torch
 from pyro.infer import TraceEnum_ELBO
 from pyro.poutine.messenger import Messenger
+from sklearn.cluster import SpectralClustering
 from sklearn.mixture import GaussianMixture
 from torch.nn import functional as F
 from tqdm.auto import tqdm
@@ -112,6 +113,23 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
     )
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _mixture_moments(
+    codes: np.ndarray, responsibilities: np.ndarray, reg: float = 1e-4
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Weights ``(K,)``, means ``(K, Z)`` and diagonal variances ``(K, Z)`` of the mixture whose
+    soft assignments of ``codes (N, Z)`` are ``responsibilities (N, K)``; an empty cluster gets
+    the overall mean and variance."""
+    counts = responsibilities.sum(0)
+    total = counts[:, None]
+    means = np.where(
+        total > 0, responsibilities.T @ codes / np.maximum(total, 1e-12), codes.mean(0)
+    )
+    second = responsibilities.T @ codes**2 / np.maximum(total, 1e-12)
+    variances = np.where(total > 0, second - means**2, codes.var(0)) + reg
+    weights = np.maximum(counts, 1.0) / np.maximum(counts, 1.0).sum()
+    return weights, means, np.maximum(variances, reg)
 
 
 class _ScaleSite(Messenger):
@@ -234,35 +252,53 @@ class Trainer:
 
     @torch.no_grad()
     def init_mixture(self) -> None:
-        """Fit a K-component diagonal Gaussian mixture to the codes of the pretrained encoder and
-        make it the prior p(y) p(z|y) (VaDE). ``restarts`` initialisations, the best chosen by
-        likelihood (no labels)."""
+        """Make the prior p(y) p(z|y) a mixture fitted to the codes of the pretrained encoder.
+
+        ``init="gmm"`` (VaDE): a diagonal Gaussian mixture fitted by EM, ``restarts``
+        initialisations, the best by likelihood. ``init="spectral"``: spectral clustering of the
+        codes' k-nearest-neighbour graph, which follows the curved, elongated shapes that classes
+        take in a code space, and then each cluster's mean and variance. Neither uses labels.
+        """
         model = self.model
         codes = torch.cat(
             [model.encoder(self.x[i : i + 4096])[0] for i in range(0, len(self.x), 4096)]
         )
-        gmm = GaussianMixture(
-            model.n_clusters,
-            covariance_type="diag",
-            n_init=self.config.restarts,
-            random_state=self.config.seed,
-            reg_covar=1e-4,
-        ).fit(codes.cpu().double().numpy())
+        codes_np = codes.cpu().double().numpy()
+        K = model.n_clusters
+        if self.config.init == "gmm":
+            gmm = GaussianMixture(
+                K,
+                covariance_type="diag",
+                n_init=self.config.restarts,
+                random_state=self.config.seed,
+                reg_covar=1e-4,
+            ).fit(codes_np)
+            responsibilities = gmm.predict_proba(codes_np)
+        else:
+            assignments = SpectralClustering(
+                K,
+                affinity="nearest_neighbors",
+                n_neighbors=self.config.init_neighbors,
+                assign_labels="cluster_qr",
+                random_state=self.config.seed,
+            ).fit_predict(codes_np)
+            responsibilities = np.eye(K)[assignments]
+        weights, means, variances = _mixture_moments(codes_np, responsibilities)
         as_param = lambda a: torch.as_tensor(a, dtype=torch.float32, device=self.device)  # noqa: E731
-        model.cluster_means.copy_(as_param(gmm.means_))
-        scales = as_param(np.sqrt(gmm.covariances_)) - 1e-4
+        model.cluster_means.copy_(as_param(means))
+        scales = as_param(np.sqrt(variances)) - 1e-4
         model.cluster_raw_scales.copy_(scales + torch.log(-torch.expm1(-scales)))  # softplus^-1
         if model.config.learn_weights:
-            model.cluster_logits.copy_(as_param(np.log(gmm.weights_)))
+            model.cluster_logits.copy_(as_param(np.log(weights)))
         if isinstance(model.encoder, Encoder):
             # The pretrained encoder never trained its scale: start q(z|x) narrow relative to
             # the clusters, or the first ELBO steps see a huge KL and wreck the codes.
-            target = 0.1 * float(np.sqrt(gmm.covariances_).min())
+            target = 0.1 * float(np.sqrt(variances).min())
             model.encoder.raw_scale.weight.zero_()
             model.encoder.raw_scale.bias.fill_(math.log(math.expm1(target)))
         if model.cluster_encoder is not None:
             with torch.enable_grad():
-                self._fit_cluster_encoder(as_param(gmm.predict_proba(codes.cpu().double().numpy())))
+                self._fit_cluster_encoder(as_param(responsibilities))
 
     def _fit_cluster_encoder(self, responsibilities: torch.Tensor, epochs: int = 5) -> None:
         """Start q(y|x) from the mixture's responsibilities, so the enumerated guide begins where
