@@ -1,0 +1,153 @@
+"""Packaging: pyproject.toml and environment.yml install the same thing; the script is declared."""
+
+from __future__ import annotations
+
+import importlib
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    tomllib = pytest.importorskip("tomli", reason="reading pyproject.toml needs Python 3.11+")
+
+
+@pytest.fixture(scope="module")
+def pyproject() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def parse_environment(text: str) -> dict:
+    """The parts of a conda ``environment.yml`` that matter here, read line by line (PyYAML is
+    not a dependency): ``{"name": str, "channels": [...], "conda": [...], "pip": [...]}``."""
+    result: dict = {"name": None, "channels": [], "conda": [], "pip": []}
+    section = None
+    pip_indent = None
+    for raw in text.splitlines():
+        line = raw.split(" #", 1)[0].rstrip() if not raw.lstrip().startswith("#") else ""
+        if not line.strip():
+            continue
+        indent = len(line) - len(line.lstrip())
+        stripped = line.strip()
+        if indent == 0:
+            key, _, value = stripped.partition(":")
+            section = key
+            if key == "name":
+                result["name"] = value.strip()
+            pip_indent = None
+            continue
+        if not stripped.startswith("- "):
+            raise ValueError(f"environment.yml: cannot read line {raw!r}")
+        item = stripped[2:].strip().strip("'\"")
+        if section == "channels":
+            result["channels"].append(item)
+        elif section == "dependencies":
+            if pip_indent is not None and indent > pip_indent:
+                result["pip"].append(item)
+            elif item == "pip:":
+                pip_indent = indent
+            else:
+                pip_indent = None
+                result["conda"].append(item)
+    return result
+
+
+@pytest.fixture(scope="module")
+def environment() -> dict:
+    return parse_environment((ROOT / "environment.yml").read_text())
+
+
+def requirement_name(req: str) -> str:
+    return re.split(r"[<>=!~;\[ ]", req, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_parser_reads_a_nested_pip_list():
+    text = "name: e\nchannels:\n  - conda-forge\ndependencies:\n  - python>=3.10  # py\n  - pip\n  - pip:\n      - 'a>=1,<2'\n      - -e .\n  - numpy\n"
+    assert parse_environment(text) == {
+        "name": "e",
+        "channels": ["conda-forge"],
+        "conda": ["python>=3.10", "pip", "numpy"],
+        "pip": ["a>=1,<2", "-e ."],
+    }
+
+
+def test_environment_installs_the_same_requirements_as_pyproject(pyproject, environment):
+    project = pyproject["project"]
+    expected = project["dependencies"] + project["optional-dependencies"]["test"]
+    requirements = [r for r in environment["pip"] if not r.startswith("-")]
+    assert sorted(requirements) == sorted(expected)
+    assert "-e ." in environment["pip"]  # and the package itself
+    assert environment["name"] == "pyro-gmvae"
+    assert "pip" in environment["conda"]
+    python = [d for d in environment["conda"] if requirement_name(d) == "python"]
+    assert python == ["python" + project["requires-python"]]
+
+
+def test_environment_parser_agrees_with_yaml_where_installed(environment):
+    yaml = pytest.importorskip("yaml")
+    data = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip = [d for d in data["dependencies"] if isinstance(d, dict)][0]["pip"]
+    assert pip == environment["pip"]
+    assert [d for d in data["dependencies"] if isinstance(d, str)] == environment["conda"]
+
+
+def test_dependencies_are_ranges(pyproject):
+    project = pyproject["project"]
+    for req in project["dependencies"] + project["optional-dependencies"]["test"]:
+        assert ">=" in req, f"{req} should give a lower bound"
+        assert "==" not in req, f"{req} should be a range, not a pin"
+
+
+def test_console_script_gmvae_is_declared_and_resolves(pyproject):
+    target = pyproject["project"]["scripts"]["gmvae"]
+    assert target == "pyro_gmvae.cli:main"
+    module, _, attr = target.partition(":")
+    assert callable(getattr(importlib.import_module(module), attr))
+
+
+def test_ruff_is_configured(pyproject):
+    assert pyproject["tool"]["ruff"]["line-length"] == 100
+    assert "select" in pyproject["tool"]["ruff"]["lint"]
+
+
+def test_ci_runs_the_readme_test_command():
+    """.ci/run runs the README's test command verbatim, so the README's promise is what CI checks."""
+    ci = (ROOT / ".ci" / "run").read_text()
+    match = re.search(r'^TEST_COMMAND="(.+)"$', ci, flags=re.MULTILINE)
+    assert match, ".ci/run should set TEST_COMMAND"
+    command = match.group(1)
+    readme_lines = [line.strip() for line in (ROOT / "README.md").read_text().splitlines()]
+    assert command in readme_lines
+    assert 'bash -euo pipefail -c "$TEST_COMMAND"' in ci
+    assert "set -euo pipefail" in ci
+    assert "ruff check ." in ci and "ruff format --check ." in ci
+
+
+def test_readme_documents_every_train_flag():
+    """The README's table of ``gmvae train`` flags names exactly the flags the parser has."""
+    import argparse
+
+    from pyro_gmvae.cli import build_parser
+
+    subparsers = next(
+        a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)
+    )
+    flags = {
+        s
+        for action in subparsers.choices["train"]._actions
+        for s in action.option_strings
+        if s.startswith("--") and s != "--help"
+    }
+    rows = [
+        line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("| `--")
+    ]
+    documented = {
+        flag for row in rows for flag in re.findall(r"`(--[a-z-]+)`", row.split(" | ")[0])
+    }
+    assert documented == flags, (
+        f"missing from README: {sorted(flags - documented)}; not flags: {sorted(documented - flags)}"
+    )
