@@ -22,7 +22,8 @@ The checks (:func:`posterior_predictive_checks`):
   features whose p-value is below ``alpha``;
 - cluster proportions: the fraction of the data the model assigns to each cluster
   (:meth:`GMVAE.predict`) against the counts of y in prior replicates (multinomial draws from pi);
-- log-likelihood of held-out data against that of the training data (an overfitting check);
+- log-likelihood of held-out data against random splits of training and held-out data pooled
+  (an overfitting check, as a permutation test);
 - distance from generated examples to their nearest training example against that of real unseen
   examples (a memorisation check).
 
@@ -124,7 +125,7 @@ class Statistic:
         name: identifier, e.g. ``"feature_mean"``.
         title: what it is, in words.
         predictive: where the replicates come from: ``"posterior"``, ``"prior"``, or
-            ``"training"`` (the held-out check's reference is the training data).
+            ``"permutation"`` (random splits of training and held-out data pooled).
         observed: ``(F,)`` the statistic on the data, one value per component (F = 1: a scalar).
         replicated: ``(R, F)`` the statistic on R replicates.
         p_values: ``(F,)`` two-sided p-values (:func:`two_sided_p_values`).
@@ -288,8 +289,8 @@ class PPCReport:
             f"values (< {ALPHA}) mean the model does not reproduce the statistic. For per-feature "
             f"statistics the table gives the fraction of features with p < {ALPHA}; more than "
             f"{FLAG_FRACTION:.0%} is flagged. *posterior*: replicated given each observed example "
-            "through the guide; *prior*: generated from scratch; *training*: the reference is the "
-            "training data.",
+            "through the guide; *prior*: generated from scratch; *permutation*: random splits of the "
+            "training and held-out data pooled.",
             "",
             "| " + " | ".join(self._HEADER) + " |",
             "|" + "---|" * len(self._HEADER),
@@ -539,19 +540,23 @@ def _loglik_check(
     num_samples: int,
     rng: np.random.Generator,
 ) -> Statistic:
-    """Mean log p(x) of the held-out examples against the means of random training subsets of
-    the same size: an overfitting model scores its training data higher than new data."""
+    """Mean log p(x) of the held-out examples against the means of random subsets of the same size
+    drawn from training and held-out examples pooled (a permutation test): if the model
+    generalises, the held-out examples are as likely as any others; an overfitting model scores
+    its training data higher than new data."""
     train_ll = log_likelihood(model, x, num_samples=loglik_samples).double().cpu().numpy()
     heldout_ll = log_likelihood(model, x_heldout, num_samples=loglik_samples).double().cpu().numpy()
+    pooled = np.concatenate([train_ll, heldout_ll])
     m = len(heldout_ll)
-    replace = m > len(train_ll)
-    subsets = [rng.choice(len(train_ll), m, replace=replace) for _ in range(max(num_samples, 200))]
+    permuted = [
+        pooled[rng.permutation(len(pooled))[:m]].mean() for _ in range(max(num_samples, 1000))
+    ]
     return _statistic(
         "loglik",
         "log-likelihood per example, held-out vs training",
-        "training",
+        "permutation",
         heldout_ll.mean(),
-        [train_ll[i].mean() for i in subsets],
+        permuted,
         details={"training": train_ll, "heldout": heldout_ll},
     )
 

@@ -187,7 +187,7 @@ def test_fitted_model_reproduces_what_it_can(report, fitted):
         ("intensity_mean", "posterior"),
         ("intensity_mean", "prior"),
         ("intensity_sd", "prior"),
-        ("loglik", "training"),
+        ("loglik", "permutation"),
     ]:
         p = report[name, predictive].p_value
         assert 0.05 < p, (name, predictive, p)
