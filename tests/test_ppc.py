@@ -21,7 +21,6 @@ from pyro_gmvae.ppc import (
     posterior_predictive_checks,
     replicate,
     two_sided_p_values,
-    write_report,
 )
 
 SHAPE = (4, 4)
@@ -294,7 +293,7 @@ def test_bad_inputs_raise(fitted, split):
         posterior_predictive_checks(fitted, train, heldout=outside)
 
 
-def test_report_table_markdown_and_json(report, tmp_path):
+def test_report_table_markdown_and_json(report):
     table = report.to_table()
     for s in report.statistics:
         assert s.title in table
@@ -305,14 +304,12 @@ def test_report_table_markdown_and_json(report, tmp_path):
     assert stat["p_value"] == report.statistics[0].p_value
     assert {"observed", "replicated_mean", "replicated_q025", "p_values", "flagged"} <= set(stat)
 
-    paths = write_report(report, tmp_path)
-    markdown = (tmp_path / REPORT_FILE).read_text()
-    assert json.loads((tmp_path / PPC_FILE).read_text()) == d
-    figures = [p for p in paths if p.suffix == ".png"]
-    assert len(figures) == len(report.statistics)
-    for p in figures:
-        assert p.stat().st_size > 1000
-        assert f"]({p.relative_to(tmp_path).as_posix()})" in markdown
+    markdown = report.to_markdown({"loglik/permutation": "figures/ll.png"})
+    assert (
+        "| statistic | replicates |" in markdown
+        and "![loglik/permutation](figures/ll.png)" in markdown
+    )
+    assert markdown.count("![") == 1  # only the figures given
 
 
 def test_tables_get_per_feature_checks():
@@ -343,7 +340,13 @@ def test_gmvae_ppc_end_to_end(fitted, teacher_data, tmp_path, capsys):
     assert "log-likelihood per example" in printed and "p-value" in printed
     saved = json.loads((out / PPC_FILE).read_text())
     assert saved["n_heldout"] == 200 and saved["n"] == 600 and saved["num_samples"] == 10
-    assert (out / REPORT_FILE).exists() and list((out / "figures").glob("*.png"))
+    # write_report: one figure per statistic, each linked from report.md
+    markdown = (out / REPORT_FILE).read_text()
+    figures = sorted((out / "figures").glob("*.png"))
+    assert len(figures) == len(saved["statistics"])
+    for path in figures:
+        assert path.stat().st_size > 1000
+        assert f"](figures/{path.name})" in markdown
 
 
 def test_gmvae_ppc_rejects_bad_options(fitted, tmp_path, capsys):
