@@ -70,7 +70,9 @@ class ModelConfig:
         default="marginal",
     )
     learn_weights: bool = _help(
-        "learn the mixture weights pi (otherwise fixed uniform)", default=True
+        "learn the mixture weights pi (default: fixed uniform, which keeps clusters from "
+        "starving early in training; learn them when clusters differ much in size)",
+        default=False,
     )
     n_features: int = _help("size of one observation (set from the data)", default=0)
     image_shape: tuple[int, int] | None = _help(
@@ -98,7 +100,7 @@ class ModelConfig:
 class TrainConfig:
     """How the model is fitted: VaDE-style pretraining, then SVI with TraceEnum_ELBO."""
 
-    epochs: int = _help("epochs of SVI on the ELBO", default=100)
+    epochs: int = _help("epochs of SVI on the ELBO", default=50)
     batch_size: int = _help("minibatch size", default=256)
     lr: float = _help("Adam learning rate", default=1e-3)
     lr_decay: float = _help("multiply the learning rate by this every 10 epochs", default=0.9)
@@ -109,7 +111,7 @@ class TrainConfig:
     init: str = _help(
         "how the mixture prior starts from the pretrained codes: spectral (clusters of the "
         "codes' nearest-neighbour graph) or gmm (a Gaussian mixture fitted by EM, as in VaDE)",
-        default="spectral",
+        default="gmm",
     )
     init_neighbors: int = _help("neighbours per code in the graph of --init spectral", default=10)
     restarts: int = _help(
