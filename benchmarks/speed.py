@@ -65,7 +65,13 @@ TARGETS = {
 # Presets of --grid: epoch-grid clusters, batch sizes, rows; "tiny" also shrinks the model.
 GRIDS: dict[str, dict[str, Any]] = {
     "full": {"clusters": [10, 30, 100], "batch_sizes": [64, 256, 1024], "rows": 8000},
-    "cpu": {"clusters": [10, 30, 100], "batch_sizes": [64, 256, 1024], "rows": 1024},
+    "cpu": {
+        "clusters": [10, 30, 100],
+        "batch_sizes": [64, 256, 1024],
+        "rows": 1024,
+        "epoch_warmup": 1,
+        "epoch_step_repeats": 1,
+    },
     "tiny": {
         "clusters": [2, 3],
         "batch_sizes": [16],
@@ -566,7 +572,7 @@ def epoch_worker(spec: dict[str, Any]) -> dict[str, Any]:
     with variant.context():
         for _ in range(spec["warmup"]):
             trainer._step(trainer.svi_loss(*trainer._minibatch(batch_idx)))
-        step_s = timed(lambda: trainer._step(trainer.svi_loss(fixed)), 3)
+        step_s = timed(lambda: trainer._step(trainer.svi_loss(fixed)), spec["step_repeats"])
         prep_s = timed(lambda: trainer._minibatch(batch_idx), 3)
         _sync(device)
         start = time.perf_counter()
@@ -610,7 +616,8 @@ def epoch_specs(args: argparse.Namespace) -> list[dict[str, Any]]:
         "seed": args.seed,
         "hidden": args.hidden,
         "latent_dim": args.latent_dim,
-        "warmup": 2,
+        "warmup": args.epoch_warmup,
+        "step_repeats": args.epoch_step_repeats,
     }
     specs = [
         base | {"guide": g, "clusters": k, "batch_size": b, "rows": args.rows, "variant": v}
@@ -666,7 +673,8 @@ def print_epoch_row(r: dict[str, Any]) -> None:
 def print_epochs_notes(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     memory = "peak CUDA MB allocated" if args.device.startswith("cuda") else "peak RSS MB"
     print(
-        f"step ms: median of 3 steps on one fixed batch, outside the epoch. prep ms: the "
+        f"step ms: median of {args.epoch_step_repeats} steps on one fixed batch, outside the "
+        "epoch. prep ms: the "
         f"trainer's minibatch gather + augmentation. outside: share of the epoch not explained by "
         f"rows/batch x step ms (batch preparation, bookkeeping; noisy). {memory}: whole process "
         "peak; train MB: peak above the memory after set-up (model, data, optimizer built). "
@@ -889,13 +897,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip-steps", action="store_true", help="skip section 1")
     p.add_argument("--skip-epochs", action="store_true", help="skip sections 2 and 3")
     p.add_argument("--skip-gpu-epoch", action="store_true", help="skip section 3 on CUDA")
+    p.add_argument("--epoch-warmup", type=int, help="untimed steps before each epoch (2)")
+    p.add_argument(
+        "--epoch-step-repeats", type=int, help="isolated steps timed beside each epoch (3)"
+    )
     p.add_argument("--epoch-timeout", type=float, default=600, help="seconds per epoch process")
     p.add_argument("--profile", type=int, default=0, help="only profile this many steps")
     p.add_argument("--json", type=Path, help="also write all results to this JSON file")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     preset = GRIDS[args.grid]
-    defaults = {"step_batches": [64, 256], "step_clusters": 10} | preset
+    defaults = {
+        "step_batches": [64, 256],
+        "step_clusters": 10,
+        "epoch_warmup": 2,
+        "epoch_step_repeats": 3,
+    } | preset
     for key, value in defaults.items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)

@@ -150,6 +150,7 @@ def test_epoch_worker_hand_and_pyro_train_alike(mnist8k_path):
         "hidden": [8],
         "latent_dim": 2,
         "warmup": 1,
+        "step_repeats": 2,
     }
     pyro_result = speed.epoch_worker(spec | {"variant": "pyro"})
     hand_result = speed.epoch_worker(spec | {"variant": "hand"})
