@@ -38,8 +38,10 @@ def small_train(**kwargs) -> TrainConfig:
         batch_size=64,
         lr=3e-3,
         lr_decay=0.9,
+        init="gmm",
         restarts=2,
         clip_norm=10.0,
+        beta=1.0,
         augment_rotation=0.0,
         augment_shift=0.0,
         seed=0,
@@ -232,15 +234,19 @@ def test_cli_trains_on_mnist8k_to_well_above_chance(mnist8k_path, tmp_path, caps
         "--latent-dim",
         "10",
         "--pretrain-epochs",
-        "20",
+        "5",
         "--epochs",
-        "6",
+        "4",
         "--batch-size",
         "128",
         "--lr",
         "2e-3",
+        "--init",
+        "gmm",
         "--restarts",
         "2",
+        "--beta",
+        "1",
         "--augment-rotation",
         "0",
         "--augment-shift",
@@ -252,6 +258,6 @@ def test_cli_trains_on_mnist8k_to_well_above_chance(mnist8k_path, tmp_path, caps
     ]
     assert main(argv) == 0
     result = json.loads(capsys.readouterr().out)
-    # Chance is about 0.1 for ten balanced digits.
+    # Chance is about 0.1 for ten balanced digits; this short run reached 0.52 when written.
     assert result["train"]["accuracy"] > 0.4
     assert read_metrics(out)[-1]["accuracy"] == pytest.approx(result["train"]["accuracy"])
