@@ -536,6 +536,17 @@ def _rss_mb() -> float:
         return float("nan")
 
 
+def _reset_peak_rss() -> bool:
+    """Reset this process's peak resident memory (Linux ``clear_refs``), so that ``ru_maxrss``
+    measures what follows and not the set-up (imports, data loading); False if impossible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
+
+
 def epoch_worker(spec: dict[str, Any]) -> dict[str, Any]:
     """Time one SVI epoch of ``Trainer._run_epoch`` as configured by ``spec``; run in its own
     process by :func:`run_epoch_config`, so the peak memory is this configuration's alone."""
@@ -555,6 +566,7 @@ def epoch_worker(spec: dict[str, Any]) -> dict[str, Any]:
         torch.cuda.reset_peak_memory_stats(device)
         base_mb = torch.cuda.memory_allocated(device) / 2**20
     else:
+        peak_reset = _reset_peak_rss()
         base_mb = _rss_mb()
     batch_idx = torch.arange(min(spec["batch_size"], len(trainer.x)), device=device)
     fixed = trainer.x[batch_idx]
@@ -583,6 +595,8 @@ def epoch_worker(spec: dict[str, Any]) -> dict[str, Any]:
         peak_mb = torch.cuda.max_memory_allocated(device) / 2**20
     else:
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
+        if not peak_reset:
+            peak_mb = float("nan")  # the peak of the set-up would hide that of training
     return {
         "epoch_s": epoch_s,
         "examples_per_s": len(trainer.x) / epoch_s,
@@ -676,8 +690,9 @@ def print_epochs_notes(rows: list[dict[str, Any]], args: argparse.Namespace) -> 
         f"step ms: median of {args.epoch_step_repeats} steps on one fixed batch, outside the "
         "epoch. prep ms: the "
         f"trainer's minibatch gather + augmentation. outside: share of the epoch not explained by "
-        f"rows/batch x step ms (batch preparation, bookkeeping; noisy). {memory}: whole process "
-        "peak; train MB: peak above the memory after set-up (model, data, optimizer built). "
+        f"rows/batch x step ms (batch preparation, bookkeeping; noisy). {memory}: peak of the "
+        "whole process during warm-up and epoch (the peak of set-up is reset); train MB: that peak "
+        "above the memory after set-up (model, data, trainer built). "
         "Variants hand and jit:direct replace Trainer.svi_loss in that process."
     )
     if any(r["rows"] > 8000 for r in rows):
