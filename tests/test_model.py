@@ -374,7 +374,9 @@ def test_fixed_uniform_weights():
     assert "cluster_logits" not in names
     assert "cluster_logits" in dict(model.named_buffers())
     np.testing.assert_allclose(model.mixture_weights(), np.full(K, 1 / K))
-    learned = GMVAE(ModelConfig(clusters=K, latent_dim=Z, hidden=(8,), n_features=D))
+    learned = GMVAE(
+        ModelConfig(clusters=K, latent_dim=Z, hidden=(8,), n_features=D, learn_weights=True)
+    )
     assert "cluster_logits" in dict(learned.named_parameters())
 
 
