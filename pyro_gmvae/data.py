@@ -351,13 +351,18 @@ def _available_memory_bytes() -> int | None:
     return None
 
 
-def _check_fits_in_memory(n_values: int, name: str) -> None:
+# Measured peak of `gmvae train` (README, "Memory"): about 470 MiB of interpreter and torch,
+# plus the source array and the float32 copy the model trains on, plus the network.
+_BASE_MEMORY_BYTES = 0.6 * 2**30
+
+
+def _check_fits_in_memory(n_values: int, name: str, source_itemsize: int = 1) -> None:
     """Fail early, with the sizes, rather than have the loader killed half-way."""
     available = _available_memory_bytes()
-    need = 4 * n_values  # the float32 copy the model trains on
+    need = (source_itemsize + 4) * n_values + _BASE_MEMORY_BYTES
     if available is not None and need > 0.8 * available:
         raise DataError(
-            f"{name}: the data needs {need / 2**30:.1f} GiB as float32 but only "
+            f"{name}: loading and training on the data needs about {need / 2**30:.1f} GiB but only "
             f"{available / 2**30:.1f} GiB of memory is available; train on a subset of the rows "
             "(save x[:n] to a smaller file) or use a machine with more memory"
         )
@@ -608,7 +613,7 @@ def _check_npz_member(path: Path, zf: zipfile.ZipFile, member: str) -> None:
             f"{path}: corrupt array {member!r}: its header says shape {shape} but only "
             f"{stored} bytes are stored; re-create the file with np.savez"
         )
-    _check_fits_in_memory(n_values, str(path))
+    _check_fits_in_memory(n_values, str(path), dtype.itemsize)
 
 
 def _corrupt(path: Path, err: BaseException) -> DataError:
@@ -651,7 +656,7 @@ def _load_npy(path: Path) -> np.ndarray:
         header = np.load(path, mmap_mode="r", allow_pickle=False)
         if not isinstance(header, np.ndarray):
             raise DataError(f"{path}: holds several arrays (an .npz archive); rename it to .npz")
-        _check_fits_in_memory(int(header.size), str(path))
+        _check_fits_in_memory(int(header.size), str(path), header.dtype.itemsize)
         del header
         return np.load(path, allow_pickle=False)
     except DataError:

@@ -320,9 +320,10 @@ def test_npy_shape_and_dtype_errors(tmp_path, array, match):
 def test_memory_check_refuses_arrays_larger_than_ram(tmp_path, monkeypatch):
     np.save(tmp_path / "big.npy", np.zeros((100, 10)))
     np.savez(tmp_path / "big.npz", X=np.zeros((100, 10)))
-    monkeypatch.setattr(data, "_available_memory_bytes", lambda: 1000)
+    monkeypatch.setattr(data, "_BASE_MEMORY_BYTES", 0)
+    monkeypatch.setattr(data, "_available_memory_bytes", lambda: 1000)  # 1000 float64 need 12,000
     for name in ("big.npy", "big.npz"):
-        with pytest.raises(DataError, match="needs 0.0 GiB as float32.*subset of the rows"):
+        with pytest.raises(DataError, match="needs about 0.0 GiB but only.*subset of the rows"):
             load_data(tmp_path / name)
     monkeypatch.setattr(data, "_available_memory_bytes", lambda: None)
     assert len(load_data(tmp_path / "big.npy")) == 100
