@@ -13,11 +13,13 @@ sampled or relaxed. Typical use::
 
 from .config import ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig
 from .data import DataError, Dataset, load_data
+from .evaluate import elbo_per_example, evaluate, log_likelihood
 from .likelihoods import Bernoulli, ContinuousBernoulli, Gaussian, Likelihood
 from .metrics import clustering_scores
 from .model import GMVAE
+from .ppc import posterior_predictive_checks
 from .runs import CheckpointError
-from .train import Trainer, TrainingDiverged, TrainingInterrupted, fit
+from .train import Trainer, TrainingDiverged, TrainingInterrupted, fit, train_run
 
 __version__ = "0.1.0"
 
@@ -39,6 +41,11 @@ __all__ = [
     "TrainingDiverged",
     "TrainingInterrupted",
     "clustering_scores",
+    "elbo_per_example",
+    "evaluate",
     "fit",
     "load_data",
+    "log_likelihood",
+    "posterior_predictive_checks",
+    "train_run",
 ]
