@@ -19,7 +19,7 @@ from pyro_gmvae import (
     Gaussian,
     ModelConfig,
 )
-from pyro_gmvae.networks import Decoder
+from pyro_gmvae.networks import Decoder, Encoder
 
 N, D, K, Z = 5, 4, 3, 2
 
@@ -323,6 +323,25 @@ def test_custom_networks_and_likelihood_are_used(x_np):
     assert isinstance(model_trace.nodes["x"]["fn"].base_dist, dist.ContinuousBernoulli)
     # The custom decoder's parameters are the model's: they train and they are saved.
     assert any(p is decoder.net[0].weight for p in model.parameters())
+
+
+class ShiftedEncoder(Encoder):
+    """q(z|x) moved by a constant, so its use is visible in every output."""
+
+    def forward(self, x, y=None):
+        loc, scale = super().forward(x, y)
+        return loc + 100.0, scale
+
+
+def test_custom_encoder_is_used(x_np):
+    config = ModelConfig(clusters=K, latent_dim=Z, hidden=(8,), n_features=D)
+    plain = GMVAE(config)
+    encoder = ShiftedEncoder(D, (8,), Z)
+    encoder.load_state_dict(plain.encoder.state_dict())
+    shifted = GMVAE(config, encoder=encoder)
+    np.testing.assert_allclose(shifted.encode(x_np), plain.encode(x_np) + 100.0, rtol=1e-5)
+    trace = poutine.trace(shifted.guide).get_trace(torch.from_numpy(x_np))
+    assert (trace.nodes["z"]["fn"].base_dist.loc > 50).all()
 
 
 class StudentPrior(GMVAE):
