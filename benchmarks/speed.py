@@ -30,7 +30,6 @@ import math
 import os
 import platform
 import pstats
-import resource
 import statistics
 import subprocess
 import sys
@@ -110,14 +109,28 @@ def _log_likelihood(model: GMVAE, decoded: torch.Tensor, x: torch.Tensor) -> tor
     return model.likelihood(decoded).log_prob(x)
 
 
+def draw_like_pyro(like: torch.Tensor) -> torch.Tensor:
+    """Standard normal draws of ``like``'s shape, as ``Normal.rsample`` makes them."""
+    return torch.empty_like(like).normal_()
+
+
+def draw_like_jit(like: torch.Tensor) -> torch.Tensor:
+    """Standard normal draws as ``Normal.rsample`` makes them under a JIT trace."""
+    return torch.normal(torch.zeros_like(like), torch.ones_like(like))
+
+
 def hand_loss(
-    model: GMVAE, x: torch.Tensor, view: torch.Tensor | None = None, beta: float = 1.0
+    model: GMVAE,
+    x: torch.Tensor,
+    view: torch.Tensor | None = None,
+    beta: float = 1.0,
+    draw: Callable[[torch.Tensor], torch.Tensor] = draw_like_pyro,
 ) -> torch.Tensor:
     """The negative ELBO per example that ``Trainer.svi_loss`` computes, in plain PyTorch.
 
     The sum over the K clusters is explicit and vectorised (no Python loop), with the model's own
     networks. z is drawn exactly as Pyro draws it (one ``normal_`` of the shape of q's location),
-    so under the same seed the two losses see the same z.
+    so under the same seed the two losses see the same z (``draw_like_jit`` for a JIT-compiled loss).
 
     - marginal guide: ``logsumexp_y [log p(y) + log p(z|y)] + log p(x|z) - log q(z|x)``;
     - enumerated guide: ``sum_y q(y|x) [log p(y) + log p(z_y|y) + log p(x|z_y) - log q(y|x)
@@ -128,6 +141,7 @@ def hand_loss(
         x: ``(N, D)`` the examples the likelihood scores.
         view: ``(N, D)`` what the encoders see instead of ``x`` (augmented view), or None.
         beta: the likelihood term is divided by ``beta`` (the trainer's beta-weighted KL).
+        draw: makes the standard normal noise of z from a tensor of its shape.
 
     Returns:
         A scalar: minus the ELBO averaged over the N examples.
@@ -137,7 +151,7 @@ def hand_loss(
     means, scales = model.cluster_means, model.cluster_scales()  # (K, Z)
     if model.config.guide == "marginal":
         loc, scale = model.encoder(seen)  # (N, Z)
-        eps = torch.empty_like(loc).normal_()
+        eps = draw(loc)
         z = loc + scale * eps
         # log p(z) = logsumexp_y [log p(y) + log p(z|y)]: (N, 1, Z) against (K, Z) -> (N, K)
         log_prior = (log_pi + _log_normal(z.unsqueeze(-2), means, scales)).logsumexp(-1)
@@ -147,7 +161,7 @@ def hand_loss(
     log_q_y = F.log_softmax(model.cluster_encoder(seen), -1).T  # (K, N)
     y = torch.arange(model.n_clusters, device=x.device).unsqueeze(-1)  # (K, 1)
     loc, scale = model.encoder(seen, y)  # (K, N, Z)
-    eps = torch.empty_like(loc).normal_()
+    eps = draw(loc)
     z = loc + scale * eps
     log_lik = _log_likelihood(model, model.decoder(z), x)  # (K, N): K decoder passes
     terms = (
@@ -367,42 +381,49 @@ def check_agreement(
 ) -> dict[str, dict[str, Any]]:
     """Loss and gradient of each variant against the hand-written loss, on the same draws of z.
 
-    Returns ``{variant: {"loss", "rel_loss", "rel_grad"}}`` (or ``{"error"}``); relative errors
-    are ``|a - b| / |b|`` for the loss and ``||a - b|| / ||b||`` over all gradients.
+    A JIT-compiled loss draws z with ``torch.normal`` inside its graph, so it is compared with
+    the hand-written loss drawing the same way, after the call that compiles it (which draws
+    more). Returns ``{variant: {"loss", "rel_loss", "rel_grad"}}`` (or ``{"error"}``); relative
+    errors are ``|a - b| / |b|`` for the loss and ``||a - b|| / ||b||`` over all gradients.
     """
     params = [p for p in model.parameters() if p.requires_grad]
+    beta = getattr(runners["hand"].trainer.config, "beta", 1.0)
 
-    def loss_and_grads(name: str) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        runner = runners[name]
+    def loss_and_grads(loss_fn: Callable[[], torch.Tensor]):
         pyro.set_rng_seed(seed)
-        with runner.variant.context():
-            loss = runner.loss(xb)
+        loss = loss_fn()
         grads = torch.autograd.grad(loss, params, allow_unused=True)
         grads = [
             torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)
         ]
         return loss.detach(), grads
 
-    ref_loss, ref_grads = loss_and_grads("hand")
-    ref_norm = torch.sqrt(sum((g.double() ** 2).sum() for g in ref_grads))
-    results: dict[str, dict[str, Any]] = {"hand": {"loss": float(ref_loss)}}
-    for name in runners:
+    references = {
+        False: loss_and_grads(lambda: hand_loss(model, xb, beta=beta)),
+        True: loss_and_grads(lambda: hand_loss(model, xb, beta=beta, draw=draw_like_jit)),
+    }
+    results: dict[str, dict[str, Any]] = {"hand": {"loss": float(references[False][0])}}
+    for name, runner in runners.items():
         if name == "hand":
             continue
+        jit = isinstance(runner.trainer.elbo, JitTraceEnum_ELBO)
+        ref_loss, ref_grads = references[jit]
         try:
-            loss, grads = loss_and_grads(name)
+            with runner.variant.context():
+                if jit:
+                    runner.loss(xb)  # compiles
+                loss, grads = loss_and_grads(lambda r=runner: r.loss(xb))
         except Exception as e:  # JIT has open bugs: report, do not crash
             results[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"}
             continue
         diff = torch.sqrt(
             sum(((g - r).double() ** 2).sum() for g, r in zip(grads, ref_grads, strict=True))
         )
+        norm = torch.sqrt(sum((g.double() ** 2).sum() for g in ref_grads))
         results[name] = {
             "loss": float(loss),
             "rel_loss": float((loss - ref_loss).abs() / ref_loss.abs()),
-            "rel_grad": float(diff / ref_norm),
-            # A traced graph draws z with torch.normal, not normal_: other draws, other values.
-            "same_draws": not isinstance(runners[name].trainer.elbo, JitTraceEnum_ELBO),
+            "rel_grad": float(diff / norm),
         }
     return results
 
@@ -499,7 +520,6 @@ def print_step_rows(rows: list[dict[str, Any]]) -> None:
             agree = f"failed: {a['error']}"
         elif "rel_loss" in a:
             agree = f"{a['rel_loss']:.1e} / {a['rel_grad']:.1e}"
-            agree += "" if a["same_draws"] else " (other draws of z)"
         else:
             agree = f"reference (loss {a.get('loss', float('nan')):.4g})"
         if "error" in r:
@@ -527,17 +547,20 @@ def print_steps_notes(args: argparse.Namespace) -> None:
 # 2. and 3. Epochs, each in a fresh process
 
 
-def _rss_mb() -> float:
-    """The current resident memory in MB (Linux), or NaN."""
+def _status_mb(field: str) -> float:
+    """A memory field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``) in MB, or NaN."""
     try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024  # kB
     except (OSError, ValueError, IndexError):
-        return float("nan")
+        pass
+    return float("nan")
 
 
 def _reset_peak_rss() -> bool:
-    """Reset this process's peak resident memory (Linux ``clear_refs``), so that ``ru_maxrss``
+    """Reset this process's peak resident memory (Linux ``clear_refs``), so that the peak
     measures what follows and not the set-up (imports, data loading); False if impossible."""
     try:
         with open("/proc/self/clear_refs", "w") as f:
@@ -567,7 +590,7 @@ def epoch_worker(spec: dict[str, Any]) -> dict[str, Any]:
         base_mb = torch.cuda.memory_allocated(device) / 2**20
     else:
         peak_reset = _reset_peak_rss()
-        base_mb = _rss_mb()
+        base_mb = _status_mb("VmRSS")
     batch_idx = torch.arange(min(spec["batch_size"], len(trainer.x)), device=device)
     fixed = trainer.x[batch_idx]
 
@@ -594,9 +617,9 @@ def epoch_worker(spec: dict[str, Any]) -> dict[str, Any]:
     if device.type == "cuda":
         peak_mb = torch.cuda.max_memory_allocated(device) / 2**20
     else:
-        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
-        if not peak_reset:
-            peak_mb = float("nan")  # the peak of the set-up would hide that of training
+        # VmHWM, not ru_maxrss: exec folds the parent's peak into ru_maxrss, and no reset
+        # clears it, so a worker started by a big process would report its parent's peak.
+        peak_mb = _status_mb("VmHWM") if peak_reset else float("nan")
     return {
         "epoch_s": epoch_s,
         "examples_per_s": len(trainer.x) / epoch_s,
