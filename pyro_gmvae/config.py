@@ -243,14 +243,23 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, *, suppress_defaul
         default = argparse.SUPPRESS if suppress_defaults else f.default
         help_text = f.metadata.get("help", "")
         kind = str(f.type)
+        if "tuple" in kind:
+            help_text += " (space separated)"
+        if suppress_defaults and f.default is not None and "default" not in help_text:
+            # argparse cannot show a suppressed default: name the dataclass's in the help.
+            if isinstance(f.default, bool):
+                shown = flag if f.default else "--no-" + flag[2:]
+            elif isinstance(f.default, tuple):
+                shown = " ".join(map(str, f.default))
+            else:
+                shown = f.default
+            help_text += f" (default: {shown})"
         if kind == "bool":
             group.add_argument(
                 flag, action=argparse.BooleanOptionalAction, default=default, help=help_text
             )
         elif "tuple" in kind:
-            group.add_argument(
-                flag, type=int, nargs="+", default=default, help=help_text + " (space separated)"
-            )
+            group.add_argument(flag, type=int, nargs="+", default=default, help=help_text)
         else:
             base = {"int": int, "float": float}.get(kind.split(" ")[0], str)
             group.add_argument(flag, type=base, default=default, help=help_text)
