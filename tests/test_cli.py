@@ -56,6 +56,9 @@ def test_help_of_every_flag_is_its_field_help(capsys):
         for f in dataclasses.fields(cls):
             if f.name not in FROM_DATA:
                 assert "".join(f.metadata["help"].split()) in text, f.name
+    # The defaults are shown although the flags suppress them (so --resume can tell them apart).
+    assert f"(default:{ModelConfig().clusters})" in text
+    assert "(default:" + "".join(map(str, ModelConfig().hidden)) + ")" in text
 
 
 @pytest.fixture
