@@ -13,7 +13,7 @@ sampled or relaxed. Typical use::
 
 from .config import ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig
 from .data import DataError, Dataset, load_data
-from .evaluate import elbo_per_example, evaluate, log_likelihood
+from .evaluate import elbo_per_example, log_likelihood
 from .likelihoods import Bernoulli, ContinuousBernoulli, Gaussian, Likelihood
 from .metrics import clustering_scores
 from .model import GMVAE
@@ -42,7 +42,6 @@ __all__ = [
     "TrainingInterrupted",
     "clustering_scores",
     "elbo_per_example",
-    "evaluate",
     "fit",
     "load_data",
     "log_likelihood",

@@ -553,7 +553,7 @@ def train_run(
     from .runs import CONFIG_FILE, prepare_run_directory, read_metrics
 
     config.validate()
-    out = prepare_run_directory(out, resume=resume, force=force)
+    out = Path(out)
     dataset = load_data(
         config.data.data, label_column=config.data.label_column, kind=config.data.kind
     )
@@ -575,8 +575,10 @@ def train_run(
             f"{config.data.data} is a standardized table; the {config.model.likelihood} likelihood "
             "needs values in [0, 1]: pass --likelihood gaussian (or --kind image for images)"
         )
+    # Only now, with the data and options known good, is anything on disk created or replaced.
+    out = prepare_run_directory(out, resume=resume, force=force)
+    config.save(out / CONFIG_FILE)  # on resume: records a changed --epochs or --device
     if not resume:
-        config.save(out / CONFIG_FILE)
         if dataset.scaler is not None:
             atomic_write_text(out / SCALER_FILE, json.dumps(dataset.scaler.to_dict()))
 

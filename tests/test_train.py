@@ -214,6 +214,31 @@ def test_table_with_image_likelihood_is_refused(table_file, tmp_path):
         train_run(config, tmp_path / "run", progress=False, plots=False)
 
 
+def test_bad_data_creates_nothing_and_leaves_a_forced_run_whole(table_file, tmp_path):
+    from pyro_gmvae import DataError
+
+    config = table_run_config(table_file)
+    config.data.data = str(tmp_path / "missing.csv")
+    with pytest.raises(DataError, match="no such file"):
+        train_run(config, tmp_path / "new", progress=False, plots=False)
+    assert not (tmp_path / "new").exists()
+
+    out = tmp_path / "run"
+    train_run(table_run_config(table_file), out, progress=False, plots=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    with pytest.raises(DataError):
+        train_run(config, out, force=True, progress=False, plots=False)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
+def test_resume_records_the_new_epoch_count(table_file, tmp_path):
+    out = tmp_path / "run"
+    train_run(table_run_config(table_file, epochs=1), out, progress=False, plots=False)
+    train_run(table_run_config(table_file, epochs=2), out, resume=True, progress=False, plots=False)
+    assert RunConfig.load(out / "config.json").train.epochs == 2
+    assert [r["epoch"] for r in read_metrics(out)] == [1, 2, 3, 4]
+
+
 # --------------------------------------------------------------------------------- real digits
 @pytest.mark.slow
 def test_cli_trains_on_mnist8k_to_well_above_chance(mnist8k_path, tmp_path, capsys):
