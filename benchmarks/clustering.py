@@ -251,14 +251,15 @@ def render(header: list[str], rows: list[list[str]], markdown: bool = False) -> 
 
 
 def markdown_report(
-    header: list[str], rows: list[list[str]], machine: dict[str, Any], command: str, when: str
+    header: list[str], rows: list[list[str]], machine: str, command: str, when: str
 ) -> str:
+    """The table with what it means, the machine(s) it ran on and the command(s) that made it."""
     return (
         f"{render(header, rows, markdown=True)}\n\n"
         f"Accuracy: best one-to-one matching of the 10 clusters to the 10 classes (Hungarian); "
         f"mean ± standard deviation over seeds, and the worst seed. Time: wall-clock seconds "
         f"per run (training and scoring).\n\n"
-        f"{format_machine(machine)}. Run on {when}.\n\n"
+        f"{machine}\n\nRun on {when}.\n\n"
         f"Command:\n\n```\n{command}\n```\n"
     )
 
@@ -278,6 +279,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="mnist8k, digits, or any --data spec of gmvae train",
     )
     p.add_argument("--seeds", type=int, default=5, help="number of seeds (0, 1, ..., S-1)")
+    p.add_argument(
+        "--first-seed",
+        type=int,
+        default=0,
+        help="start the seeds here (F, ..., F+S-1), to split one benchmark over processes",
+    )
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        type=Path,
+        default=None,
+        help="print the table of these results.json files (from runs split over processes or "
+        "machines) instead of running anything",
+    )
     p.add_argument(
         "--methods",
         nargs="+",
@@ -321,6 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if hasattr(args, "seed"):
         parser.error("--seed is set per run; use --seeds S to run seeds 0..S-1")
+    if args.merge:
+        return merge(args.merge, args.markdown)
     if args.seeds < 1 or args.threads < 1:
         parser.error("--seeds and --threads must be at least 1")
     if not 0 <= args.heldout_fraction < 1:
@@ -354,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
             spec = resolve_spec(name)
             dataset = load_data(spec)
             label = Path(name).stem if name != "mnist8k" else name
-            for seed in range(args.seeds):
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
                 train, heldout = split(dataset, args.heldout_fraction, seed)
                 config = RunConfig(
                     data=DataConfig(data=spec, heldout_fraction=args.heldout_fraction),
@@ -392,8 +409,37 @@ def main(argv: list[str] | None = None) -> int:
     header, rows = summary_rows(records, heldout=args.heldout_fraction > 0)
     print()
     print(render(header, rows))
-    atomic_write_text(markdown_path, markdown_report(header, rows, machine, command, when))
+    atomic_write_text(
+        markdown_path, markdown_report(header, rows, format_machine(machine), command, when)
+    )
     print(f"\nper-seed results: {out / 'results.json'}; Markdown table: {markdown_path}")
+    return 0
+
+
+def merge(paths: list[Path], markdown_path: Path | None) -> int:
+    """One table from several ``results.json`` files; their machines and commands are listed."""
+    reports = [json.loads(Path(p).read_text()) for p in paths]
+    records = [r for report in reports for r in report["runs"]]
+    heldout = any(report["heldout_fraction"] > 0 for report in reports)
+    header, rows = summary_rows(records, heldout=heldout)
+    print(render(header, rows))
+    if markdown_path is not None:
+        where = sorted(
+            {
+                f"- {', '.join(sorted({r['method'] for r in report['runs']}))} on "
+                f"{', '.join(sorted({r['dataset'] for r in report['runs']}))}: "
+                + format_machine(report["machine"])
+                for report in reports
+            }
+        )
+        commands = "\n".join(sorted({report["command"] for report in reports}))
+        when = max(report["date"] for report in reports)
+        atomic_write_text(
+            markdown_path,
+            markdown_report(
+                header, rows, "Where each part ran:\n\n" + "\n".join(where), commands, when
+            ),
+        )
     return 0
 
 
