@@ -110,6 +110,7 @@ def test_variants_agree_with_the_hand_loss():
         assert agreement[name]["rel_grad"] < 1e-4, name
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace` is deprecated:DeprecationWarning")
 def test_jit_loss_agrees_when_drawing_as_jit():
     """JitTraceEnum_ELBO's compiled loss equals the hand-written one drawing z as a traced graph
     does (torch.normal), once compiled: the JIT variant is timed computing the same thing."""
