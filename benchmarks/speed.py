@@ -213,6 +213,8 @@ class Variant:
     # Call elbo.differentiable_loss(model, guide, x) directly instead of Trainer.svi_loss, which
     # passes view=None positionally (JIT cannot trace a None argument) and scales x by 1/beta.
     direct: bool = False
+    # Adam(fused=True): one kernel over all parameters instead of a Python loop over tensors.
+    fused_adam: bool = False
 
     def context(self) -> contextlib.ExitStack:
         stack = contextlib.ExitStack()
@@ -267,6 +269,17 @@ VARIANTS = {
         ),
         Variant("jit", "Trainer(elbo=JitTraceEnum_ELBO(max_plate_nesting=1))", _jit_trace_enum),
         Variant(
+            "hand:fused-adam",
+            "hand-written loss, torch.optim.Adam(..., fused=True)",
+            fused_adam=True,
+        ),
+        Variant(
+            "pyro:fused-adam",
+            "Trainer.svi_loss, torch.optim.Adam(..., fused=True)",
+            _trace_enum,
+            fused_adam=True,
+        ),
+        Variant(
             "jit:direct",
             "JitTraceEnum_ELBO's differentiable_loss(model, guide, x) / N, no view argument",
             _jit_trace_enum,
@@ -299,6 +312,8 @@ def make_runner(
     """A trainer of ``model`` on ``x`` in the SVI phase, its ELBO the variant's, and its loss."""
     elbo = variant.elbo() if variant.elbo is not None else None
     trainer = Trainer(model, x, train_config, elbo=elbo, progress=False)
+    if variant.fused_adam:
+        trainer.optimizer = torch.optim.Adam(model.parameters(), lr=train_config.lr, fused=True)
     if variant.elbo is None:
         beta = getattr(train_config, "beta", 1.0)
 
