@@ -30,6 +30,7 @@ import math
 import os
 import platform
 import pstats
+import re
 import statistics
 import subprocess
 import sys
@@ -391,6 +392,12 @@ def build_model(config: ModelConfig, seed: int) -> GMVAE:
 # 1. Steps
 
 
+def _short_error(e: Exception) -> str:
+    """One line for the table: ``Type: message``, long runs of ``Tensor, `` collapsed."""
+    message = re.sub(r"(Tensor, ){3,}", "Tensor, ..., ", str(e).splitlines()[0])
+    return f"{type(e).__name__}: {message[:150]}"
+
+
 def check_agreement(
     model: GMVAE, runners: dict[str, Runner], xb: torch.Tensor, seed: int
 ) -> dict[str, dict[str, Any]]:
@@ -429,7 +436,7 @@ def check_agreement(
                     runner.loss(xb)  # compiles
                 loss, grads = loss_and_grads(lambda r=runner: r.loss(xb))
         except Exception as e:  # JIT has open bugs: report, do not crash
-            results[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"}
+            results[name] = {"error": _short_error(e)}
             continue
         diff = torch.sqrt(
             sum(((g - r).double() ** 2).sum() for g, r in zip(grads, ref_grads, strict=True))
@@ -462,7 +469,7 @@ def time_steps(
             live.append(name)
             results[name] = {"forward": [], "step": []}
         except Exception as e:  # JIT has open bugs: report, do not crash
-            results[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"}
+            results[name] = {"error": _short_error(e)}
     for r in range(repeats):
         # Rotate the order so that no variant always runs right after the same one.
         for name in live[r % len(live) :] + live[: r % len(live)]:
@@ -731,7 +738,8 @@ def print_epochs_notes(rows: list[dict[str, Any]], args: argparse.Namespace) -> 
         f"rows/batch x step ms (batch preparation, bookkeeping; noisy). {memory}: peak of the "
         "whole process during warm-up and epoch (the peak of set-up is reset); train MB: that peak "
         "above the memory after set-up (model, data, trainer built). "
-        "Variants hand and jit:direct replace Trainer.svi_loss in that process."
+        "Variants hand* and jit:direct replace Trainer.svi_loss in that process, *fused-adam its "
+        "optimizer."
     )
     if any(r["rows"] > 8000 for r in rows):
         print(f"rows = {GPU_EPOCH_ROWS}: mnist8k repeated (tiled) to {GPU_EPOCH_ROWS} rows.")
