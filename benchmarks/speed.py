@@ -7,7 +7,7 @@ Three measurements, printed as tables (``python benchmarks/speed.py --help`` for
    :func:`hand_loss`, the same negative ELBO written in plain PyTorch as an explicit, vectorised
    sum over the K clusters, on the same GMVAE instance, batch and device. Variants of the Pyro
    step measure candidate fixes for its overhead (validation off, ``pyro.module`` once, no NaN
-   check, JIT). All variants run interleaved in one process, so their ratios share the same
+   check, JIT, fused Adam). All variants run interleaved in one process, so their ratios share the same
    machine conditions. Before timing, the Pyro and hand-written losses (and gradients) are
    checked to agree on the same draws of z.
 2. **Whole training epochs** (``Trainer._run_epoch``, SVI phase, the recipe's own minibatch
