@@ -308,13 +308,15 @@ class Trainer:
 
     def _fit_cluster_encoder(self, responsibilities: torch.Tensor, epochs: int = 5) -> None:
         """Start q(y|x) from the mixture's responsibilities, so the enumerated guide begins where
-        the marginal one would (cross-entropy to soft targets)."""
+        the marginal one would (cross-entropy to soft targets), on what it will see in SVI: the
+        moved views when augmentation is on."""
         encoder = self.model.cluster_encoder
         optimizer = torch.optim.Adam(encoder.parameters(), lr=self.config.lr)
         n, bs = len(self.x), self.config.batch_size
         for _ in range(epochs):
             for idx in torch.randperm(n, device=self.device).split(bs):
-                logits = encoder(self.x[idx])
+                xb, view = self._minibatch(idx)
+                logits = encoder(xb if view is None else view)
                 loss = -(responsibilities[idx] * F.log_softmax(logits, -1)).sum(-1).mean()
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
