@@ -191,6 +191,12 @@ class Trainer:
         self.run_dir = None if run_dir is None else Path(run_dir)
         self.run_config = run_config
         self.elbo = elbo or TraceEnum_ELBO(max_plate_nesting=1)
+        # Bound once: JitTraceEnum_ELBO caches its compiled loss by id(model) and id(guide), and
+        # every access to a method makes a new bound-method object.
+        self._guide_fn = model.guide
+        self._model_fn = (
+            model.model if config.beta == 1.0 else _ScaleSite("x", 1.0 / config.beta)(model.model)
+        )
         self.progress = progress
         self.on_epoch = on_epoch
         self.image_shape = model.config.image_shape
@@ -244,10 +250,8 @@ class Trainer:
 
     def svi_loss(self, xb: torch.Tensor, view: torch.Tensor | None = None) -> torch.Tensor:
         """The negative ELBO per example, y summed out exactly (KL terms weighted by beta)."""
-        model = self.model.model
-        if self.config.beta != 1.0:
-            model = _ScaleSite("x", 1.0 / self.config.beta)(model)
-        return self.elbo.differentiable_loss(model, self.model.guide, xb, view) / len(xb)
+        args = (xb,) if view is None else (xb, view)  # a traced (JIT) loss cannot take None
+        return self.elbo.differentiable_loss(self._model_fn, self._guide_fn, *args) / len(xb)
 
     def _step(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
