@@ -270,9 +270,7 @@ class Trainer:
         take in a code space, and then each cluster's mean and variance. Neither uses labels.
         """
         model = self.model
-        codes = torch.cat(
-            [model.encoder(self.x[i : i + 4096])[0] for i in range(0, len(self.x), 4096)]
-        )
+        codes = model._batched(lambda b: model.encoder(b)[0], self.x)  # means of q(z|x)
         codes_np = codes.cpu().double().numpy()
         K = model.n_clusters
         if self.config.init == "gmm":
