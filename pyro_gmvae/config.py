@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 LIKELIHOODS = ("bernoulli", "continuous_bernoulli", "gaussian")
 GUIDES = ("enumerated", "marginal")
+INITS = ("tsne", "spectral", "gmm")
 
 
 class ConfigError(ValueError):
@@ -106,16 +107,28 @@ class TrainConfig:
     lr_decay: float = _help("multiply the learning rate by this every 10 epochs", default=0.9)
     pretrain_epochs: int = _help(
         "epochs of autoencoder pretraining before the mixture is fitted to the codes (0: none)",
-        default=50,
+        default=150,
     )
     init: str = _help(
-        "how the mixture prior starts from the pretrained codes: spectral (clusters of the "
-        "codes' nearest-neighbour graph) or gmm (a Gaussian mixture fitted by EM, as in VaDE)",
-        default="gmm",
+        "how the mixture prior starts from the pretrained codes: tsne (a Gaussian mixture "
+        "on a t-SNE map of the codes), spectral (clusters of the codes' nearest-neighbour "
+        "graph) or gmm (a Gaussian mixture on the codes themselves, as in VaDE)",
+        default="tsne",
     )
     init_neighbors: int = _help("neighbours per code in the graph of --init spectral", default=10)
     restarts: int = _help(
-        "mixture initialisations tried on the pretrained codes, best by likelihood", default=5
+        "mixture initialisations tried on the pretrained codes (or their t-SNE map), best by "
+        "likelihood",
+        default=5,
+    )
+    anchor_epochs: int = _help(
+        "epochs after the mixture start in which each example's cluster is held at its start "
+        "value (the ELBO given y), so the codes gather around their cluster before SVI sums "
+        "over y (0: none; needs pretraining)",
+        default=5,
+    )
+    anchor_beta: float = _help(
+        "weight of the KL terms against the likelihood during the anchor epochs", default=10.0
     )
     clip_norm: float = _help("clip gradients to this norm (0: no clipping)", default=10.0)
     beta: float = _help(
@@ -141,7 +154,7 @@ class TrainConfig:
     checkpoint_every: int = _help("save a checkpoint every this many epochs", default=5)
 
     def validate(self) -> None:
-        for name in ("epochs", "pretrain_epochs", "checkpoint_every"):
+        for name in ("epochs", "pretrain_epochs", "anchor_epochs", "checkpoint_every"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 0")
         if self.batch_size < 1:
@@ -150,8 +163,8 @@ class TrainConfig:
             raise ConfigError(f"--lr must be positive, not {self.lr}")
         if not 0 < self.lr_decay <= 1:
             raise ConfigError(f"--lr-decay must be in (0, 1], not {self.lr_decay}")
-        if self.init not in ("spectral", "gmm"):
-            raise ConfigError(f"--init must be spectral or gmm, not {self.init!r}")
+        if self.init not in INITS:
+            raise ConfigError(f"--init must be one of {', '.join(INITS)}, not {self.init!r}")
         if self.init_neighbors < 1:
             raise ConfigError(f"--init-neighbors must be at least 1, not {self.init_neighbors}")
         if self.restarts < 1:
@@ -164,6 +177,8 @@ class TrainConfig:
             raise ConfigError(f"--augment-shift must be in [0, 0.5), not {self.augment_shift}")
         if not self.beta > 0:
             raise ConfigError(f"--beta must be positive, not {self.beta}")
+        if not self.anchor_beta > 0:
+            raise ConfigError(f"--anchor-beta must be positive, not {self.anchor_beta}")
         if self.augment_mode not in ("view", "data"):
             raise ConfigError(f"--augment-mode must be view or data, not {self.augment_mode!r}")
         if self.clip_norm < 0:

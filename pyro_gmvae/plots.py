@@ -38,6 +38,7 @@ MAX_POINTS = 5000
 
 _PHASE_STYLE = {
     "pretrain": ("tab:grey", "pretraining: reconstruction loss"),
+    "anchor": ("tab:orange", "anchor: negative ELBO given y, KL weighted"),
     "svi": ("tab:blue", "SVI: negative ELBO"),
 }
 _SCORES = ("accuracy", "many_to_one_accuracy", "nmi", "ari")
@@ -98,7 +99,7 @@ def _as_images(x: np.ndarray, image_shape: tuple[int, int]) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------- training
 def training_curves_figure(history: list[dict[str, Any]]) -> Figure:
-    """Loss per epoch, the pretraining and SVI phases in their own colours, and the clustering
+    """Loss per epoch, the pretraining, anchor and SVI phases in their own colours, and the clustering
     scores per epoch when the records have them (``accuracy``, ``nmi``, ...)."""
     if not history:
         raise ValueError("history is empty: no epochs to plot (train for at least one epoch)")

@@ -1,5 +1,6 @@
-"""Fitting a GMVAE: autoencoder pretraining, a Gaussian mixture fitted to the codes (VaDE), then
-stochastic variational inference on the exact ELBO, with y summed out by ``TraceEnum_ELBO``.
+"""Fitting a GMVAE: autoencoder pretraining, a Gaussian mixture fitted to the codes (VaDE), a few
+epochs with each example's cluster held at its start, then stochastic variational inference on the
+exact ELBO, with y summed out by ``TraceEnum_ELBO``.
 
 The whole loop is :meth:`Trainer.run`; a run directory, if given, receives per-epoch metrics and
 checkpoints that let an interrupted run continue on the same trajectory.
@@ -20,9 +21,11 @@ from typing import Any
 import numpy as np
 import pyro
 import torch
+from pyro import poutine
 from pyro.infer import TraceEnum_ELBO
 from pyro.poutine.messenger import Messenger
 from sklearn.cluster import SpectralClustering
+from sklearn.manifold import TSNE
 from sklearn.mixture import GaussianMixture
 from torch.nn import functional as F
 from tqdm.auto import tqdm
@@ -134,6 +137,21 @@ def _mixture_moments(
     return weights, means, np.maximum(variances, reg)
 
 
+def _tsne_clusters(codes: np.ndarray, n_clusters: int, restarts: int, seed: int) -> np.ndarray:
+    """Cluster of each of ``codes (N, Z)``: a full-covariance Gaussian mixture fitted to a 2-d
+    t-SNE map of the codes, ``restarts`` initialisations, the best by likelihood.
+
+    t-SNE keeps each code's near neighbours together and pulls apart groups that touch only
+    through a few codes, which a mixture fitted to the codes themselves merges or splits.
+    """
+    perplexity = min(30.0, max(1.0, (len(codes) - 1) / 3))  # t-SNE needs perplexity < N
+    embedding = TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(codes)
+    gmm = GaussianMixture(
+        n_clusters, covariance_type="full", n_init=restarts, random_state=seed, reg_covar=1e-4
+    )
+    return gmm.fit(embedding).predict(embedding)
+
+
 class _ScaleSite(Messenger):
     """Scale the log-density of one sample site by a constant (a scalar, as enumeration needs)."""
 
@@ -148,7 +166,8 @@ class _ScaleSite(Messenger):
 
 class Trainer:
     """Fits ``model`` to ``x``: ``pretrain_epochs`` of autoencoder training, a mixture fitted to the
-    codes, then ``epochs`` of SVI on the ELBO.
+    codes, ``anchor_epochs`` with each example's cluster held at the mixture's choice, then
+    ``epochs`` of SVI on the ELBO.
 
     Args:
         model: the GMVAE to fit (changed in place).
@@ -197,6 +216,11 @@ class Trainer:
         self._model_fn = (
             model.model if config.beta == 1.0 else _ScaleSite("x", 1.0 / config.beta)(model.model)
         )
+        # The anchor epochs hold y at the clusters of the mixture start, which pretraining makes.
+        self.anchor_epochs = config.anchor_epochs if config.pretrain_epochs > 0 else 0
+        self.assignments: torch.Tensor | None = None  # (N,) cluster of each row at the start
+        self._anchor_elbo = TraceEnum_ELBO(max_plate_nesting=1)  # a new model per batch: no JIT
+        self._anchor_model = _ScaleSite("x", 1.0 / config.anchor_beta)(model.model)
         self.progress = progress
         self.on_epoch = on_epoch
         self.image_shape = model.config.image_shape
@@ -215,10 +239,12 @@ class Trainer:
     # ------------------------------------------------------------------------------- set-up
     @property
     def total_epochs(self) -> int:
-        return self.config.pretrain_epochs + self.config.epochs
+        return self.config.pretrain_epochs + self.anchor_epochs + self.config.epochs
 
     def _phase(self, epoch: int) -> str:
-        return "pretrain" if epoch < self.config.pretrain_epochs else "svi"
+        if epoch < self.config.pretrain_epochs:
+            return "pretrain"
+        return "anchor" if epoch < self.config.pretrain_epochs + self.anchor_epochs else "svi"
 
     def _make_optimizer(self):
         # Fused Adam updates all parameters in one kernel; torch's default loops over them,
@@ -253,6 +279,32 @@ class Trainer:
         args = (xb,) if view is None else (xb, view)  # a traced (JIT) loss cannot take None
         return self.elbo.differentiable_loss(self._model_fn, self._guide_fn, *args) / len(xb)
 
+    def anchor_loss(
+        self, xb: torch.Tensor, view: torch.Tensor | None, y: torch.Tensor
+    ) -> torch.Tensor:
+        """The negative ELBO per example given the clusters ``y (N,)``, KL terms weighted by
+        ``anchor_beta``: it moves each code towards its own cluster of the mixture start."""
+        model = poutine.condition(self._anchor_model, data={"y": y})
+        guide = self._guide_fn
+        if self.model.cluster_encoder is not None:
+            # q(z|x,y) at the given y; hidden, so that q(y|x) adds no term to this loss.
+            guide = poutine.block(poutine.condition(guide, data={"y": y}), hide=["y"])
+        args = (xb,) if view is None else (xb, view)
+        return self._anchor_elbo.differentiable_loss(model, guide, *args) / len(xb)
+
+    def _loss(self, phase: str, idx: torch.Tensor) -> torch.Tensor:
+        xb, view = self._minibatch(idx)
+        if phase == "pretrain":
+            return self.pretrain_loss(xb, view)
+        if phase == "anchor":
+            if self.assignments is None:
+                raise RuntimeError(
+                    "the anchor epochs need a mixture start: call init_mixture() or "
+                    "start_mixture() before run(), or set anchor_epochs=0"
+                )
+            return self.anchor_loss(xb, view, self.assignments[idx])
+        return self.svi_loss(xb, view)
+
     def _step(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -264,10 +316,15 @@ class Trainer:
     def init_mixture(self) -> None:
         """Make the prior p(y) p(z|y) a mixture fitted to the codes of the pretrained encoder.
 
-        ``init="gmm"`` (VaDE): a diagonal Gaussian mixture fitted by EM, ``restarts``
-        initialisations, the best by likelihood. ``init="spectral"``: spectral clustering of the
-        codes' k-nearest-neighbour graph, which follows the curved, elongated shapes that classes
-        take in a code space, and then each cluster's mean and variance. Neither uses labels.
+        ``init="tsne"``: a full-covariance Gaussian mixture on a 2-d t-SNE map of the codes,
+        ``restarts`` initialisations, the best by likelihood, then each cluster's mean and
+        variance in the code space. ``init="gmm"`` (VaDE): a diagonal Gaussian mixture fitted to
+        the codes by EM, ``restarts`` initialisations, the best by likelihood.
+        ``init="spectral"``: spectral clustering of the codes' k-nearest-neighbour graph. t-SNE
+        and the graph follow the curved, elongated shapes that classes take in a code space,
+        which a mixture on the codes cuts across. None uses labels.
+
+        Each row's most probable cluster is kept in ``assignments`` for the anchor epochs.
         """
         model = self.model
         codes = model._batched(lambda b: model.encoder(b)[0], self.x)  # means of q(z|x)
@@ -282,6 +339,9 @@ class Trainer:
                 reg_covar=1e-4,
             ).fit(codes_np)
             responsibilities = gmm.predict_proba(codes_np)
+        elif self.config.init == "tsne":
+            assignments = _tsne_clusters(codes_np, K, self.config.restarts, self.config.seed)
+            responsibilities = np.eye(K)[assignments]
         else:
             assignments = SpectralClustering(
                 K,
@@ -291,7 +351,30 @@ class Trainer:
                 random_state=self.config.seed,
             ).fit_predict(codes_np)
             responsibilities = np.eye(K)[assignments]
-        weights, means, variances = _mixture_moments(codes_np, responsibilities)
+        self.start_mixture(responsibilities, codes_np)
+
+    @torch.no_grad()
+    def start_mixture(self, responsibilities: np.ndarray, codes: np.ndarray | None = None) -> None:
+        """Start the prior from soft or hard cluster assignments ``responsibilities (N, K)`` of
+        the training rows: each cluster's weight, mean and variance of the codes (the means of
+        q(z|x), ``codes`` if already computed), q(z|x) narrow, and q(y|x) fitted to them for the
+        enumerated guide. Each row's most probable cluster is held during the anchor epochs.
+
+        :meth:`init_mixture` calls this with the clusters it finds; call it directly to start
+        from clusters of your own (then set ``mixture_ready = True`` before :meth:`run`).
+        """
+        model = self.model
+        responsibilities = np.asarray(responsibilities, dtype=np.float64)
+        if responsibilities.shape != (len(self.x), model.n_clusters):
+            raise ValueError(
+                f"responsibilities have shape {responsibilities.shape}; pass one row of "
+                f"{model.n_clusters} cluster probabilities per training row, "
+                f"({len(self.x)}, {model.n_clusters})"
+            )
+        if codes is None:
+            codes = model._batched(lambda b: model.encoder(b)[0], self.x).cpu().double().numpy()
+        self.assignments = torch.as_tensor(responsibilities.argmax(1), device=self.device)
+        weights, means, variances = _mixture_moments(codes, responsibilities)
         as_param = lambda a: torch.as_tensor(a, dtype=torch.float32, device=self.device)  # noqa: E731
         model.cluster_means.copy_(as_param(means))
         scales = as_param(np.sqrt(variances)) - 1e-4
@@ -336,6 +419,7 @@ class Trainer:
             "perm": self.perm,
             "epoch_loss": self.epoch_loss,
             "mixture_ready": self.mixture_ready,
+            "assignments": self.assignments,
             "rng": _rng_state(self.device),
         }
 
@@ -347,6 +431,8 @@ class Trainer:
         self.perm = None if state["perm"] is None else state["perm"].to(self.device)
         self.epoch_loss = state["epoch_loss"]
         self.mixture_ready = state["mixture_ready"]
+        assignments = state["assignments"]
+        self.assignments = None if assignments is None else assignments.to(self.device)
         _set_rng_state(state["rng"], self.device)
 
     def save(self) -> None:
@@ -426,11 +512,10 @@ class Trainer:
 
     def _run_epoch(self) -> dict[str, Any]:
         phase = self._phase(self.epoch)
-        if phase == "svi" and not self.mixture_ready:
+        if phase != "pretrain" and not self.mixture_ready:
             self.init_mixture()
             self.mixture_ready = True
             self.optimizer, self.scheduler = self._make_optimizer()
-        loss_fn = self.pretrain_loss if phase == "pretrain" else self.svi_loss
         n, bs = len(self.x), self.config.batch_size
         if self.perm is None:
             self.perm = torch.randperm(n, device=self.device)
@@ -442,7 +527,7 @@ class Trainer:
         while self.batch < n_batches:
             idx = self.perm[self.batch * bs : (self.batch + 1) * bs]
             try:
-                loss = loss_fn(*self._minibatch(idx))
+                loss = self._loss(phase, idx)
             except ValueError:
                 # Pyro refuses distributions with NaN parameters: a step since the last check
                 # (deferred on a GPU) made the weights non-finite. Name the batch, not Pyro.
@@ -468,7 +553,7 @@ class Trainer:
             "loss": self.epoch_loss / n,
             "seconds": time.perf_counter() - start,
         }
-        if phase == "svi" and self.labels is not None:
+        if phase != "pretrain" and self.labels is not None:
             record |= clustering_scores(self.labels, self.model.predict(self.x))
         self.epoch += 1
         self.perm, self.batch = None, 0

@@ -91,6 +91,8 @@ def fast_args(data, out, *extra: str) -> list[str]:
         "32",
         "--restarts",
         "1",
+        "--anchor-epochs",
+        "0",
         "--device",
         "cpu",
         "--no-progress",

@@ -40,7 +40,7 @@ from pyro_gmvae.train import Trainer, TrainingDiverged, TrainingInterrupted, fit
 DIGITS = load_data("digits")
 X = DIGITS.x[:240]  # (240, 64) in [0, 1]
 LABELS = DIGITS.labels[:240]
-PRETRAIN, SVI = 2, 3  # epochs; 240 rows / 60 = 4 batches each
+PRETRAIN, ANCHOR, SVI = 2, 1, 3  # epochs; 240 rows / 60 = 4 batches each
 
 
 def model_config(**overrides) -> ModelConfig:
@@ -61,6 +61,7 @@ def train_config(**overrides) -> TrainConfig:
     values = dict(
         epochs=SVI,
         pretrain_epochs=PRETRAIN,
+        anchor_epochs=ANCHOR,
         batch_size=60,
         lr=3e-3,
         lr_decay=0.5,
@@ -128,7 +129,7 @@ def assert_same_as_uninterrupted(trainer: Trainer, run_dir: Path, guide="margina
     for name, value in ref["params"].items():
         assert torch.equal(params[name], value), f"{name} differs from the uninterrupted run"
     metrics = read_metrics(run_dir)
-    assert [r["epoch"] for r in metrics] == list(range(1, PRETRAIN + SVI + 1))
+    assert [r["epoch"] for r in metrics] == list(range(1, PRETRAIN + ANCHOR + SVI + 1))
     assert without_time(metrics) == without_time(ref["history"])
 
 
@@ -165,12 +166,13 @@ def count_mixture_fits(monkeypatch) -> list[int]:
 # Resume exactness
 
 
-@pytest.mark.parametrize("stop_after", [1, PRETRAIN, PRETRAIN + 1])
+@pytest.mark.parametrize("stop_after", [1, PRETRAIN, PRETRAIN + ANCHOR, PRETRAIN + ANCHOR + 1])
 def test_resume_at_an_epoch_boundary_matches_the_uninterrupted_run(
     tmp_path, stop_after, count_mixture_fits
 ):
     """Ctrl-C during an epoch's end (scoring, saving): mid-pretraining, between pretraining and
-    SVI (the mixture not yet fitted), and between SVI epochs."""
+    the anchor epochs (the mixture not yet fitted), between the anchor epochs and SVI, and
+    between SVI epochs."""
     reference()
     count_mixture_fits.clear()
     first = make_trainer(
@@ -188,7 +190,7 @@ def test_resume_at_an_epoch_boundary_matches_the_uninterrupted_run(
     second.resume(read_metrics(tmp_path))
     second.run()
     assert_same_as_uninterrupted(second, tmp_path)
-    assert count_mixture_fits == [PRETRAIN], "the mixture is fitted once, when SVI starts"
+    assert count_mixture_fits == [PRETRAIN], "the mixture is fitted once, after pretraining"
 
 
 def test_a_finished_run_continued_with_more_epochs_matches_one_long_run(tmp_path):
@@ -196,7 +198,7 @@ def test_a_finished_run_continued_with_more_epochs_matches_one_long_run(tmp_path
     make_trainer(tmp_path, train_config(epochs=1)).run()
     longer = make_trainer(tmp_path, train_config(epochs=SVI))
     longer.resume(read_metrics(tmp_path))
-    assert longer.epoch == PRETRAIN + 1
+    assert longer.epoch == PRETRAIN + ANCHOR + 1
     longer.run()
     assert_same_as_uninterrupted(longer, tmp_path)
 
@@ -205,9 +207,9 @@ def test_a_finished_run_continued_with_more_epochs_matches_one_long_run(tmp_path
     ("epoch", "batch", "how", "guide"),
     [
         (0, 0, "flag", "marginal"),  # mid-pretraining
-        (PRETRAIN, 0, "signal", "marginal"),  # first SVI batch, just after the mixture fit
+        (PRETRAIN, 0, "signal", "marginal"),  # first anchor batch, just after the mixture fit
         (PRETRAIN, 1, "flag", "enumerated"),  # ... whose fit also trains q(y|x)
-        (PRETRAIN + 1, 2, "signal", "marginal"),  # last-but-one batch of an SVI epoch
+        (PRETRAIN + ANCHOR, 2, "signal", "marginal"),  # last-but-one batch of an SVI epoch
     ],
 )
 def test_resume_mid_epoch_matches_the_uninterrupted_run(
@@ -267,7 +269,7 @@ def test_deferred_loss_checks_are_flushed_before_an_interrupt_saves(tmp_path):
     still count the unchecked batches in the epoch's loss."""
     first = make_trainer(tmp_path)
     first.check_every = 3
-    stop_after_batch(first, PRETRAIN + 1, 1, "flag")
+    stop_after_batch(first, PRETRAIN + ANCHOR + 1, 1, "flag")
     with pytest.raises(TrainingInterrupted):
         first.run()
     second = make_trainer(tmp_path)
@@ -310,7 +312,7 @@ def test_resume_refuses_a_model_checkpoint_without_training_state(tmp_path):
 
 def nan_at(trainer: Trainer, epoch: int, batch: int, value: float = float("nan")) -> None:
     """Make the loss of batch ``batch`` of epoch ``epoch`` (0-based) ``value``."""
-    for name in ("pretrain_loss", "svi_loss"):
+    for name in ("pretrain_loss", "anchor_loss", "svi_loss"):
         real = getattr(trainer, name)
 
         def loss(*args, real=real):
@@ -334,17 +336,18 @@ def test_a_nan_loss_stops_naming_epoch_and_batch_and_keeps_the_last_good_checkpo
     trainer = make_trainer(
         tmp_path, on_epoch=lambda r: saved.update({r["epoch"]: snapshot(tmp_path)})
     )
-    nan_at(trainer, PRETRAIN + 1, 2, value)
+    last_good = PRETRAIN + ANCHOR + 1  # epochs done when the second SVI epoch diverges
+    nan_at(trainer, last_good, 2, value)
     with pytest.raises(
         TrainingDiverged,
-        match=f"svi loss became {value} at epoch {PRETRAIN + 2}, batch 3; the last good "
+        match=f"svi loss became {value} at epoch {last_good + 1}, batch 3; the last good "
         f"checkpoint in {re.escape(str(tmp_path))} is kept.*--lr",
     ):
         trainer.run()
-    assert snapshot(tmp_path) == saved[PRETRAIN + 1], "nothing written after the last good epoch"
+    assert snapshot(tmp_path) == saved[last_good], "nothing written after the last good epoch"
     state = load_checkpoint(tmp_path)
     assert all(torch.isfinite(v).all() for v in state["model"].values())
-    assert [r["epoch"] for r in read_metrics(tmp_path)] == list(range(1, PRETRAIN + 2))
+    assert [r["epoch"] for r in read_metrics(tmp_path)] == list(range(1, last_good + 1))
 
 
 def test_divergence_before_any_checkpoint_writes_none(tmp_path):
@@ -430,6 +433,8 @@ def gmvae_train(tmp_path: Path, *args: str) -> list[str]:
         "--augment-shift",
         "0",
         "--checkpoint-every",
+        "1",
+        "--anchor-epochs",
         "1",
         "--seed",
         "0",
@@ -615,10 +620,10 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_ends_where_an_uninterrupted_run_wo
     stopped = state["epoch"] + (state["batch"] > 0)
 
     # Resumed in this process (a second interpreter would double the test's time).
-    resume = [*argv, "--resume", "--epochs", str(stopped)]  # 1 pretrain + (stopped - 1) SVI
+    resume = [*argv, "--resume", "--epochs", str(stopped)]  # 1 pretrain + 1 anchor + stopped SVI
     assert cli.main(resume) == 0
-    assert json.loads(capsys.readouterr().out)["epochs"] == stopped + 1
-    assert [r["epoch"] for r in read_metrics(out)] == list(range(1, stopped + 2))
+    assert json.loads(capsys.readouterr().out)["epochs"] == stopped + 2
+    assert [r["epoch"] for r in read_metrics(out)] == list(range(1, stopped + 3))
 
     # The same run uninterrupted, in this process.
     straight = tmp_path / "straight"

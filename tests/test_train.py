@@ -8,12 +8,13 @@ import json
 import numpy as np
 import pyro
 import pytest
+import torch
 
 from pyro_gmvae import GMVAE, ModelConfig, RunConfig, TrainConfig, clustering_scores, fit
 from pyro_gmvae.config import DataConfig
 from pyro_gmvae.data import Scaler, load_data
 from pyro_gmvae.runs import RunDirectoryError, load_checkpoint, read_metrics
-from pyro_gmvae.train import train_run
+from pyro_gmvae.train import Trainer, train_run
 
 SCORE_KEYS = {"accuracy", "many_to_one_accuracy", "nmi", "ari"}
 RECORD_KEYS = {"epoch", "phase", "loss", "seconds"}
@@ -40,6 +41,8 @@ def small_train(**kwargs) -> TrainConfig:
         lr_decay=0.9,
         init="gmm",
         restarts=2,
+        anchor_epochs=0,
+        anchor_beta=10.0,
         clip_norm=10.0,
         beta=1.0,
         augment_rotation=0.0,
@@ -62,13 +65,18 @@ def test_fit_lowers_the_loss_and_recovers_separated_clusters(guide, likelihood):
     x, labels = blobs()
     if likelihood == "gaussian":
         x = (x - x.mean(0)) / x.std(0)
+    pyro.set_rng_seed(0)  # the initial weights; fit seeds everything after
     model = GMVAE(small_model(guide=guide, likelihood=likelihood, n_features=x.shape[1]))
     history = fit(
-        model, x, small_train(epochs=10, pretrain_epochs=8), labels=labels, progress=False
+        model,
+        x,
+        small_train(epochs=10, pretrain_epochs=8, anchor_epochs=2),
+        labels=labels,
+        progress=False,
     )
 
-    assert [r["epoch"] for r in history] == list(range(1, 19))
-    assert [r["phase"] for r in history] == ["pretrain"] * 8 + ["svi"] * 10
+    assert [r["epoch"] for r in history] == list(range(1, 21))
+    assert [r["phase"] for r in history] == ["pretrain"] * 8 + ["anchor"] * 2 + ["svi"] * 10
     pretrain = [r["loss"] for r in history if r["phase"] == "pretrain"]
     svi = [r["loss"] for r in history if r["phase"] == "svi"]
     assert pretrain[-1] < pretrain[0] - 1.0
@@ -77,6 +85,50 @@ def test_fit_lowers_the_loss_and_recovers_separated_clusters(guide, likelihood):
     # Labels are only used for scoring: the fitted clusters match them up to renaming.
     assert clustering_scores(labels, model.predict(x))["accuracy"] > 0.95
     assert history[-1]["accuracy"] > 0.95
+
+
+@pytest.mark.parametrize("init", ["tsne", "spectral", "gmm"])
+def test_every_mixture_start_finds_separated_clusters(init):
+    x, labels = blobs()
+    pyro.set_rng_seed(0)
+    model = GMVAE(small_model(n_features=x.shape[1]))
+    trainer = Trainer(model, x, small_train(epochs=0, pretrain_epochs=8, init=init), progress=False)
+    trainer.run()
+    trainer.init_mixture()
+    assert clustering_scores(labels, trainer.assignments.numpy())["accuracy"] > 0.95
+    assert clustering_scores(labels, model.predict(x))["accuracy"] > 0.95
+
+
+@pytest.mark.parametrize("guide", ["marginal", "enumerated"])
+def test_anchor_epochs_hold_each_example_at_its_start_cluster(guide):
+    """Given a start that cuts the data differently from the mixture the codes suggest, the
+    anchor epochs (the ELBO given y) move the codes until the prior's p(y|z) agrees with it."""
+    x, labels = blobs()
+    pyro.set_rng_seed(0)
+    model = GMVAE(small_model(n_features=x.shape[1], guide=guide))
+    config = small_train(epochs=0, pretrain_epochs=8, anchor_epochs=8)
+    trainer = Trainer(model, x, config, progress=False)
+    while trainer.epoch < config.pretrain_epochs:
+        trainer._run_epoch()
+    trainer.mixture_ready = True
+    # Relabel: blob 0 split in two halves by the first feature, blobs 1 and 2 merged.
+    split = np.where(x[:, 0] > np.median(x[labels == 0, 0]), 0, 1)
+    start = torch.as_tensor(np.where(labels == 0, split, 2))
+    trainer.start_mixture(np.eye(3)[start])
+    assert torch.equal(trainer.assignments, start)
+    xt = torch.as_tensor(x)
+
+    def agreement() -> float:
+        with torch.no_grad():  # q(z|x) or q(z|x, y=start), then the prior's most probable y
+            loc = model.encoder(xt, start)[0] if guide == "enumerated" else model.encoder(xt)[0]
+            return float(
+                (model.cluster_log_posterior_given_z(loc).argmax(-1) == start).float().mean()
+            )
+
+    before = agreement()
+    trainer.run()
+    assert [r["phase"] for r in trainer.history[-8:]] == ["anchor"] * 8
+    assert agreement() > max(0.95, before)
 
 
 def test_fit_is_reproducible_with_a_seed():
@@ -286,3 +338,11 @@ def test_cli_trains_on_mnist8k_to_well_above_chance(mnist8k_path, tmp_path, caps
     # Chance is about 0.1 for ten balanced digits; this short run reached 0.52 when written.
     assert result["train"]["accuracy"] > 0.4
     assert read_metrics(out)[-1]["accuracy"] == pytest.approx(result["train"]["accuracy"])
+
+
+def test_a_start_of_the_wrong_shape_is_refused_naming_the_shape_expected():
+    x, _ = blobs(n=60)
+    trainer = Trainer(GMVAE(small_model(n_features=x.shape[1])), x, small_train(), progress=False)
+    with pytest.raises(ValueError, match=r"shape \(60, 2\).*\(60, 3\)"):
+        trainer.start_mixture(np.full((60, 2), 0.5))
+    assert trainer.assignments is None
