@@ -103,7 +103,7 @@ def test_quickstart_trains_clusters_scores_and_round_trips():
         ' "evaluated": result["accuracy"], "round_trip": bool(same), "small": SMALL}',
     )
     assert probe["small"]
-    assert probe["epochs"] == 3  # 1 pretraining + 2 SVI epochs in small mode
+    assert probe["epochs"] == 4  # 1 pretraining + 1 anchor + 2 SVI epochs in small mode
     assert probe["last_epoch"]["phase"] == "svi"
     # The scores printed after training, the last epoch's record and evaluate() describe one model.
     assert 0.0 < probe["accuracy"] <= 1.0
