@@ -116,6 +116,9 @@ class TrainConfig:
         default="tsne",
     )
     init_neighbors: int = _help("neighbours per code in the graph of --init spectral", default=10)
+    tsne_perplexity: float = _help(
+        "perplexity of the t-SNE map of --init tsne (capped at a third of the rows)", default=30.0
+    )
     restarts: int = _help(
         "mixture initialisations tried on the pretrained codes (or their t-SNE map), best by "
         "likelihood",
@@ -165,6 +168,8 @@ class TrainConfig:
             raise ConfigError(f"--lr-decay must be in (0, 1], not {self.lr_decay}")
         if self.init not in INITS:
             raise ConfigError(f"--init must be one of {', '.join(INITS)}, not {self.init!r}")
+        if not self.tsne_perplexity > 0:
+            raise ConfigError(f"--tsne-perplexity must be positive, not {self.tsne_perplexity}")
         if self.init_neighbors < 1:
             raise ConfigError(f"--init-neighbors must be at least 1, not {self.init_neighbors}")
         if self.restarts < 1:

@@ -137,14 +137,16 @@ def _mixture_moments(
     return weights, means, np.maximum(variances, reg)
 
 
-def _tsne_clusters(codes: np.ndarray, n_clusters: int, restarts: int, seed: int) -> np.ndarray:
+def _tsne_clusters(
+    codes: np.ndarray, n_clusters: int, restarts: int, seed: int, perplexity: float = 30.0
+) -> np.ndarray:
     """Cluster of each of ``codes (N, Z)``: a full-covariance Gaussian mixture fitted to a 2-d
     t-SNE map of the codes, ``restarts`` initialisations, the best by likelihood.
 
     t-SNE keeps each code's near neighbours together and pulls apart groups that touch only
     through a few codes, which a mixture fitted to the codes themselves merges or splits.
     """
-    perplexity = min(30.0, max(1.0, (len(codes) - 1) / 3))  # t-SNE needs perplexity < N
+    perplexity = min(perplexity, max(1.0, (len(codes) - 1) / 3))  # t-SNE needs perplexity < N
     embedding = TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(codes)
     gmm = GaussianMixture(
         n_clusters, covariance_type="full", n_init=restarts, random_state=seed, reg_covar=1e-4
@@ -340,7 +342,9 @@ class Trainer:
             ).fit(codes_np)
             responsibilities = gmm.predict_proba(codes_np)
         elif self.config.init == "tsne":
-            assignments = _tsne_clusters(codes_np, K, self.config.restarts, self.config.seed)
+            assignments = _tsne_clusters(
+                codes_np, K, self.config.restarts, self.config.seed, self.config.tsne_perplexity
+            )
             responsibilities = np.eye(K)[assignments]
         else:
             assignments = SpectralClustering(

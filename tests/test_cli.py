@@ -115,6 +115,9 @@ def fast_args(data, out, *extra: str) -> list[str]:
         ("--lr-decay", "2"),
         ("--heldout-fraction", "1"),
         ("--device", "tpu"),
+        ("--tsne-perplexity", "0"),
+        ("--anchor-epochs", "-1"),
+        ("--anchor-beta", "0"),
     ],
 )
 def test_impossible_option_exits_2_naming_the_flag(table, tmp_path, capsys, flag, value):
