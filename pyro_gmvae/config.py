@@ -117,7 +117,7 @@ class TrainConfig:
     )
     init_neighbors: int = _help("neighbours per code in the graph of --init spectral", default=10)
     tsne_perplexity: float = _help(
-        "perplexity of the t-SNE map of --init tsne (capped at a third of the rows)", default=30.0
+        "perplexity of the t-SNE map of --init tsne (capped at a third of the rows)", default=50.0
     )
     restarts: int = _help(
         "mixture initialisations tried on the pretrained codes (or their t-SNE map), best by "

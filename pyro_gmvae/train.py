@@ -138,7 +138,7 @@ def _mixture_moments(
 
 
 def _tsne_clusters(
-    codes: np.ndarray, n_clusters: int, restarts: int, seed: int, perplexity: float = 30.0
+    codes: np.ndarray, n_clusters: int, restarts: int, seed: int, perplexity: float = 50.0
 ) -> np.ndarray:
     """Cluster of each of ``codes (N, Z)``: a full-covariance Gaussian mixture fitted to a 2-d
     t-SNE map of the codes, ``restarts`` initialisations, the best by likelihood.
