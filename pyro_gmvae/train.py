@@ -138,7 +138,7 @@ def _mixture_moments(
 
 
 def _tsne_clusters(
-    codes: np.ndarray, n_clusters: int, restarts: int, seed: int, perplexity: float = 50.0
+    codes: np.ndarray, n_clusters: int, restarts: int, seed: int, perplexity: float
 ) -> np.ndarray:
     """Cluster of each of ``codes (N, Z)``: a full-covariance Gaussian mixture fitted to a 2-d
     t-SNE map of the codes, ``restarts`` initialisations, the best by likelihood.
@@ -328,10 +328,8 @@ class Trainer:
 
         Each row's most probable cluster is kept in ``assignments`` for the anchor epochs.
         """
-        model = self.model
-        codes = model._batched(lambda b: model.encoder(b)[0], self.x)  # means of q(z|x)
-        codes_np = codes.cpu().double().numpy()
-        K = model.n_clusters
+        codes_np = self._codes()
+        K = self.model.n_clusters
         if self.config.init == "gmm":
             gmm = GaussianMixture(
                 K,
@@ -357,6 +355,11 @@ class Trainer:
             responsibilities = np.eye(K)[assignments]
         self.start_mixture(responsibilities, codes_np)
 
+    def _codes(self) -> np.ndarray:
+        """The means of q(z|x) of the training rows, ``(N, Z)`` float64 on the host."""
+        encoder = self.model.encoder
+        return self.model._batched(lambda b: encoder(b)[0], self.x).cpu().double().numpy()
+
     @torch.no_grad()
     def start_mixture(self, responsibilities: np.ndarray, codes: np.ndarray | None = None) -> None:
         """Start the prior from soft or hard cluster assignments ``responsibilities (N, K)`` of
@@ -376,7 +379,7 @@ class Trainer:
                 f"({len(self.x)}, {model.n_clusters})"
             )
         if codes is None:
-            codes = model._batched(lambda b: model.encoder(b)[0], self.x).cpu().double().numpy()
+            codes = self._codes()
         self.assignments = torch.as_tensor(responsibilities.argmax(1), device=self.device)
         weights, means, variances = _mixture_moments(codes, responsibilities)
         as_param = lambda a: torch.as_tensor(a, dtype=torch.float32, device=self.device)  # noqa: E731
