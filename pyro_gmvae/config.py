@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 LIKELIHOODS = ("bernoulli", "continuous_bernoulli", "gaussian")
 GUIDES = ("enumerated", "marginal")
 INITS = ("tsne", "spectral", "gmm")
+TSNE_INPUTS = ("auto", "codes", "data")
 
 
 class ConfigError(ValueError):
@@ -101,7 +102,7 @@ class ModelConfig:
 class TrainConfig:
     """How the model is fitted: VaDE-style pretraining, then SVI with TraceEnum_ELBO."""
 
-    epochs: int = _help("epochs of SVI on the ELBO", default=50)
+    epochs: int = _help("epochs of SVI on the ELBO", default=20)
     batch_size: int = _help("minibatch size", default=256)
     lr: float = _help("Adam learning rate", default=1e-3)
     lr_decay: float = _help("multiply the learning rate by this every 10 epochs", default=0.9)
@@ -119,19 +120,25 @@ class TrainConfig:
     tsne_perplexity: float = _help(
         "perplexity of the t-SNE map of --init tsne (capped at a third of the rows)", default=50.0
     )
+    tsne_input: str = _help(
+        "what the t-SNE map of --init tsne is made of: codes (of the pretrained encoder), data "
+        "(its first 50 principal components) or auto (both, keeping the map whose clusters "
+        "are better separated, by silhouette)",
+        default="auto",
+    )
     restarts: int = _help(
         "mixture initialisations tried on the pretrained codes (or their t-SNE map), best by "
         "likelihood",
-        default=5,
+        default=10,
     )
     anchor_epochs: int = _help(
         "epochs after the mixture start in which each example's cluster is held at its start "
         "value (the ELBO given y), so the codes gather around their cluster before SVI sums "
         "over y (0: none; needs pretraining)",
-        default=5,
+        default=20,
     )
     anchor_beta: float = _help(
-        "weight of the KL terms against the likelihood during the anchor epochs", default=10.0
+        "weight of the KL terms against the likelihood during the anchor epochs", default=3.0
     )
     clip_norm: float = _help("clip gradients to this norm (0: no clipping)", default=10.0)
     beta: float = _help(
@@ -170,6 +177,10 @@ class TrainConfig:
             raise ConfigError(f"--init must be one of {', '.join(INITS)}, not {self.init!r}")
         if not self.tsne_perplexity > 0:
             raise ConfigError(f"--tsne-perplexity must be positive, not {self.tsne_perplexity}")
+        if self.tsne_input not in TSNE_INPUTS:
+            raise ConfigError(
+                f"--tsne-input must be one of {', '.join(TSNE_INPUTS)}, not {self.tsne_input!r}"
+            )
         if self.init_neighbors < 1:
             raise ConfigError(f"--init-neighbors must be at least 1, not {self.init_neighbors}")
         if self.restarts < 1:

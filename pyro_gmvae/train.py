@@ -25,7 +25,9 @@ from pyro import poutine
 from pyro.infer import TraceEnum_ELBO
 from pyro.poutine.messenger import Messenger
 from sklearn.cluster import SpectralClustering
+from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE
+from sklearn.metrics import silhouette_score
 from sklearn.mixture import GaussianMixture
 from torch.nn import functional as F
 from tqdm.auto import tqdm
@@ -137,21 +139,55 @@ def _mixture_moments(
     return weights, means, np.maximum(variances, reg)
 
 
-def _tsne_clusters(
-    codes: np.ndarray, n_clusters: int, restarts: int, seed: int, perplexity: float
-) -> np.ndarray:
-    """Cluster of each of ``codes (N, Z)``: a full-covariance Gaussian mixture fitted to a 2-d
-    t-SNE map of the codes, ``restarts`` initialisations, the best by likelihood.
+class _UniformMixture(GaussianMixture):
+    """A Gaussian mixture whose weights stay ``1/K`` through EM: the family of the GMVAE's prior
+    with fixed uniform weights, so that its restarts are compared by the likelihood of that family.
 
-    t-SNE keeps each code's near neighbours together and pulls apart groups that touch only
-    through a few codes, which a mixture fitted to the codes themselves merges or splits.
+    scikit-learn always learns the weights; this resets them after each of its M-steps (a private
+    hook, whose use ``tests/test_train.py`` checks).
     """
-    perplexity = min(perplexity, max(1.0, (len(codes) - 1) / 3))  # t-SNE needs perplexity < N
-    embedding = TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(codes)
-    gmm = GaussianMixture(
+
+    def _m_step(self, *args: Any, **kwargs: Any) -> None:
+        super()._m_step(*args, **kwargs)
+        self.weights_ = np.full(self.n_components, 1.0 / self.n_components)
+
+
+def _tsne_map(x: np.ndarray, perplexity: float, seed: int) -> np.ndarray:
+    """A 2-d t-SNE map ``(N, 2)`` of ``x (N, D)``; PCA initialisation, so it depends on ``seed``
+    only through ties. The perplexity is capped at a third of the rows, as t-SNE needs."""
+    perplexity = min(perplexity, max(1.0, (len(x) - 1) / 3))
+    return TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x)
+
+
+def _map_clusters(
+    embedding: np.ndarray, n_clusters: int, restarts: int, seed: int, uniform: bool
+) -> np.ndarray:
+    """Cluster of each point of a map ``(N, 2)``: a full-covariance Gaussian mixture, with
+    weights held at ``1/K`` when ``uniform`` (as the prior's are by default), ``restarts``
+    initialisations, the best by likelihood.
+
+    Free weights let EM settle on one component for two touching classes and two for one long
+    class; with uniform weights that costs likelihood, and that start is no longer picked.
+    """
+    kind = _UniformMixture if uniform else GaussianMixture
+    gmm = kind(
         n_clusters, covariance_type="full", n_init=restarts, random_state=seed, reg_covar=1e-4
     )
     return gmm.fit(embedding).predict(embedding)
+
+
+def _principal_components(x: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """The first ``n`` principal components of ``x (N, D)``, or ``x`` itself when ``D <= n``."""
+    return x if x.shape[1] <= n else PCA(n, random_state=seed).fit_transform(x)
+
+
+def _separation(embedding: np.ndarray, labels: np.ndarray, seed: int) -> float:
+    """Silhouette of the clusters ``labels (N,)`` on a map ``(N, 2)``, in [-1, 1], higher for
+    tighter, better separated clusters; from at most 10,000 points, as it costs O(N^2)."""
+    if len(np.unique(labels)) < 2:
+        return -1.0
+    size = min(len(labels), 10_000)
+    return float(silhouette_score(embedding, labels, sample_size=size, random_state=seed))
 
 
 class _ScaleSite(Messenger):
@@ -221,6 +257,8 @@ class Trainer:
         # The anchor epochs hold y at the clusters of the mixture start, which pretraining makes.
         self.anchor_epochs = config.anchor_epochs if config.pretrain_epochs > 0 else 0
         self.assignments: torch.Tensor | None = None  # (N,) cluster of each row at the start
+        self.start_source: str | None = None  # the t-SNE map the start came from (init tsne)
+        self.start_scores: dict[str, float] = {}  # each map's silhouette
         self._anchor_elbo = TraceEnum_ELBO(max_plate_nesting=1)  # a new model per batch: no JIT
         self._anchor_model = _ScaleSite("x", 1.0 / config.anchor_beta)(model.model)
         self.progress = progress
@@ -318,9 +356,9 @@ class Trainer:
     def init_mixture(self) -> None:
         """Make the prior p(y) p(z|y) a mixture fitted to the codes of the pretrained encoder.
 
-        ``init="tsne"``: a full-covariance Gaussian mixture on a 2-d t-SNE map of the codes,
-        ``restarts`` initialisations, the best by likelihood, then each cluster's mean and
-        variance in the code space. ``init="gmm"`` (VaDE): a diagonal Gaussian mixture fitted to
+        ``init="tsne"``: a full-covariance Gaussian mixture on a 2-d t-SNE map (of the codes, of
+        the data, or of both, keeping the map whose clusters are better separated; see
+        :meth:`_tsne_start`), then each cluster's mean and variance in the code space. ``init="gmm"`` (VaDE): a diagonal Gaussian mixture fitted to
         the codes by EM, ``restarts`` initialisations, the best by likelihood.
         ``init="spectral"``: spectral clustering of the codes' k-nearest-neighbour graph. t-SNE
         and the graph follow the curved, elongated shapes that classes take in a code space,
@@ -340,10 +378,7 @@ class Trainer:
             ).fit(codes_np)
             responsibilities = gmm.predict_proba(codes_np)
         elif self.config.init == "tsne":
-            assignments = _tsne_clusters(
-                codes_np, K, self.config.restarts, self.config.seed, self.config.tsne_perplexity
-            )
-            responsibilities = np.eye(K)[assignments]
+            responsibilities = np.eye(K)[self._tsne_start(codes_np)]
         else:
             assignments = SpectralClustering(
                 K,
@@ -354,6 +389,32 @@ class Trainer:
             ).fit_predict(codes_np)
             responsibilities = np.eye(K)[assignments]
         self.start_mixture(responsibilities, codes_np)
+
+    def _tsne_start(self, codes: np.ndarray) -> np.ndarray:
+        """Cluster ``(N,)`` of each training row from t-SNE maps of ``codes (N, Z)`` and/or of
+        the data's first 50 principal components (``tsne_input``): a Gaussian mixture on each
+        map (weights held uniform unless the prior learns them, ``restarts`` initialisations,
+        best by likelihood), and of two maps the one whose clusters have the higher silhouette.
+
+        Silhouettes compare maps, not likelihoods: two maps are two different data sets. Which
+        map wins depends on the data: a network pretrained on a few thousand small images can
+        code them worse than their pixels. The choice is kept in ``start_source`` and its
+        scores in ``start_scores``.
+        """
+        c = self.config
+        sources = {"codes": codes} if c.tsne_input in ("auto", "codes") else {}
+        if c.tsne_input in ("auto", "data"):
+            data = self.x.cpu().double().numpy()
+            sources["data"] = _principal_components(data, 50, c.seed)
+        uniform = not self.model.config.learn_weights
+        found = {}
+        for name, source in sources.items():
+            embedding = _tsne_map(source, c.tsne_perplexity, c.seed)
+            labels = _map_clusters(embedding, self.model.n_clusters, c.restarts, c.seed, uniform)
+            found[name] = (_separation(embedding, labels, c.seed), labels)
+        self.start_source = max(found, key=lambda name: found[name][0])
+        self.start_scores = {name: score for name, (score, _) in found.items()}
+        return found[self.start_source][1]
 
     def _codes(self) -> np.ndarray:
         """The means of q(z|x) of the training rows, ``(N, Z)`` float64 on the host."""
@@ -519,7 +580,8 @@ class Trainer:
 
     def _run_epoch(self) -> dict[str, Any]:
         phase = self._phase(self.epoch)
-        if phase != "pretrain" and not self.mixture_ready:
+        started = phase != "pretrain" and not self.mixture_ready
+        if started:
             self.init_mixture()
             self.mixture_ready = True
             self.optimizer, self.scheduler = self._make_optimizer()
@@ -560,6 +622,8 @@ class Trainer:
             "loss": self.epoch_loss / n,
             "seconds": time.perf_counter() - start,
         }
+        if started and self.start_source is not None:
+            record |= {"start": self.start_source, "start_silhouette": self.start_scores}
         if phase != "pretrain" and self.labels is not None:
             record |= clustering_scores(self.labels, self.model.predict(self.x))
         self.epoch += 1
