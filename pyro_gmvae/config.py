@@ -135,7 +135,7 @@ class TrainConfig:
         "epochs after the mixture start in which each example's cluster is held at its start "
         "value (the ELBO given y), so the codes gather around their cluster before SVI sums "
         "over y (0: none; needs pretraining)",
-        default=20,
+        default=30,
     )
     anchor_beta: float = _help(
         "weight of the KL terms against the likelihood during the anchor epochs", default=3.0
