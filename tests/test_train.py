@@ -14,7 +14,7 @@ from pyro_gmvae import GMVAE, ModelConfig, RunConfig, TrainConfig, clustering_sc
 from pyro_gmvae.config import DataConfig
 from pyro_gmvae.data import Scaler, load_data
 from pyro_gmvae.runs import RunDirectoryError, load_checkpoint, read_metrics
-from pyro_gmvae.train import Trainer, train_run
+from pyro_gmvae.train import Trainer, _UniformMixture, train_run
 
 SCORE_KEYS = {"accuracy", "many_to_one_accuracy", "nmi", "ari"}
 RECORD_KEYS = {"epoch", "phase", "loss", "seconds"}
@@ -97,6 +97,54 @@ def test_every_mixture_start_finds_separated_clusters(init):
     trainer.init_mixture()
     assert clustering_scores(labels, trainer.assignments.numpy())["accuracy"] > 0.95
     assert clustering_scores(labels, model.predict(x))["accuracy"] > 0.95
+
+
+def test_uniform_mixture_keeps_equal_weights_and_finds_clusters_of_unequal_size():
+    """The start's mixture holds its weights at 1/K through EM (a hook into scikit-learn's
+    private M-step: this fails if scikit-learn stops calling it) and still finds the clusters."""
+    rng = np.random.default_rng(0)
+    sizes = [200, 60, 40]
+    centers = np.array([[0.0, 0.0], [8.0, 0.0], [0.0, 8.0]])
+    points = np.concatenate(
+        [c + rng.normal(size=(n, 2)) for c, n in zip(centers, sizes, strict=True)]
+    )
+    labels = np.repeat(np.arange(3), sizes)
+    gmm = _UniformMixture(3, covariance_type="full", random_state=0).fit(points)
+    np.testing.assert_array_equal(gmm.weights_, np.full(3, 1 / 3))
+    assert clustering_scores(labels, gmm.predict(points))["accuracy"] > 0.98
+
+
+@pytest.mark.parametrize("structured", ["codes", "data"])
+def test_tsne_start_keeps_the_map_whose_clusters_are_separated(structured):
+    """With ``tsne_input="auto"`` the start comes from the t-SNE map, of the codes or of the
+    data, on which the mixture's clusters are better separated; here one input holds the three
+    blobs and the other is structureless noise of the same size."""
+    x, labels = blobs(n=150)
+    rng = np.random.default_rng(1)
+    noise = rng.uniform(size=x.shape).astype(np.float32)
+    model = GMVAE(small_model(n_features=x.shape[1]))
+    config = small_train(init="tsne", tsne_input="auto", tsne_perplexity=20.0)
+    data, codes = (noise, x) if structured == "codes" else (x, noise)
+    trainer = Trainer(model, data, config, progress=False)
+    assignments = trainer._tsne_start(codes.astype(np.float64))
+    assert trainer.start_source == structured
+    assert set(trainer.start_scores) == {"codes", "data"}
+    assert clustering_scores(labels, assignments)["accuracy"] > 0.95
+    trainer.config = small_train(init="tsne", tsne_input="codes", tsne_perplexity=20.0)
+    trainer._tsne_start(codes.astype(np.float64))
+    assert list(trainer.start_scores) == ["codes"]
+
+
+def test_the_start_epoch_records_which_map_the_start_came_from():
+    x, labels = blobs(n=150)
+    pyro.set_rng_seed(0)
+    model = GMVAE(small_model(n_features=x.shape[1]))
+    config = small_train(epochs=1, pretrain_epochs=2, init="tsne", tsne_perplexity=20.0)
+    history = fit(model, x, config, labels=labels, progress=False)
+    started = [r for r in history if "start" in r]
+    assert [r["epoch"] for r in started] == [3]  # the first epoch after pretraining
+    assert started[0]["start"] in ("codes", "data")
+    assert set(started[0]["start_silhouette"]) == {"codes", "data"}
 
 
 @pytest.mark.parametrize("guide", ["marginal", "enumerated"])
