@@ -488,6 +488,7 @@ class Trainer:
             "epoch_loss": self.epoch_loss,
             "mixture_ready": self.mixture_ready,
             "assignments": self.assignments,
+            "start": {"source": self.start_source, "scores": self.start_scores},
             "rng": _rng_state(self.device),
         }
 
@@ -501,6 +502,8 @@ class Trainer:
         self.mixture_ready = state["mixture_ready"]
         assignments = state["assignments"]
         self.assignments = None if assignments is None else assignments.to(self.device)
+        start = state.get("start") or {}  # absent from checkpoints written before it was kept
+        self.start_source, self.start_scores = start.get("source"), start.get("scores", {})
         _set_rng_state(state["rng"], self.device)
 
     def save(self) -> None:
@@ -580,8 +583,7 @@ class Trainer:
 
     def _run_epoch(self) -> dict[str, Any]:
         phase = self._phase(self.epoch)
-        started = phase != "pretrain" and not self.mixture_ready
-        if started:
+        if phase != "pretrain" and not self.mixture_ready:
             self.init_mixture()
             self.mixture_ready = True
             self.optimizer, self.scheduler = self._make_optimizer()
@@ -622,7 +624,8 @@ class Trainer:
             "loss": self.epoch_loss / n,
             "seconds": time.perf_counter() - start,
         }
-        if started and self.start_source is not None:
+        first_after_pretraining = self.epoch == self.config.pretrain_epochs > 0
+        if first_after_pretraining and self.start_source is not None:
             record |= {"start": self.start_source, "start_silhouette": self.start_scores}
         if phase != "pretrain" and self.labels is not None:
             record |= clustering_scores(self.labels, self.model.predict(self.x))
