@@ -358,8 +358,9 @@ class Trainer:
 
         ``init="tsne"``: a full-covariance Gaussian mixture on a 2-d t-SNE map (of the codes, of
         the data, or of both, keeping the map whose clusters are better separated; see
-        :meth:`_tsne_start`), then each cluster's mean and variance in the code space. ``init="gmm"`` (VaDE): a diagonal Gaussian mixture fitted to
-        the codes by EM, ``restarts`` initialisations, the best by likelihood.
+        :meth:`_tsne_start`), then each cluster's mean and variance in the code space.
+        ``init="gmm"`` (VaDE): a diagonal Gaussian mixture fitted to the codes by EM,
+        ``restarts`` initialisations, the best by likelihood.
         ``init="spectral"``: spectral clustering of the codes' k-nearest-neighbour graph. t-SNE
         and the graph follow the curved, elongated shapes that classes take in a code space,
         which a mixture on the codes cuts across. None uses labels.
