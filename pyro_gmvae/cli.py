@@ -22,10 +22,7 @@ from .config import (
     add_arguments,
     from_arguments,
 )
-from .data import DataError
-from .runs import CheckpointError, RunDirectoryError
-
-USER_ERRORS = (ConfigError, DataError, CheckpointError, RunDirectoryError)
+from .errors import USER_ERRORS
 
 
 def _add_train(subparsers) -> None:
@@ -165,8 +162,8 @@ def _add_evaluate(subparsers) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import EVALUATION_FILE, evaluate, format_evaluation
+    from .files import atomic_write_text
     from .model import GMVAE
-    from .runs import atomic_write_text
 
     if args.num_samples < 1:
         raise ConfigError(f"--num-samples must be at least 1, not {args.num_samples}")

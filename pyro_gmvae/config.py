@@ -14,14 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .errors import ConfigError
+
 LIKELIHOODS = ("bernoulli", "continuous_bernoulli", "gaussian")
 GUIDES = ("enumerated", "marginal")
 INITS = ("tsne", "spectral", "gmm")
 TSNE_INPUTS = ("auto", "codes", "data")
-
-
-class ConfigError(ValueError):
-    """An impossible option: the message names the option and what values it takes."""
 
 
 def _help(text: str, **kwargs: Any) -> Any:
@@ -228,7 +226,7 @@ class RunConfig:
         )
 
     def save(self, path: str | Path) -> None:
-        from .runs import atomic_write_text
+        from .files import atomic_write_text
 
         atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
 

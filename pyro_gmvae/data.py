@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import DataError
+
 __all__ = [
     "DataError",
     "Dataset",
@@ -65,10 +67,6 @@ _IDX_IMAGES_MAGIC = 0x00000803  # uint8, rank 3: (N, H, W)
 _IDX_LABELS_MAGIC = 0x00000801  # uint8, rank 1: (N,)
 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
-
-
-class DataError(ValueError):
-    """The input data cannot be used; the message says what is wrong and how to fix it."""
 
 
 @dataclass

@@ -23,9 +23,9 @@ from matplotlib.figure import Figure
 from scipy.optimize import linear_sum_assignment
 
 from .data import Dataset
+from .files import atomic_write_bytes
 from .metrics import cluster_accuracy, contingency
 from .model import GMVAE
-from .runs import atomic_write_bytes
 
 if TYPE_CHECKING:
     from .ppc import PPCReport, Statistic

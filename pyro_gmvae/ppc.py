@@ -46,8 +46,8 @@ from tqdm.auto import tqdm
 
 from .data import DataError, Dataset
 from .evaluate import log_likelihood
+from .files import atomic_write_text
 from .model import GMVAE
-from .runs import atomic_write_text
 
 REPORT_FILE = "report.md"
 PPC_FILE = "ppc.json"

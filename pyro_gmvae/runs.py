@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import pickle
 import re
-import secrets
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from .errors import CheckpointError, RunDirectoryError
+from .files import atomic_write_bytes, atomic_write_text
 
 CHECKPOINT_FORMAT = "pyro_gmvae-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -27,37 +28,6 @@ CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_FILE = "checkpoint.pt"
 SCALER_FILE = "scaler.json"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that is missing, corrupt, unsafe, or of another format or configuration."""
-
-
-class RunDirectoryError(ValueError):
-    """A run directory that cannot be used as asked (exists already, or is not a run)."""
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    # os.open, not tempfile.mkstemp: mkstemp creates files readable by their owner only, and a
-    # run directory is meant to be shared; mode 0o666 lets the umask decide, as for any file.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
 
 
 def prepare_run_directory(path: str | Path, *, resume: bool, force: bool) -> Path:
