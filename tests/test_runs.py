@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pyro_gmvae import runs
+from pyro_gmvae import files
 from pyro_gmvae.config import ModelConfig, RunConfig
 from pyro_gmvae.model import GMVAE
 from pyro_gmvae.runs import (
@@ -81,10 +81,10 @@ def test_interrupted_write_keeps_the_old_file(tmp_path, monkeypatch, fail_at):
                 fail()
 
         monkeypatch.setattr(
-            runs.os, "fdopen", lambda fd, mode: FailingFile(real_fdopen(fd, mode, buffering=0))
+            files.os, "fdopen", lambda fd, mode: FailingFile(real_fdopen(fd, mode, buffering=0))
         )
     else:
-        monkeypatch.setattr(runs.os, fail_at, fail)
+        monkeypatch.setattr(files.os, fail_at, fail)
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(target, {"model": {"w": torch.zeros(1000)}})
     monkeypatch.undo()
