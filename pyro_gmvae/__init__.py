@@ -11,20 +11,45 @@ sampled or relaxed. Typical use::
     clusters = model.predict(data.x)
 """
 
-from .config import ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig
-from .data import DataError, Dataset, load_data
+from .config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from .data import load_data
+from .dataset import Dataset
+from .errors import CheckpointError, ConfigError, DataError
 from .evaluate import elbo_per_example, log_likelihood
 from .likelihoods import Bernoulli, ContinuousBernoulli, Gaussian, Likelihood
 from .metrics import clustering_scores
 from .model import GMVAE
 from .ppc import posterior_predictive_checks
-from .runs import CheckpointError
-from .train import Trainer, TrainingDiverged, TrainingInterrupted, fit, train_run
+from .runs import train_run
+from .start import STARTS, Start, register_start
+from .train import (
+    SVI,
+    Anchor,
+    MixtureStart,
+    Phase,
+    Pretrain,
+    Recipe,
+    Trainer,
+    TrainingDiverged,
+    TrainingInterrupted,
+    default_recipe,
+    fit,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "GMVAE",
+    "STARTS",
+    "SVI",
+    "Anchor",
+    "MixtureStart",
+    "Phase",
+    "Pretrain",
+    "Recipe",
+    "Start",
+    "default_recipe",
+    "register_start",
     "Bernoulli",
     "CheckpointError",
     "ConfigError",

@@ -17,12 +17,12 @@ from pyro_gmvae import GMVAE, ModelConfig
 from pyro_gmvae.cli import main
 from pyro_gmvae.data import DataError, Dataset, Scaler, load_data
 from pyro_gmvae.evaluate import (
-    EVALUATION_FILE,
     elbo_per_example,
     evaluate,
     log_likelihood,
 )
 from pyro_gmvae.metrics import clustering_scores
+from pyro_gmvae.runs import EVALUATION_FILE
 
 GUIDES = ("marginal", "enumerated")
 
