@@ -4,6 +4,9 @@ Each subcommand is a thin layer over the public functions of the package, which 
 Errors a user can fix (bad data, impossible options, a run directory in the way) end with one
 message that names the problem and the fix, and exit status 2; Ctrl-C during training saves a
 checkpoint and exits with status 130.
+
+This module imports nothing heavy: torch, Pyro and scikit-learn are imported by the command that
+runs, so ``--help`` and a mistyped flag answer at once.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@ line naming the flag, runs resume."""
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
 import subprocess
@@ -59,6 +60,51 @@ def test_help_of_every_flag_is_its_field_help(capsys):
     # The defaults are shown although the flags suppress them (so --resume can tell them apart).
     assert f"(default:{ModelConfig().clusters})" in text
     assert "(default:" + "".join(map(str, ModelConfig().hidden)) + ")" in text
+
+
+HEAVY = ("torch", "pyro", "sklearn", "matplotlib", "scipy")
+
+
+def heavy_modules_after(code: str, cwd) -> list[str]:
+    """The heavy libraries that a fresh interpreter in ``cwd`` has imported after ``code``."""
+    probe = f"import sys\n{code}\nprint(sorted(m for m in {HEAVY!r} if m in sys.modules))"
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=cwd
+    )
+    return ast.literal_eval(done.stdout.strip().splitlines()[-1])
+
+
+def test_building_the_parser_imports_nothing_heavy(tmp_path):
+    """torch, Pyro and scikit-learn take seconds to import: the parser must not need them."""
+    code = "import pyro_gmvae.cli; pyro_gmvae.cli.build_parser()"
+    assert heavy_modules_after(code, tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["train", "--help"],
+        ["evaluate", "--help"],
+        ["ppc", "--help"],
+        ["sample", "--help"],
+        ["train", "--no-such-flag"],
+        ["train", "--out", "r", "--clusters", "ten"],
+    ],
+)
+def test_help_version_and_argument_errors_import_nothing_heavy(argv, tmp_path):
+    """They answer before any command runs, so at once."""
+    code = "\n".join(
+        [
+            "from pyro_gmvae.cli import main",
+            "try:",
+            f"    main({argv!r})",
+            "except SystemExit:",
+            "    pass",
+        ]
+    )
+    assert heavy_modules_after(code, tmp_path) == []
+    assert not (tmp_path / "r").exists()  # and nothing ran
 
 
 @pytest.fixture
