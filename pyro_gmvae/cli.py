@@ -6,7 +6,7 @@ message that names the problem and the fix, and exit status 2; Ctrl-C during tra
 checkpoint and exits with status 130.
 
 This module imports nothing heavy: torch, Pyro and scikit-learn are imported by the command that
-runs, so ``--help`` and a mistyped flag answer at once.
+runs, so ``--help``, ``--version`` and a mistyped flag answer at once.
 """
 
 from __future__ import annotations
@@ -288,11 +288,38 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    """The installed distribution's version, or the package's own where it is not installed
+    (a checkout on ``sys.path``)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("pyro_gmvae")
+    except PackageNotFoundError:
+        from . import __version__
+
+        return __version__
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: prints ``gmvae VERSION`` and exits. Unlike argparse's own ``version``
+    action it looks the version up only when asked, sparing every other command the import of
+    importlib.metadata."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(f"{parser.prog} {_version()}")  # on stdout, as argparse prints its own version
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gmvae",
         description="Gaussian-mixture VAE in Pyro: unsupervised clustering and per-cluster generation.",
     )
+    parser.add_argument("--version", action=_VersionAction, help="print the version and exit")
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_train(subparsers)
     _add_evaluate(subparsers)

@@ -84,6 +84,7 @@ def test_building_the_parser_imports_nothing_heavy(tmp_path):
     "argv",
     [
         ["--help"],
+        ["--version"],
         ["train", "--help"],
         ["evaluate", "--help"],
         ["ppc", "--help"],
@@ -105,6 +106,37 @@ def test_help_version_and_argument_errors_import_nothing_heavy(argv, tmp_path):
     )
     assert heavy_modules_after(code, tmp_path) == []
     assert not (tmp_path / "r").exists()  # and nothing ran
+
+
+def test_version_is_the_installed_distributions(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out == f"gmvae {version('pyro_gmvae')}\n"
+
+
+def test_version_falls_back_to_the_package_where_not_installed(capsys, monkeypatch):
+    import importlib.metadata
+
+    import pyro_gmvae
+
+    def not_installed(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", not_installed)
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out == f"gmvae {pyro_gmvae.__version__}\n"
+
+
+def test_gmvae_version_in_a_real_process():
+    done = subprocess.run(
+        [sys.executable, "-m", "pyro_gmvae", "--version"], capture_output=True, text=True
+    )
+    assert done.returncode == 0
+    assert done.stdout.split() == ["gmvae", __import__("pyro_gmvae").__version__]
 
 
 @pytest.fixture

@@ -170,3 +170,9 @@ def test_every_public_name_resolves_from_its_module():
     from pyro_gmvae import plots
 
     assert plots is importlib.import_module("pyro_gmvae.plots")
+
+
+def test_the_package_version_is_the_distributions(pyproject):
+    import pyro_gmvae
+
+    assert pyro_gmvae.__version__ == pyproject["project"]["version"]
