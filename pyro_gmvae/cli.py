@@ -33,7 +33,8 @@ def _add_train(subparsers) -> None:
         "train",
         help="fit a GMVAE and write a run directory",
         description="Fit a GMVAE by SVI with TraceEnum_ELBO (the cluster y is summed out exactly) "
-        "and write config.json, metrics.jsonl, checkpoint.pt and figures/ into --out.",
+        "and write config.json, metrics.jsonl, checkpoint.pt and figures/ into --out. A new run "
+        "needs --clusters K; --resume continues a run with the options of its config.json.",
     )
     p.add_argument("--out", required=True, type=Path, help="run directory to create")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
@@ -41,8 +42,17 @@ def _add_train(subparsers) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-plots", action="store_true", help="skip the figures at the end")
     # Suppressed defaults: on --resume, only flags actually given may change the saved config.
+    actions = {}
     for cls in (DataConfig, ModelConfig, TrainConfig):
-        add_arguments(p, cls, suppress_defaults=True)
+        actions |= add_arguments(p, cls, suppress_defaults=True)
+    # ModelConfig's K=10 serves the Python API; on the command line a new run must choose K (main
+    # refuses one without it), since 10 clusters fitted silently to data with 3 mislead.
+    clusters = actions["clusters"]
+    clusters.metavar = "K"
+    clusters.help = (
+        clusters.help.rpartition(" (default:")[0]
+        + ": required for a new run (--resume reads it from the run's config.json)"
+    )
     p.set_defaults(func=cmd_train)
 
 
@@ -332,6 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if args.command == "train" and not args.resume and "clusters" not in args:
+            raise ConfigError("--clusters is required for a new run: choose K with --clusters K")
         return args.func(args)
     except USER_ERRORS as e:
         print(f"gmvae {args.command}: error: {e}", file=sys.stderr)

@@ -258,12 +258,16 @@ def _from_dict(cls: type[C], d: dict[str, Any]) -> C:
 _NOT_FLAGS = {"n_features", "image_shape"}
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls: type, *, suppress_defaults: bool) -> None:
-    """Add one ``--flag`` per field of dataclass ``cls``.
+def add_arguments(
+    parser: argparse.ArgumentParser, cls: type, *, suppress_defaults: bool
+) -> dict[str, argparse.Action]:
+    """Add one ``--flag`` per field of dataclass ``cls``; returns the actions by field name, for
+    a caller whose command treats a flag differently (e.g. rewords its help).
 
     With ``suppress_defaults`` an absent flag leaves no attribute, so a resumed run can tell
     "not given" from "given the default".
     """
+    actions = {}
     group = parser.add_argument_group(cls.__name__.removesuffix("Config").lower() + " options")
     for f in dataclasses.fields(cls):
         if f.name in _NOT_FLAGS:
@@ -284,14 +288,16 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, *, suppress_defaul
                 shown = f.default
             help_text += f" (default: {shown})"
         if kind == "bool":
-            group.add_argument(
+            action = group.add_argument(
                 flag, action=argparse.BooleanOptionalAction, default=default, help=help_text
             )
         elif "tuple" in kind:
-            group.add_argument(flag, type=int, nargs="+", default=default, help=help_text)
+            action = group.add_argument(flag, type=int, nargs="+", default=default, help=help_text)
         else:
             base = {"int": int, "float": float}.get(kind.split(" ")[0], str)
-            group.add_argument(flag, type=base, default=default, help=help_text)
+            action = group.add_argument(flag, type=base, default=default, help=help_text)
+        actions[f.name] = action
+    return actions
 
 
 def from_arguments(cls: type[C], args: argparse.Namespace, base: C | None = None) -> C:

@@ -58,8 +58,11 @@ def test_help_of_every_flag_is_its_field_help(capsys):
             if f.name not in FROM_DATA:
                 assert "".join(f.metadata["help"].split()) in text, f.name
     # The defaults are shown although the flags suppress them (so --resume can tell them apart).
-    assert f"(default:{ModelConfig().clusters})" in text
     assert "(default:" + "".join(map(str, ModelConfig().hidden)) + ")" in text
+    assert f"(default:{ModelConfig().latent_dim})" in text
+    # --clusters has none on the command line: a new run must give it.
+    assert "numberofmixturecomponentsK:requiredforanewrun" in text
+    assert f"numberofmixturecomponentsK(default:{ModelConfig().clusters})" not in text
 
 
 HEAVY = ("torch", "pyro", "sklearn", "matplotlib", "scipy")
@@ -91,6 +94,7 @@ def test_building_the_parser_imports_nothing_heavy(tmp_path):
         ["sample", "--help"],
         ["train", "--no-such-flag"],
         ["train", "--out", "r", "--clusters", "ten"],
+        ["train", "--out", "r"],  # a new run without --clusters
     ],
 )
 def test_help_version_and_argument_errors_import_nothing_heavy(argv, tmp_path):
@@ -219,7 +223,8 @@ def test_unparseable_value_is_argparses_exit_2(capsys):
 
 def test_missing_data_file_exits_2_naming_it(tmp_path, capsys):
     missing = tmp_path / "nowhere.npz"
-    code = main(["train", "--data", str(missing), "--out", str(tmp_path / "run"), "--no-plots"])
+    out = str(tmp_path / "run")
+    code = main(["train", "--data", str(missing), "--clusters", "2", "--out", out, "--no-plots"])
     err = capsys.readouterr().err
     assert code == 2
     assert str(missing) in err
@@ -228,7 +233,8 @@ def test_missing_data_file_exits_2_naming_it(tmp_path, capsys):
 
 def test_missing_data_exits_2_in_a_real_process(tmp_path):
     done = subprocess.run(
-        [sys.executable, "-m", "pyro_gmvae", "train", "--data", "nope.csv", "--out", "r"],
+        [sys.executable, "-m", "pyro_gmvae", "train", "--data", "nope.csv", "--clusters", "3"]
+        + ["--out", "r"],
         capture_output=True,
         text=True,
         cwd=tmp_path,
@@ -236,6 +242,22 @@ def test_missing_data_exits_2_in_a_real_process(tmp_path):
     assert done.returncode == 2
     assert "nope.csv" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_new_run_without_clusters_exits_2_saying_how_to_choose_k(table, tmp_path, capsys):
+    """K=10 fitted silently to data with fewer clusters misleads (iris: accuracy 0.54)."""
+    out = tmp_path / "run"
+    argv = fast_args(table, out, "--epochs", "1", "--pretrain-epochs", "0")
+    at = argv.index("--clusters")
+    del argv[at : at + 2]
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith("gmvae train: error: --clusters is required for a new run")
+    assert "--clusters K" in err
+    assert not out.exists()  # refused before anything was written
+    assert ModelConfig().clusters == 10  # the Python API keeps its default
 
 
 def test_train_then_resume_with_more_epochs(table, tmp_path, capsys):
