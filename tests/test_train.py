@@ -87,7 +87,17 @@ def test_fit_lowers_the_loss_and_recovers_separated_clusters(guide, likelihood):
     assert history[-1]["accuracy"] > 0.95
 
 
-@pytest.mark.parametrize("init", ["tsne", "spectral", "gmm"])
+# The blobs are so well separated that the codes' nearest-neighbour graph falls apart into one
+# component per blob (3, each one class), which scikit-learn warns may upset the embedding: here
+# the components are the clusters to find, as the test's assertions check.
+_SPECTRAL_ON_SEPARATED_BLOBS = pytest.mark.filterwarnings(
+    "ignore:Graph is not fully connected:UserWarning"
+)
+
+
+@pytest.mark.parametrize(
+    "init", ["tsne", pytest.param("spectral", marks=_SPECTRAL_ON_SEPARATED_BLOBS), "gmm"]
+)
 def test_every_mixture_start_finds_separated_clusters(init):
     x, labels = blobs()
     pyro.set_rng_seed(0)
