@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .errors import ConfigError
+from .files import atomic_write_text
 
 LIKELIHOODS = ("bernoulli", "continuous_bernoulli", "gaussian")
 GUIDES = ("enumerated", "marginal")
@@ -226,8 +227,6 @@ class RunConfig:
         )
 
     def save(self, path: str | Path) -> None:
-        from .files import atomic_write_text
-
         atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod

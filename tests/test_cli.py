@@ -77,9 +77,16 @@ def heavy_modules_after(code: str, cwd) -> list[str]:
     return ast.literal_eval(done.stdout.strip().splitlines()[-1])
 
 
-def test_building_the_parser_imports_nothing_heavy(tmp_path):
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import pyro_gmvae.cli; pyro_gmvae.cli.build_parser()",
+        "import pyro_gmvae.config; pyro_gmvae.config.RunConfig().validate()",
+        "import pyro_gmvae; pyro_gmvae.ConfigError, pyro_gmvae.ModelConfig, pyro_gmvae.DataError",
+    ],
+)
+def test_the_parser_and_the_configs_import_nothing_heavy(code, tmp_path):
     """torch, Pyro and scikit-learn take seconds to import: the parser must not need them."""
-    code = "import pyro_gmvae.cli; pyro_gmvae.cli.build_parser()"
     assert heavy_modules_after(code, tmp_path) == []
 
 
