@@ -4,6 +4,9 @@ Each subcommand is a thin layer over the public functions of the package, which 
 Errors a user can fix (bad data, impossible options, a run directory in the way) end with one
 message that names the problem and the fix, and exit status 2; Ctrl-C during training saves a
 checkpoint and exits with status 130.
+
+This module imports nothing heavy: torch, Pyro and scikit-learn are imported by the command that
+runs, so ``--help``, ``--version`` and a mistyped flag answer at once.
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ def _add_train(subparsers) -> None:
         "train",
         help="fit a GMVAE and write a run directory",
         description="Fit a GMVAE by SVI with TraceEnum_ELBO (the cluster y is summed out exactly) "
-        "and write config.json, metrics.jsonl, checkpoint.pt and figures/ into --out.",
+        "and write config.json, metrics.jsonl, checkpoint.pt and figures/ into --out. A new run "
+        "needs --clusters K; --resume continues a run with the options of its config.json.",
     )
     p.add_argument("--out", required=True, type=Path, help="run directory to create")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
@@ -44,8 +48,17 @@ def _add_train(subparsers) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-plots", action="store_true", help="skip the figures at the end")
     # Suppressed defaults: on --resume, only flags actually given may change the saved config.
+    actions = {}
     for cls in (DataConfig, ModelConfig, TrainConfig):
-        add_arguments(p, cls, suppress_defaults=True)
+        actions |= add_arguments(p, cls, suppress_defaults=True)
+    # ModelConfig's K=10 serves the Python API; on the command line a new run must choose K (main
+    # refuses one without it), since 10 clusters fitted silently to data with 3 mislead.
+    clusters = actions["clusters"]
+    clusters.metavar = "K"
+    clusters.help = (
+        clusters.help.rpartition(" (default:")[0]
+        + ": required for a new run (--resume reads it from the run's config.json)"
+    )
     p.set_defaults(func=cmd_train)
 
 
@@ -268,11 +281,38 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    """The installed distribution's version, or the package's own where it is not installed
+    (a checkout on ``sys.path``)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("pyro_gmvae")
+    except PackageNotFoundError:
+        from . import __version__
+
+        return __version__
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: prints ``gmvae VERSION`` and exits. Unlike argparse's own ``version``
+    action it looks the version up only when asked, sparing every other command the import of
+    importlib.metadata."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(f"{parser.prog} {_version()}")  # on stdout, as argparse prints its own version
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gmvae",
         description="Gaussian-mixture VAE in Pyro: unsupervised clustering and per-cluster generation.",
     )
+    parser.add_argument("--version", action=_VersionAction, help="print the version and exit")
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_train(subparsers)
     _add_evaluate(subparsers)
@@ -285,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if args.command == "train" and not args.resume and "clusters" not in args:
+            raise ConfigError("--clusters is required for a new run: choose K with --clusters K")
         return args.func(args)
     except USER_ERRORS as e:
         print(f"gmvae {args.command}: error: {e}", file=sys.stderr)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .errors import ConfigError
+from .files import atomic_write_text
 
 LIKELIHOODS = ("bernoulli", "continuous_bernoulli", "gaussian")
 GUIDES = ("enumerated", "marginal")
@@ -186,10 +187,8 @@ class TrainConfig:
             raise ConfigError(f"--lr must be positive, not {self.lr}")
         if not 0 < self.lr_decay <= 1:
             raise ConfigError(f"--lr-decay must be in (0, 1], not {self.lr_decay}")
-        from .start import STARTS  # scikit-learn: only once a run is being set up
-
-        if self.init not in STARTS:
-            raise ConfigError(f"--init must be one of {', '.join(STARTS)}, not {self.init!r}")
+        # --init names a start of start.STARTS, checked by the trainer (start.check_start)
+        # before any training: the registry imports scikit-learn, which --help need not wait for.
         if not self.tsne_perplexity > 0:
             raise ConfigError(f"--tsne-perplexity must be positive, not {self.tsne_perplexity}")
         if self.tsne_input not in TSNE_INPUTS:
@@ -262,8 +261,6 @@ class RunConfig:
         )
 
     def save(self, path: str | Path) -> None:
-        from .files import atomic_write_text
-
         atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
@@ -325,12 +322,16 @@ def _has_type(value: Any, annotation: str) -> bool:
 _NOT_FLAGS = {"n_features", "image_shape"}
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls: type, *, suppress_defaults: bool) -> None:
-    """Add one ``--flag`` per field of dataclass ``cls``.
+def add_arguments(
+    parser: argparse.ArgumentParser, cls: type, *, suppress_defaults: bool
+) -> dict[str, argparse.Action]:
+    """Add one ``--flag`` per field of dataclass ``cls``; returns the actions by field name, for
+    a caller whose command treats a flag differently (e.g. rewords its help).
 
     With ``suppress_defaults`` an absent flag leaves no attribute, so a resumed run can tell
     "not given" from "given the default".
     """
+    actions = {}
     group = parser.add_argument_group(cls.__name__.removesuffix("Config").lower() + " options")
     for f in dataclasses.fields(cls):
         if f.name in _NOT_FLAGS:
@@ -351,14 +352,16 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, *, suppress_defaul
                 shown = f.default
             help_text += f" (default: {shown})"
         if kind == "bool":
-            group.add_argument(
+            action = group.add_argument(
                 flag, action=argparse.BooleanOptionalAction, default=default, help=help_text
             )
         elif "tuple" in kind:
-            group.add_argument(flag, type=int, nargs="+", default=default, help=help_text)
+            action = group.add_argument(flag, type=int, nargs="+", default=default, help=help_text)
         else:
             base = {"int": int, "float": float}.get(kind.split(" ")[0], str)
-            group.add_argument(flag, type=base, default=default, help=help_text)
+            action = group.add_argument(flag, type=base, default=default, help=help_text)
+        actions[f.name] = action
+    return actions
 
 
 def from_arguments(cls: type[C], args: argparse.Namespace, base: C | None = None) -> C:

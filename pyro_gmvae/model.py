@@ -232,10 +232,11 @@ class GMVAE(nn.Module):
 
     @torch.no_grad()
     def predict_log_proba(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """log q(y|x), shape ``(N, K)``.
+        """Log-probability of each cluster for each example, shape ``(N, K)``.
 
-        Enumerated guide: the cluster encoder. Marginal guide: the exact p(y|z) at the mean of
-        q(z|x) (as VaDE assigns clusters).
+        Enumerated guide: log q(y|x), from the cluster encoder. Marginal guide, which has no
+        q(y|x): the exact log p(y|z), by Bayes' rule over the K clusters, at z the mean of q(z|x)
+        (as VaDE assigns clusters).
         """
         x = self.as_tensor(x)
         if self.cluster_encoder is not None:
@@ -243,7 +244,8 @@ class GMVAE(nn.Module):
         return self._batched(lambda b: self.cluster_log_posterior_given_z(self.encoder(b)[0]), x)
 
     def predict_proba(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
-        """Cluster posterior q(y|x) as a numpy array ``(N, K)``; rows sum to 1."""
+        """:meth:`predict_log_proba` exponentiated, as a numpy array ``(N, K)``; rows sum to 1:
+        q(y|x) for the enumerated guide, p(y|z) at the mean of q(z|x) for the marginal guide."""
         return self.predict_log_proba(x).exp().cpu().numpy()
 
     def predict(self, x: np.ndarray | torch.Tensor) -> np.ndarray:

@@ -21,8 +21,17 @@ from pyro_gmvae.start import (
 )
 from pyro_gmvae.train import Pretrain, Recipe, Trainer
 
+# The blobs are so well separated that the codes' nearest-neighbour graph falls apart into one
+# component per blob (3, each one class), which scikit-learn warns may upset the embedding: here
+# the components are the clusters to find, as the test's assertions check.
+_SPECTRAL_ON_SEPARATED_BLOBS = pytest.mark.filterwarnings(
+    "ignore:Graph is not fully connected:UserWarning"
+)
 
-@pytest.mark.parametrize("init", ["tsne", "spectral", "gmm"])
+
+@pytest.mark.parametrize(
+    "init", ["tsne", pytest.param("spectral", marks=_SPECTRAL_ON_SEPARATED_BLOBS), "gmm"]
+)
 def test_every_start_finds_separated_clusters_in_pretrained_codes(init):
     x, labels = blobs()
     pyro.set_rng_seed(0)
@@ -96,11 +105,11 @@ def test_a_registered_start_is_one_function():
         start = find_start("by_first_feature", codes, x, 3, small_train(), False)
         assert seen["shapes"] == ((90, 2), x.shape)
         assert np.bincount(start.assignments).tolist() == [30, 30, 30]
-        small_train(init="by_first_feature").validate()  # --init accepts it
+        check_start("by_first_feature", 90, 3, small_train())  # --init accepts it
     finally:
         del STARTS["by_first_feature"]
     with pytest.raises(ConfigError, match="--init must be one of"):
-        small_train(init="by_first_feature").validate()
+        check_start("by_first_feature", 90, 3, small_train())
 
 
 def test_codes_with_fewer_distinct_values_than_clusters_are_refused_before_the_start():
