@@ -13,6 +13,7 @@ sampled or relaxed. Typical use::
 
 from .config import ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig
 from .data import DataError, Dataset, load_data
+from .estimator import GMVAEClustering
 from .evaluate import elbo_per_example, log_likelihood
 from .likelihoods import Bernoulli, ContinuousBernoulli, Gaussian, Likelihood
 from .metrics import clustering_scores
@@ -32,6 +33,7 @@ __all__ = [
     "DataConfig",
     "DataError",
     "Dataset",
+    "GMVAEClustering",
     "Gaussian",
     "Likelihood",
     "ModelConfig",
