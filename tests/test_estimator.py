@@ -6,6 +6,7 @@ import dataclasses
 import inspect
 import pickle
 import random
+from pathlib import Path
 
 import numpy as np
 import pyro
@@ -377,3 +378,13 @@ def test_enumerated_guide(blobs):
     est = GMVAEClustering(n_clusters=3, guide="enumerated", **TINY).fit(blobs[0])
     assert est.predict_proba(blobs[0]).shape == (60, 3)
     assert np.isfinite(est.score(blobs[0]))
+
+
+def test_the_readme_example_runs(tmp_path, monkeypatch):
+    """The README's "scikit-learn estimator" example, verbatim, so it cannot rot."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## scikit-learn estimator", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)  # it saves into ./iris_gmvae
+    exec(compile(code, "README.md", "exec"), {})
+    assert (tmp_path / "iris_gmvae" / "estimator.json").exists()
