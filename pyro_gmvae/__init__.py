@@ -20,6 +20,7 @@ from .metrics import clustering_scores
 from .model import GMVAE
 from .ppc import posterior_predictive_checks
 from .runs import CheckpointError
+from .selection import select_clusters
 from .train import Trainer, TrainingDiverged, TrainingInterrupted, fit, train_run
 
 __version__ = "0.1.0"
@@ -48,5 +49,6 @@ __all__ = [
     "load_data",
     "log_likelihood",
     "posterior_predictive_checks",
+    "select_clusters",
     "train_run",
 ]
