@@ -388,3 +388,16 @@ def test_the_readme_example_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # it saves into ./iris_gmvae
     exec(compile(code, "README.md", "exec"), {})
     assert (tmp_path / "iris_gmvae" / "estimator.json").exists()
+
+
+def test_image_shape_turns_on_the_recipes_augmentation():
+    """Flattened 8x8 digits in [0, 1]: Bernoulli by the auto rule, trained on moved views."""
+    from sklearn.datasets import load_digits
+
+    x = load_digits().data[:40] / 16.0
+    est = GMVAEClustering(n_clusters=3, image_shape=(8, 8), **TINY).fit(x)
+    assert est.likelihood_ == "bernoulli"
+    assert est.model_.config.image_shape == (8, 8)
+    assert est.train_config_.augment_rotation > 0  # the default recipe's, now in effect
+    with pytest.raises(ValueError, match="image_shape"):
+        GMVAEClustering(n_clusters=3, image_shape=(4, 4), **TINY).fit(x)
