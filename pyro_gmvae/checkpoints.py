@@ -56,6 +56,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if path.is_dir():
         path = path / CHECKPOINT_FILE
     _check_readable(path)
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic == b"\x93NUMPY":  # read by torch.load it would be judged a pickle that may run code
+        raise CheckpointError(
+            f"{path} is a numpy .npy array, not a checkpoint; pass a run directory of gmvae train "
+            "(or its checkpoint.pt), and data with --data"
+        )
     damaged = _failed_checksum(path)
     if damaged is not None:
         raise CheckpointError(

@@ -321,10 +321,28 @@ class GMVAE(nn.Module):
         state = load_checkpoint(path, map_location=map_location)
         if not state.get("config"):
             raise CheckpointError(f"{path} holds no model configuration; it cannot be rebuilt")
-        config = RunConfig.from_dict(json.loads(state["config"])).model
+        try:
+            config = RunConfig.from_dict(json.loads(state["config"])).model
+        except (TypeError, ValueError, RecursionError) as e:  # ConfigError is a ValueError
+            raise CheckpointError(f"{path} holds an unreadable model configuration ({e})") from None
+        weights = state.get("model")
+        if not isinstance(weights, dict) or not all(
+            isinstance(v, torch.Tensor) for v in weights.values()
+        ):
+            raise CheckpointError(f"{path} holds no model weights; it is not a trained model")
+        bad = [
+            name
+            for name, v in weights.items()
+            if v.is_floating_point() and not bool(v.isfinite().all())
+        ]
+        if bad:
+            raise CheckpointError(
+                f"{path} holds NaN or infinite weights ({', '.join(bad[:3])}); it is damaged or "
+                "from a diverged run: load an earlier checkpoint or train again"
+            )
         model = cls(config, **modules)
         try:
-            model.load_state_dict(state["model"])
+            model.load_state_dict(weights)
         except RuntimeError as e:
             raise CheckpointError(
                 f"{path} does not fit this model's configuration or networks "

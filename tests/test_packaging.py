@@ -178,3 +178,77 @@ def test_the_package_version_is_the_distributions(pyproject):
     import pyro_gmvae
 
     assert pyro_gmvae.__version__ == pyproject["project"]["version"]
+
+
+def _package_imports() -> dict[str, set[str]]:
+    """Each module of the package -> the package's modules it imports, at module level or inside
+    functions (both count: a function-local import is a real edge of the graph)."""
+    import ast
+
+    package = Path(__file__).resolve().parents[1] / "pyro_gmvae"
+    graph: dict[str, set[str]] = {}
+    for path in sorted(package.glob("*.py")):
+        name = path.stem
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                if node.module:
+                    edges.add(node.module.split(".")[0])
+                else:  # from . import x
+                    edges.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pyro_gmvae."):
+                edges.add(node.module.split(".")[1])
+        graph[name] = edges - {name}
+    return graph
+
+
+def test_the_package_has_no_import_cycle():
+    """Data flows one way (STYLE.md): a cycle means two modules that cannot be read apart. The
+    package's __init__ (lazy, it names every module) and __main__ are the roots, not part of it."""
+    graph = {
+        k: v - {"__init__"}
+        for k, v in _package_imports().items()
+        if k not in ("__init__", "__main__")
+    }
+    visiting, done, cycles = set(), set(), []
+
+    def visit(module: str, path: list[str]) -> None:
+        if module in done:
+            return
+        if module in visiting:
+            cycles.append(path[path.index(module) :] + [module])
+            return
+        visiting.add(module)
+        for imported in sorted(graph.get(module, ())):
+            visit(imported, [*path, module])
+        visiting.discard(module)
+        done.add(module)
+
+    for module in sorted(graph):
+        visit(module, [])
+    assert cycles == []
+
+
+def test_the_ground_floor_imports_nothing_of_the_package():
+    graph = _package_imports()
+    assert graph["errors"] == set()
+    assert graph["files"] == set()
+    assert graph["rng"] == set()
+    assert graph["checkpoints"] <= {"errors", "files"}
+    assert "runs" not in graph["model"] and "runs" not in graph["train"]
+
+
+def test_tests_and_benchmarks_use_no_private_trainer_state():
+    """The recipe is changed through public names; tests and benchmarks are held to that too."""
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    pattern = re.compile(r"\b(tr|trainer|self\.trainer|runner\.trainer)\._[a-z]")
+    found = [
+        f"{path.relative_to(root)}:{i}"
+        for folder in ("tests", "benchmarks")
+        for path in sorted((root / folder).rglob("*.py"))
+        for i, line in enumerate(path.read_text().splitlines(), 1)
+        if pattern.search(line)
+    ]
+    assert found == []

@@ -748,3 +748,396 @@ def test_any_shape_is_accepted_only_as_rows_of_the_models_width(shape, fill, as_
         assert tuple(t.shape) == (shape[0], D) and len(shape) == 2
         assert shape[0] > 0 or as_tensor  # empty: refused as an array, an empty tensor passes
         assert bool(torch.isfinite(t).all())
+
+
+# ----------------------------------------------------------------------------------------------
+# A run directory under hostile use: every option checked before anything is written, one writer
+# at a time, no resume on other data, signals handled as Ctrl-C (issue 15)
+
+
+def run_bytes(run: Path) -> dict[str, bytes]:
+    """Every file of a run directory (figures too), by relative path, but its lock file."""
+    return {
+        str(p.relative_to(run)): p.read_bytes()
+        for p in sorted(run.rglob("*"))
+        if p.is_file() and p.name != ".lock"
+    }
+
+
+def test_a_command_that_fails_before_training_leaves_nothing_that_blocks_its_retry(
+    tmp_path, capsys
+):
+    """--device cuda without a GPU left config.json behind; the retry was refused (#1)."""
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: --device cuda would train")
+    out = tmp_path / "run"
+    argv = gmvae_train(tmp_path, "--out", str(out), "--pretrain-epochs", "1", "--epochs", "1")
+    code, _, err = run_cli([*argv, "--device", "cuda"], capsys)
+    assert_user_error(code, err, "no CUDA device")
+    assert not out.exists()
+    code, _, err = run_cli(argv, capsys)
+    assert code == 0, err
+
+
+@pytest.mark.parametrize(
+    ("flags", "match"),
+    [
+        (["--seed", "-1"], "--seed must be in"),
+        (["--device", "cpu:abc"], "--device 'cpu:abc' is not a device"),
+        (["--beta", "inf"], "--beta must be a finite number"),
+        (["--clip-norm", "nan"], "--clip-norm must be a finite number"),
+        (["--init", "spectral", "--init-neighbors", "100000"], "--init-neighbors 100000"),
+    ],
+)
+def test_force_with_a_bad_option_leaves_the_old_run_whole(tmp_path, capsys, flags, match):
+    """--force deleted the old run, then failed on an option checked too late (#11)."""
+    out = tmp_path / "run"
+    argv = gmvae_train(tmp_path, "--out", str(out), "--pretrain-epochs", "1", "--epochs", "1")
+    assert run_cli(argv, capsys)[0] == 0
+    before = run_bytes(out)
+    code, _, err = run_cli([*argv, "--force", *flags], capsys)
+    assert_user_error(code, err, match)
+    assert run_bytes(out) == before
+
+
+def test_resume_with_a_bad_device_writes_nothing(tmp_path, capsys):
+    """--resume --device cpu:abc rewrote config.json before failing, and every later --resume
+    failed until the flag was given again (#12)."""
+    out = tmp_path / "run"
+    argv = gmvae_train(tmp_path, "--out", str(out), "--pretrain-epochs", "1", "--epochs", "1")
+    assert run_cli(argv, capsys)[0] == 0
+    before = run_bytes(out)
+    code, _, err = run_cli(["train", "--out", str(out), "--resume", "--device", "cpu:abc"], capsys)
+    assert_user_error(code, err, "is not a device")
+    assert run_bytes(out) == before
+    code, _, err = run_cli(["train", "--out", str(out), "--resume", "--epochs", "2"], capsys)
+    assert code == 0, err
+
+
+def test_resume_on_other_data_is_refused_naming_what_changed(tmp_path, capsys):
+    """A data file that shrank, or an edited heldout_fraction, resumed silently (#13)."""
+    out = tmp_path / "run"
+    argv = gmvae_train(tmp_path, "--out", str(out), "--pretrain-epochs", "1", "--epochs", "1")
+    assert run_cli(argv, capsys)[0] == 0
+    np.save(tmp_path / "digits240.npy", X[:200])
+    resume = ["train", "--out", str(out), "--resume", "--epochs", "2"]
+    code, _, err = run_cli(resume, capsys)
+    assert_user_error(code, err, "trained on other data \\(240 rows of 64 features there, 200")
+    np.save(tmp_path / "digits240.npy", X[::-1])  # same size, other rows
+    code, _, err = run_cli(resume, capsys)
+    assert_user_error(code, err, "the same size, but other values")
+    np.save(tmp_path / "digits240.npy", X)
+    config = json.loads((out / "config.json").read_text())
+    config["data"]["heldout_fraction"] = 0.25
+    (out / "config.json").write_text(json.dumps(config))
+    code, _, err = run_cli(resume, capsys)
+    assert_user_error(code, err, "trained on other data \\(240 rows of 64 features there, 180")
+    config["data"]["heldout_fraction"] = 0.0
+    (out / "config.json").write_text(json.dumps(config))
+    code, _, err = run_cli(resume, capsys)
+    assert code == 0, err
+
+
+def test_a_second_writer_is_refused_while_a_run_holds_its_directory(tmp_path, capsys):
+    """Two --force runs into one directory mixed one's config with the other's checkpoint
+    (#10). The first holds the lock; a real second process is refused and changes nothing."""
+    from pyro_gmvae.runs import locked
+
+    out = tmp_path / "run"
+    argv = gmvae_train(tmp_path, "--out", str(out), "--pretrain-epochs", "1", "--epochs", "1")
+    assert run_cli(argv, capsys)[0] == 0
+    before = run_bytes(out)
+    with locked(out):
+        second = subprocess.run(
+            [sys.executable, "-m", "pyro_gmvae", *argv, "--force"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    assert second.returncode == 2, second.stderr
+    assert f"is in use by a running gmvae command (pid {os.getpid()})" in second.stderr
+    assert len(second.stderr.strip().splitlines()) == 1
+    assert run_bytes(out) == before
+
+
+def test_the_lock_of_a_killed_process_does_not_block_the_next_run(tmp_path):
+    """flock is released by the kernel when its holder dies: no stale lock (#10)."""
+    from pyro_gmvae.runs import LOCK_FILE, locked
+
+    run = tmp_path / "run"
+    run.mkdir()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from pyro_gmvae.runs import locked\n"
+            f"with locked(Path({str(run)!r})):\n    print('held', flush=True); time.sleep(600)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(Exception, match="is in use"), locked(run):
+            pass
+    finally:
+        holder.kill()
+        holder.wait(timeout=60)
+    assert (run / LOCK_FILE).exists()  # the file stays; the lock is gone with its holder
+    with locked(run):
+        pass
+
+
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_sigterm_and_sighup_save_say_so_and_the_run_resumes(tmp_path, signum, status):
+    """They exited 143/129 with no message and lost the progress since the last periodic
+    checkpoint (#15). The signal arrives once the run has checkpointed (every 20 epochs) and
+    trains on; what it saves is where it stopped, past that checkpoint."""
+    out = tmp_path / "run"
+    argv = gmvae_train(
+        tmp_path,
+        "--out",
+        str(out),
+        "--pretrain-epochs",
+        "2",
+        "--epochs",
+        "100000",
+        "--checkpoint-every",
+        "20",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pyro_gmvae", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not (out / CHECKPOINT_FILE).exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.0)  # training on, past the periodic checkpoint
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=240)
+    finally:
+        proc.kill()
+    assert proc.returncode == status, err
+    name = signal.Signals(signum).name
+    assert "training interrupted" in err and f"({name}); resume with --resume" in err, err
+    state = load_checkpoint(out)
+    assert (state["epoch"], state["batch"]) > (20, 0)
+    more = state["epoch"] - PRETRAIN - ANCHOR + 1  # SVI epochs: one past the saved position
+    resumed = subprocess.run(
+        [sys.executable, "-m", "pyro_gmvae", "train", "--out", str(out), "--resume"]
+        + ["--epochs", str(more), "--no-progress", "--no-plots"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert load_checkpoint(out)["epoch"] == PRETRAIN + ANCHOR + more
+
+
+def test_identical_rows_are_refused_before_pretraining(tmp_path, capsys):
+    """The t-SNE start segfaulted on identical rows, after the pretraining, on every --resume
+    (#16)."""
+    np.save(tmp_path / "same.npy", np.repeat(X[:1], 100, axis=0))
+    out = tmp_path / "run"
+    argv = gmvae_train(tmp_path, "--out", str(out), "--epochs", "1")
+    argv[argv.index("--data") + 1] = str(tmp_path / "same.npy")
+    code, _, err = run_cli([*argv, "--init", "tsne", "--pretrain-epochs", "150"], capsys)
+    assert_user_error(code, err, "take only 1 distinct values, fewer than the 3 clusters")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("rows", "flags", "match"),
+    [
+        (10, ["--init", "spectral"], "--init-neighbors 10 needs more than that many"),
+        (3, ["--init", "tsne", "--tsne-input", "auto"], None),  # as many clusters as rows
+        (30, ["--init", "tsne", "--tsne-input", "data"], None),  # fewer rows than components
+    ],
+)
+def test_small_data_starts_or_is_refused_before_pretraining(tmp_path, capsys, rows, flags, match):
+    """#17: the data's map took 50 principal components of 30 rows after the pretraining;
+    spectral with 10 rows, and K equal to the rows, failed there too."""
+    np.save(tmp_path / "few.npy", X[:rows])
+    out = tmp_path / "run"
+    argv = gmvae_train(tmp_path, "--out", str(out), "--pretrain-epochs", "1", "--epochs", "1")
+    argv[argv.index("--data") + 1] = str(tmp_path / "few.npy")
+    argv[argv.index("--batch-size") + 1] = "10"
+    code, _, err = run_cli([*argv, *flags], capsys)
+    if match is None:
+        assert code == 0, err
+    else:
+        assert_user_error(code, err, match)
+        assert not out.exists()
+
+
+def test_a_crafted_checkpoint_position_is_refused(tmp_path):
+    """A checkpoint claiming epoch -5 wrote epochs -4..0 (#24)."""
+    make_trainer(tmp_path, train_config(epochs=1)).run()
+    state = load_checkpoint(tmp_path)
+    state["epoch"] = -5
+    from pyro_gmvae.checkpoints import save_checkpoint
+
+    save_checkpoint(tmp_path / CHECKPOINT_FILE, {k: v for k, v in state.items() if k != "format"})
+    with pytest.raises(CheckpointError, match="does not fit this model \\(a position of epoch -5"):
+        make_trainer(tmp_path).resume()
+
+
+@pytest.mark.parametrize(
+    "config_text",
+    [
+        "[1, 2]",
+        "null",
+        '{"data": {}, "model": {"clusters": "three"}, "train": {}}',
+        '{"data": {}, "model": {}, "train": {"epochs": 2.5}}',
+        '{"data": {}, "model": {"hidden": [16, "x"]}, "train": {}}',
+        '{"data": [], "model": {}, "train": {}}',
+        "[" * 100_000 + "]" * 100_000,
+    ],
+)
+def test_a_hand_edited_config_is_one_line_on_resume(tmp_path, capsys, config_text):
+    """Wrong types, a top-level list or null, deep nesting gave tracebacks (#22)."""
+    out = tmp_path / "run"
+    argv = gmvae_train(tmp_path, "--out", str(out), "--pretrain-epochs", "1", "--epochs", "1")
+    assert run_cli(argv, capsys)[0] == 0
+    (out / "config.json").write_text(config_text)
+    code, _, err = run_cli(["train", "--out", str(out), "--resume"], capsys)
+    assert_user_error(code, err, "config")
+
+
+def test_outputs_that_cannot_be_written_are_one_line(tmp_path, capsys):
+    """An --out under a file gave a traceback for train, sample and ppc (#22)."""
+    (tmp_path / "file").write_text("not a directory")
+    argv = gmvae_train(tmp_path, "--out", str(tmp_path / "file" / "run"), "--epochs", "1")
+    code, _, err = run_cli(argv, capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    out = tmp_path / "run"
+    argv = gmvae_train(tmp_path, "--out", str(out), "--pretrain-epochs", "1", "--epochs", "1")
+    assert run_cli(argv, capsys)[0] == 0
+    for command in (
+        ["sample", str(out), "--out", str(tmp_path / "file" / "s.png")],
+        [
+            "ppc",
+            str(out),
+            "--data",
+            str(tmp_path / "digits240.npy"),
+            "--num-samples",
+            "2",
+            "--out",
+            str(tmp_path / "file" / "report"),
+            "--no-progress",
+        ],
+    ):
+        code, _, err = run_cli(command, capsys)
+        assert code == 2, err
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and "error: cannot write or read" in lines[0], err
+
+
+@pytest.mark.parametrize(
+    ("command", "match"),
+    [
+        (["evaluate", "--num-samples", "100000000"], "--num-samples must be in 1..100000"),
+        (["ppc", "--num-samples", "100000000", "--out", "report"], "need .* GiB, more than"),
+    ],
+)
+def test_sizes_beyond_the_bounds_are_refused_naming_the_bound(tmp_path, capsys, command, match):
+    """--num-samples 100000000 gave allocation tracebacks (#21)."""
+    out = tmp_path / "run"
+    argv = gmvae_train(tmp_path, "--out", str(out), "--pretrain-epochs", "1", "--epochs", "1")
+    assert run_cli(argv, capsys)[0] == 0
+    name, *rest = command
+    rest = [str(tmp_path / r) if r == "report" else r for r in rest]
+    argv = [name, str(out), "--data", str(tmp_path / "digits240.npy"), *rest]
+    code, _, err = run_cli(argv, capsys)
+    assert code == 2, err
+    assert re.search(match, err), err
+
+
+@pytest.mark.parametrize("command", ["evaluate", "ppc", "sample"])
+def test_ctrl_c_outside_training_is_one_line_exit_130(tmp_path, capsys, monkeypatch, command):
+    """Ctrl-C in evaluate, ppc and sample gave tracebacks (#22)."""
+    out = tmp_path / "run"
+    argv = gmvae_train(tmp_path, "--out", str(out), "--pretrain-epochs", "1", "--epochs", "1")
+    assert run_cli(argv, capsys)[0] == 0
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(GMVAE, "load", interrupted)
+    data = ["--data", str(tmp_path / "digits240.npy")]
+    argv = {
+        "evaluate": ["evaluate", str(out), *data],
+        "ppc": ["ppc", str(out), *data, "--out", str(tmp_path / "r")],
+        "sample": ["sample", str(out), "--out", str(tmp_path / "s.png")],
+    }[command]
+    code, _, err = run_cli(argv, capsys)
+    assert code == 130 and err.strip() == f"gmvae {command}: interrupted"
+
+
+def test_damaged_model_checkpoints_are_one_line(tmp_path, capsys):
+    """GMVAE.load on a checkpoint without weights, with a non-string config or NaN weights
+    gave tracebacks (#22); a scaler.json that is not JSON too."""
+    from pyro_gmvae.checkpoints import save_checkpoint
+
+    pyro.set_rng_seed(0)
+    model = GMVAE(model_config())
+    model.save(tmp_path / "m")
+    state = load_checkpoint(tmp_path / "m")
+    cases = {
+        "no weights": {k: v for k, v in state.items() if k not in ("model", "format")},
+        "config not a string": {**state, "config": 7},
+        "NaN weights": {
+            **state,
+            "model": {**state["model"], "cluster_means": torch.full((3, 2), float("nan"))},
+        },
+    }
+    for what, broken in cases.items():
+        save_checkpoint(
+            tmp_path / "m" / CHECKPOINT_FILE, {k: v for k, v in broken.items() if k != "format"}
+        )
+        with pytest.raises(CheckpointError):
+            GMVAE.load(tmp_path / "m")
+        code, _, err = run_cli(
+            ["sample", str(tmp_path / "m"), "--out", str(tmp_path / "s.png")], capsys
+        )
+        assert code == 2 and len(err.strip().splitlines()) == 1, (what, err)
+
+
+def test_a_numpy_file_given_as_a_run_is_named_as_such(tmp_path, capsys):
+    """A plain .npy passed as RUN_DIR was called a pickle that could run code (#23)."""
+    np.save(tmp_path / "x.npy", X)
+    code, _, err = run_cli(
+        ["sample", str(tmp_path / "x.npy"), "--out", str(tmp_path / "s.png")], capsys
+    )
+    assert code == 2
+    assert "is a numpy .npy array, not a checkpoint" in err and "run code" not in err
+
+
+@pytest.mark.parametrize("target", ["/dev/zero", "fifo"])
+def test_a_checkpoint_that_is_not_a_regular_file_is_refused_unread(tmp_path, target):
+    """A checkpoint.pt linked to /dev/zero was read until the kernel killed the process (#20)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    if target == "fifo":
+        if not hasattr(os, "mkfifo"):
+            pytest.skip("no FIFOs on this platform")
+        os.mkfifo(tmp_path / "pipe")  # opening it for reading would block forever
+        target = tmp_path / "pipe"
+    elif not Path(target).exists():
+        pytest.skip(f"{target} is absent")
+    (run / CHECKPOINT_FILE).symlink_to(target)
+    with pytest.raises(CheckpointError, match="is not a regular file"):
+        load_checkpoint(run)
+
+
+def test_a_checkpoint_beyond_the_size_bound_is_refused_unread(tmp_path, monkeypatch):
+    from pyro_gmvae import checkpoints
+
+    path = tmp_path / CHECKPOINT_FILE
+    path.write_bytes(b"\0" * 4096)
+    monkeypatch.setattr(checkpoints, "MAX_CHECKPOINT_BYTES", 1024)
+    with pytest.raises(CheckpointError, match="more than any pyro_gmvae checkpoint"):
+        load_checkpoint(path)
