@@ -1141,3 +1141,45 @@ def test_a_checkpoint_beyond_the_size_bound_is_refused_unread(tmp_path, monkeypa
     monkeypatch.setattr(checkpoints, "MAX_CHECKPOINT_BYTES", 1024)
     with pytest.raises(CheckpointError, match="more than any pyro_gmvae checkpoint"):
         load_checkpoint(path)
+
+
+@pytest.fixture
+def iris_run(tmp_path, capsys) -> tuple[Path, Path]:
+    """A tiny run on iris as a CSV whose labels are the strings of a 'species' column."""
+    from sklearn.datasets import load_iris
+
+    iris = load_iris()
+    csv = tmp_path / "iris.csv"
+    rows = [",".join([*iris.feature_names, "species"])]
+    rows += [
+        ",".join([*map(str, features), iris.target_names[label]])
+        for features, label in zip(iris.data, iris.target, strict=True)
+    ]
+    csv.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "run"
+    argv = gmvae_train(tmp_path, "--out", str(out), "--pretrain-epochs", "1", "--epochs", "1")
+    argv[argv.index("--data") + 1] = str(csv)
+    code, _, err = run_cli([*argv, "--label-column", "species", "--likelihood", "gaussian"], capsys)
+    assert code == 0, err
+    return out, csv
+
+
+def test_evaluate_and_ppc_take_the_runs_label_column(iris_run, capsys):
+    """evaluate ignored the run's saved label column: "column 'species' is not numeric" (#2)."""
+    out, csv = iris_run
+    code, stdout, err = run_cli(["evaluate", str(out), "--data", str(csv), "--json"], capsys)
+    assert code == 0, err
+    result = json.loads(stdout)
+    assert result["n"] == 150 and result["n_classes"] == 3 and result["accuracy"] is not None
+
+
+def test_a_table_run_checked_on_images_names_the_mismatch(iris_run, capsys):
+    """ppc of a table run on images blamed --label-column, which was not given (#23)."""
+    out, _ = iris_run
+    code, _, err = run_cli(
+        ["ppc", str(out), "--data", "digits", "--out", str(out.parent / "r"), "--no-progress"],
+        capsys,
+    )
+    assert code == 2
+    assert "label" not in err
+    assert re.search("has 64 features but .* on 4", err), err
