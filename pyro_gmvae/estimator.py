@@ -34,10 +34,11 @@ from sklearn.base import (
 from sklearn.utils import check_random_state, check_scalar
 from sklearn.utils.validation import check_is_fitted
 
-from .config import LIKELIHOODS, ModelConfig, TrainConfig
+from .config import ModelConfig, TrainConfig
 from .errors import CheckpointError, ConfigError
 from .evaluate import elbo_per_example, log_likelihood
 from .files import atomic_write_bytes, atomic_write_text
+from .likelihoods import LIKELIHOODS
 from .model import GMVAE
 from .train import fit as fit_model
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .data import DataError
+from .errors import ConfigError, DataError
 
 
 class Likelihood(nn.Module):
@@ -96,10 +96,12 @@ LIKELIHOODS: dict[str, type[Likelihood]] = {
 
 
 def make_likelihood(name: str, n_features: int) -> Likelihood:
-    """The likelihood called ``name`` for observations of ``n_features`` values."""
-    try:
-        return LIKELIHOODS[name](n_features)
-    except KeyError:
-        raise ValueError(
-            f"unknown likelihood {name!r}; choose one of {', '.join(LIKELIHOODS)}"
-        ) from None
+    """The likelihood called ``name`` (``--likelihood``) for observations of ``n_features``
+    values; the one registry of likelihood names is :data:`LIKELIHOODS`.
+
+    Raises:
+        ConfigError: an unknown name.
+    """
+    if name not in LIKELIHOODS:
+        raise ConfigError(f"--likelihood must be one of {', '.join(LIKELIHOODS)}, not {name!r}")
+    return LIKELIHOODS[name](n_features)
