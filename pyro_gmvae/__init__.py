@@ -12,7 +12,9 @@ sampled or relaxed. Typical use::
 """
 
 from .config import ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig
-from .data import DataError, Dataset, load_data
+from .data import load_data
+from .dataset import Dataset
+from .errors import DataError
 from .evaluate import elbo_per_example, log_likelihood
 from .likelihoods import Bernoulli, ContinuousBernoulli, Gaussian, Likelihood
 from .metrics import clustering_scores

@@ -109,7 +109,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _load_run_data(args: argparse.Namespace, model):
     """``args.data`` preprocessed as the run in ``args.run_dir`` saw its training data: images
     as images, tables standardized with the run's ``scaler.json``."""
-    from .data import Scaler, load_data
+    from .data import load_data
+    from .dataset import Scaler
     from .runs import SCALER_FILE
 
     run_dir = args.run_dir if args.run_dir.is_dir() else args.run_dir.parent

@@ -21,7 +21,8 @@ import torch
 from pyro import poutine
 from pyro.infer.enum import get_importance_trace
 
-from .data import DataError, Dataset
+from .dataset import Dataset
+from .errors import DataError
 from .metrics import clustering_scores
 from .model import GMVAE
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .data import DataError
+from .errors import DataError
 
 
 class Likelihood(nn.Module):

@@ -13,7 +13,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from .config import ModelConfig
-from .data import DataError, validate_array
+from .dataset import validate_array
+from .errors import DataError
 from .likelihoods import Likelihood, make_likelihood
 from .networks import ClusterEncoder, Decoder, Encoder
 from .runs import CHECKPOINT_FILE, CONFIG_FILE, CheckpointError, load_checkpoint, save_checkpoint

@@ -44,7 +44,8 @@ from pyro.infer import Predictive
 from sklearn.neighbors import NearestNeighbors
 from tqdm.auto import tqdm
 
-from .data import DataError, Dataset
+from .dataset import Dataset
+from .errors import DataError
 from .evaluate import log_likelihood
 from .files import atomic_write_text
 from .model import GMVAE

@@ -33,7 +33,8 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from .config import ConfigError, RunConfig, TrainConfig
-from .data import DataError, check_min_rows
+from .dataset import check_min_rows
+from .errors import DataError
 from .metrics import clustering_scores
 from .model import GMVAE
 from .networks import Encoder
@@ -719,7 +720,7 @@ def train_run(
     A new run saves ``config.json`` before training; ``resume`` continues from ``checkpoint.pt``.
     Returns the final scores (clustering metrics when the data has labels).
     """
-    from .data import check_min_rows, load_data
+    from .data import load_data
     from .runs import CONFIG_FILE, prepare_run_directory, read_metrics
 
     config.validate()

@@ -17,16 +17,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from pyro_gmvae import data
-from pyro_gmvae.data import (
-    DataError,
-    Dataset,
-    Scaler,
-    check_min_rows,
-    load_data,
-    resolve_mnist8k,
-    validate_array,
-)
+from pyro_gmvae import dataset
+from pyro_gmvae.data import load_data, resolve_mnist8k
+from pyro_gmvae.dataset import Dataset, Scaler, check_min_rows, validate_array
+from pyro_gmvae.errors import DataError
 
 PROPERTY = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -320,17 +314,17 @@ def test_npy_shape_and_dtype_errors(tmp_path, array, match):
 def test_memory_check_refuses_arrays_larger_than_ram(tmp_path, monkeypatch):
     np.save(tmp_path / "big.npy", np.zeros((100, 10)))
     np.savez(tmp_path / "big.npz", X=np.zeros((100, 10)))
-    monkeypatch.setattr(data, "_BASE_MEMORY_BYTES", 0)
-    monkeypatch.setattr(data, "_available_memory_bytes", lambda: 1000)  # 1000 float64 need 12,000
+    monkeypatch.setattr(dataset, "_BASE_MEMORY_BYTES", 0)
+    monkeypatch.setattr(dataset, "available_memory_bytes", lambda: 1000)  # 1000 float64 need 12,000
     for name in ("big.npy", "big.npz"):
         with pytest.raises(DataError, match="needs about 0.0 GiB but only.*subset of the rows"):
             load_data(tmp_path / name)
-    monkeypatch.setattr(data, "_available_memory_bytes", lambda: None)
+    monkeypatch.setattr(dataset, "available_memory_bytes", lambda: None)
     assert len(load_data(tmp_path / "big.npy")) == 100
 
 
 def test_available_memory_reads_meminfo():
-    available = data._available_memory_bytes()
+    available = dataset.available_memory_bytes()
     if Path("/proc/meminfo").exists():
         assert available is not None and available > 0
 

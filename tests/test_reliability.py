@@ -24,9 +24,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from pyro_gmvae import cli, data
+from pyro_gmvae import cli, dataset
 from pyro_gmvae.config import ConfigError, ModelConfig, RunConfig, TrainConfig
-from pyro_gmvae.data import DataError, load_data
+from pyro_gmvae.data import load_data
+from pyro_gmvae.errors import DataError
 from pyro_gmvae.model import GMVAE
 from pyro_gmvae.runs import (
     CHECKPOINT_FILE,
@@ -578,13 +579,13 @@ def test_cli_labels_of_another_length(tmp_path, capsys):
 
 def test_cli_refuses_data_larger_than_memory(tmp_path, capsys, monkeypatch):
     """The loader compares the source and its float32 copy with MemAvailable before allocating."""
-    monkeypatch.setattr(data, "_BASE_MEMORY_BYTES", 0)
+    monkeypatch.setattr(dataset, "_BASE_MEMORY_BYTES", 0)
     # X: 15,360 float32 values need (4 + 4) bytes each = 122,880 bytes, against 80% of available
-    monkeypatch.setattr(data, "_available_memory_bytes", lambda: 120_000)
+    monkeypatch.setattr(dataset, "available_memory_bytes", lambda: 120_000)
     argv = gmvae_train(tmp_path, "--out", str(tmp_path / "run"))
     code, _, err = run_cli(argv, capsys)
     assert_user_error(code, err, "needs about 0.0 GiB but only 0.0 GiB .*subset of the rows")
-    monkeypatch.setattr(data, "_available_memory_bytes", lambda: 200_000)
+    monkeypatch.setattr(dataset, "available_memory_bytes", lambda: 200_000)
     assert len(load_data(argv[argv.index("--data") + 1])) == len(X)
 
 

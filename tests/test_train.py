@@ -12,7 +12,8 @@ import torch
 
 from pyro_gmvae import GMVAE, ModelConfig, RunConfig, TrainConfig, clustering_scores, fit
 from pyro_gmvae.config import DataConfig
-from pyro_gmvae.data import Scaler, load_data
+from pyro_gmvae.data import load_data
+from pyro_gmvae.dataset import Scaler
 from pyro_gmvae.runs import RunDirectoryError, load_checkpoint, read_metrics
 from pyro_gmvae.train import Trainer, _UniformMixture, train_run
 
