@@ -39,7 +39,7 @@ from .dataset import (
 )
 from .errors import DataError
 
-__all__ = ["load_data", "resolve_mnist8k"]
+__all__ = ["load_data"]
 
 SUPPORTED = "pass digits, a directory of MNIST IDX files, or a .npz, .npy, .csv or IDX file"
 
@@ -440,18 +440,3 @@ def _no_label_column(label_column: str | None, spec: str) -> None:
             f"{spec}: label_column (--label-column) applies only to CSV files; drop it "
             "(labels of .npz files are read from 'labels' or 'y', of IDX files from the labels file)"
         )
-
-
-def resolve_mnist8k() -> Path | None:
-    """Path of the shared 8,000-digit MNIST file (``images`` (8000, 784) uint8, ``labels``).
-
-    ``$PYRO_GMVAE_MNIST8K`` if set, else ``../shared/data/mnist8k.npz`` from the repository
-    root; None when the file does not exist.
-    """
-    env = os.environ.get("PYRO_GMVAE_MNIST8K")
-    path = (
-        Path(env).expanduser()
-        if env
-        else Path(__file__).resolve().parents[2] / "shared/data/mnist8k.npz"
-    )
-    return path if path.is_file() else None

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from pyro_gmvae import dataset
-from pyro_gmvae.data import load_data, resolve_mnist8k
+from pyro_gmvae.data import load_data
 from pyro_gmvae.dataset import Dataset, Scaler, validate_array
 from pyro_gmvae.errors import DataError
 
@@ -87,14 +87,6 @@ def test_mnist8k_loads_as_28x28_images(mnist8k_path):
     assert ds.x.min() == 0.0 and ds.x.max() == 1.0
     assert ds.kind == "image" and ds.image_shape == (28, 28)
     assert np.bincount(ds.labels).tolist() == [806, 895, 802, 833, 778, 710, 800, 850, 743, 783]
-
-
-def test_resolve_mnist8k_follows_the_environment_variable(tmp_path, monkeypatch):
-    target = tmp_path / "m.npz"
-    monkeypatch.setenv("PYRO_GMVAE_MNIST8K", str(target))
-    assert resolve_mnist8k() is None
-    np.savez(target, images=np.zeros((2, 4), np.uint8))
-    assert resolve_mnist8k() == target
 
 
 # ----------------------------------------------------------------------------------------------
