@@ -24,6 +24,7 @@ import os
 import struct
 import zipfile
 import zlib
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -270,6 +271,12 @@ def _parse_float_column(
     return np.array([float(c) for c in cells], dtype=np.float64)
 
 
+def _some(names: list[str], limit: int = 10) -> str:
+    """The first ``limit`` names quoted, then how many there are: a message stays one line."""
+    shown = ", ".join(repr(n) for n in names[:limit])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+
+
 def _is_number(cell: str) -> bool:
     try:
         float(cell)
@@ -305,10 +312,12 @@ def _load_csv(
     else:
         columns = [c.strip() for c in rows[0]]
         rows, lines = rows[1:], lines[1:]
-        duplicates = sorted({c for c in columns if columns.count(c) > 1})
+        # A Counter, not columns.count per column: that was quadratic, and a header of a
+        # million columns never finished.
+        duplicates = sorted(c for c, k in Counter(columns).items() if k > 1)
         if duplicates:
             raise DataError(
-                f"{path}: duplicate column name(s) {duplicates} in the header; rename them"
+                f"{path}: duplicate column name(s) {_some(duplicates)} in the header; rename them"
             )
     if not rows:
         raise DataError(f"{path}: data has 0 rows (only a header); give at least 2 data rows")
@@ -322,7 +331,7 @@ def _load_csv(
     if label_column is not None and label_column not in columns:
         raise DataError(
             f"{path}: label column {label_column!r} is not in the header (columns: "
-            f"{', '.join(columns)}); pass one of these to --label-column"
+            f"{_some(columns)}); pass one of these to --label-column"
         )
     cells_by_column = list(zip(*rows, strict=True))
     feature_names = [c for c in columns if c != label_column]

@@ -356,7 +356,7 @@ def test_csv_string_labels(tmp_path):
         ),
         (["a,b", "1,2", "3,"], None, "empty cell in column 'b' at line 3"),
         (["a,b", "1,2", "3,4,5"], None, "line 3 has 3 fields but the header has 2"),
-        (["a,b", "1,2"], "c", r"label column 'c' is not in the header \(columns: a, b\)"),
+        (["a,b", "1,2"], "c", r"label column 'c' is not in the header \(columns: 'a', 'b'\)"),
         (["a,b", "1,nan", "inf,2", "3,nan"], None, r"2 NaN and 1 infinite.*line 2, column 'b'"),
         (["a,b"], None, "0 rows"),
         (["a,b", "1,"], "b", "empty label in column 'b' at line 2"),
@@ -369,6 +369,23 @@ def test_csv_errors(tmp_path, lines, label_column, match):
     path = write_csv(tmp_path / "e.csv", lines)
     with pytest.raises(DataError, match=match):
         load_data(path, label_column=label_column)
+
+
+def test_csv_header_of_200000_columns_names_its_duplicates(tmp_path):
+    """Issue 15 (#18): the duplicate check was quadratic in the columns (40,000 took 12.8 s)."""
+    columns = [f"c{j}" for j in range(200_000)]
+    columns[-3:] = ["c7", "c5", "c7"]
+    path = write_csv(tmp_path / "wide.csv", [",".join(columns), ",".join(["0"] * len(columns))])
+    with pytest.raises(DataError, match=r"duplicate column name\(s\) 'c5', 'c7' in the header"):
+        load_data(path)
+
+
+def test_csv_many_duplicate_names_are_counted_not_all_listed(tmp_path):
+    columns = [f"c{j % 50}" for j in range(100)]
+    path = write_csv(tmp_path / "dup.csv", [",".join(columns), ",".join(["0"] * 100)])
+    with pytest.raises(DataError, match=r"'c0', 'c1', .*'c17', \.\.\. \(50 in all\)") as info:
+        load_data(path)
+    assert "'c49'" not in str(info.value)
 
 
 def test_csv_not_utf8(tmp_path):
