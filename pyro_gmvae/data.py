@@ -26,7 +26,7 @@ import zipfile
 import zlib
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -69,26 +69,41 @@ _IDX_LABELS_MAGIC = 0x00000801  # uint8, rank 1: (N,)
 # File formats
 
 
-def _read_bytes(path: Path) -> bytes:
-    """File contents, gunzipped when they start with the gzip magic bytes."""
+def _read_idx(path: Path) -> np.ndarray:
+    """Parse an IDX file (MNIST format), gzipped or not: uint8 data of rank 3 (images) or 1 (labels).
+
+    The size the header claims is checked against what the file can hold and against the memory
+    available before anything of that size is allocated or decompressed: a corrupt header, or a
+    small gzip file claiming a huge shape, is refused at once.
+    """
     try:
-        raw = path.read_bytes()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
+        with open(path, "rb") as file:
+            gzipped = file.read(2) == b"\x1f\x8b"
+            file.seek(0)
+            if not gzipped:
+                return _parse_idx(path, file, os.fstat(file.fileno()).st_size, gzipped=False)
+            with gzip.GzipFile(fileobj=file) as unzipped:
+                return _parse_idx(path, unzipped, os.fstat(file.fileno()).st_size, gzipped=True)
+    except DataError:
+        raise
     except _READ_ERRORS as err:
         raise DataError(
             f"{path}: cannot read ({type(err).__name__}: {err}); re-download or re-create the file"
         ) from err
-    return raw
 
 
-def _read_idx(path: Path) -> np.ndarray:
-    """Parse an IDX file (MNIST format): uint8 data of rank 3 (images) or 1 (labels)."""
-    raw = _read_bytes(path)
+# Deflate encodes at most 258 bytes in a 2-bit match (plus its block's code), so no gzip file
+# decompresses to more than 1032 times its size.
+_GZIP_MAX_RATIO = 1032
+
+
+def _parse_idx(path: Path, f: BinaryIO, file_size: int, gzipped: bool) -> np.ndarray:
+    """Read the IDX header and data from ``f``, ``file_size`` bytes on disk (compressed or not)."""
     fix = "re-download the file (it may be truncated or not an MNIST IDX file)"
-    if len(raw) < 4:
-        raise DataError(f"{path}: only {len(raw)} bytes, too short for an IDX header; {fix}")
-    (magic,) = struct.unpack(">I", raw[:4])
+    head = f.read(4)
+    if len(head) < 4:
+        raise DataError(f"{path}: only {len(head)} bytes, too short for an IDX header; {fix}")
+    (magic,) = struct.unpack(">I", head)
     if magic not in (_IDX_IMAGES_MAGIC, _IDX_LABELS_MAGIC):
         raise DataError(
             f"{path}: bad magic number 0x{magic:08x} (expected 0x{_IDX_IMAGES_MAGIC:08x} for "
@@ -96,18 +111,45 @@ def _read_idx(path: Path) -> np.ndarray:
         )
     rank = magic & 0xFF
     header = 4 + 4 * rank
-    if len(raw) < header:
-        raise DataError(f"{path}: truncated IDX header ({len(raw)} of {header} bytes); {fix}")
-    dims = struct.unpack(f">{rank}I", raw[4:header])
-    size = math.prod(dims)
-    if len(raw) - header != size:
+    raw_dims = f.read(4 * rank)
+    if len(raw_dims) < 4 * rank:
         raise DataError(
-            f"{path}: truncated or corrupt IDX file: the header says shape {dims} "
-            f"({size} bytes of data) but the file holds {len(raw) - header}; {fix}"
+            f"{path}: truncated IDX header ({4 + len(raw_dims)} of {header} bytes); {fix}"
         )
-    if rank == 3:
-        check_fits_in_memory(size, str(path))
-    return np.frombuffer(raw, dtype=np.uint8, count=size, offset=header).reshape(dims)
+    dims = struct.unpack(f">{rank}I", raw_dims)
+    size = math.prod(dims)
+    claim = f"the header says shape {dims} ({size} bytes of data)"
+    if not gzipped and file_size - header != size:
+        raise DataError(
+            f"{path}: truncated or corrupt IDX file: {claim} but the file holds "
+            f"{file_size - header}; {fix}"
+        )
+    if gzipped and size > _GZIP_MAX_RATIO * file_size:
+        raise DataError(
+            f"{path}: truncated or corrupt IDX file: {claim} but a gzip file of {file_size} bytes "
+            f"cannot decompress to more than {_GZIP_MAX_RATIO * file_size}; {fix}"
+        )
+    check_fits_in_memory(size, str(path), what=f"its header says shape {dims}")
+    data = np.empty(size, dtype=np.uint8)
+    filled = _read_into(f, data)
+    if filled < size or f.read(1):
+        held = filled if filled < size else f"more than {size}"
+        raise DataError(
+            f"{path}: truncated or corrupt IDX file: {claim} but the file holds {held}; {fix}"
+        )
+    return data.reshape(dims)
+
+
+def _read_into(f: BinaryIO, out: np.ndarray) -> int:
+    """Fill ``out`` (uint8) from ``f`` without an intermediate copy; returns the bytes read."""
+    view = memoryview(out).cast("B")
+    filled = 0
+    while filled < len(view):
+        n = f.readinto(view[filled:])
+        if not n:
+            break
+        filled += n
+    return filled
 
 
 def _idx_candidates(directory: Path, prefix: str, what: str, rank: int) -> Path | None:

@@ -337,24 +337,38 @@ def available_memory_bytes() -> int | None:
 _BASE_MEMORY_BYTES = 0.6 * 2**30
 
 
-def check_fits_in_memory(n_values: int, name: str, source_itemsize: int = 1) -> None:
-    """Refuse data that cannot be loaded and trained on in the memory available now.
+def check_fits_in_memory(
+    n_values: int,
+    name: str,
+    source_itemsize: float = 1,
+    *,
+    available: int | None = None,
+    what: str = "",
+) -> None:
+    """Refuse data that cannot be loaded and trained on in the memory available.
 
-    Called by every loader before it allocates, so that it fails early, naming the sizes, rather
-    than being killed half-way.
+    Every loader calls this before it allocates, from the size a file's header claims or an
+    estimate, so that it fails early, naming the sizes, rather than being killed half-way.
 
     Args:
         n_values: number of values ``N * D`` to be loaded.
         name: what to call the data in the message.
         source_itemsize: bytes a value takes as read, before the float32 copy the model trains on.
+        available: bytes of memory available, measured before loading began (so a loader that
+            checks again as it reads does not count its own allocations against itself); by
+            default measured now.
+        what: where ``n_values`` comes from, for the message (e.g. "its header says shape ...").
     """
-    available = available_memory_bytes()
+    if available is None:
+        available = available_memory_bytes()
     need = (source_itemsize + 4) * n_values + _BASE_MEMORY_BYTES
     if available is not None and need > 0.8 * available:
+        source = f" ({what})" if what else ""
         raise DataError(
-            f"{name}: loading and training on the data needs about {need / 2**30:.1f} GiB but only "
-            f"{available / 2**30:.1f} GiB of memory is available; train on a subset of the rows "
-            "(save x[:n] to a smaller file) or use a machine with more memory"
+            f"{name}: loading and training on {n_values:,} values{source} needs about "
+            f"{need / 2**30:.1f} GiB but only {available / 2**30:.1f} GiB of memory is available; "
+            "train on a subset of the rows (save x[:n] to a smaller file) or use a machine with "
+            "more memory"
         )
 
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 import gzip
 import io
 import pickle
+import re
 import struct
 import tempfile
+import tracemalloc
 import zipfile
 from pathlib import Path
 
@@ -142,6 +144,18 @@ def test_idx_truncated_data(tmp_path, images, cut):
         load_data(tmp_path)
 
 
+@pytest.mark.parametrize("gz", ["", ".gz"])
+def test_idx_with_more_data_than_its_header_says(tmp_path, images, gz):
+    raw = idx_bytes(images) + b"extra"
+    path = tmp_path / f"train-images-idx3-ubyte{gz}"
+    path.write_bytes(gzip.compress(raw) if gz else raw)
+    held = "215" if not gz else "more than 210"
+    with pytest.raises(
+        DataError, match=rf"\(6, 5, 7\) \(210 bytes of data\) but the file holds {held}"
+    ):
+        load_data(path)
+
+
 def test_idx_truncated_header_and_corrupt_gzip(tmp_path, images):
     path = tmp_path / "train-images-idx3-ubyte"
     path.write_bytes(idx_bytes(images)[:9])
@@ -150,6 +164,64 @@ def test_idx_truncated_header_and_corrupt_gzip(tmp_path, images):
     path.write_bytes(gzip.compress(idx_bytes(images))[:30])
     with pytest.raises(DataError, match="cannot read.*re-download"):
         load_data(path)
+
+
+def idx_header(shape: tuple[int, ...]) -> bytes:
+    return struct.pack(f">I{len(shape)}I", 0x800 | len(shape), *shape)
+
+
+def peak_bytes_of(call) -> tuple[int, str]:
+    """Peak of the memory Python and numpy allocate while ``call()`` runs, and the message of
+    the DataError it must raise."""
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError) as info:
+            call()
+        return tracemalloc.get_traced_memory()[1], str(info.value)
+    finally:
+        tracemalloc.stop()
+
+
+def test_gz_idx_claiming_more_than_gzip_can_hold_is_refused_before_decompressing(tmp_path):
+    """Issue 15 (#19): 20 MiB of zeros gzip to about 20 KB; the header claims 2**31 images."""
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    path.write_bytes(gzip.compress(idx_header((2**31, 28, 28)) + bytes(20 * 2**20)))
+    peak, message = peak_bytes_of(lambda: load_data(path))
+    assert re.search(r"truncated or corrupt IDX.*\(2147483648, 28, 28\).*gzip file of", message)
+    assert peak < 2**20
+
+
+def test_gz_idx_larger_than_memory_is_refused_before_decompressing(tmp_path, monkeypatch):
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    path.write_bytes(gzip.compress(idx_header((20_000, 28, 28)) + bytes(20_000 * 28 * 28)))
+    monkeypatch.setattr(dataset, "available_memory_bytes", lambda: 2**20)
+    peak, message = peak_bytes_of(lambda: load_data(path))
+    assert re.search(
+        r"15,680,000 values \(its header says shape \(20000, 28, 28\)\) needs", message
+    )
+    assert peak < 2**20
+
+
+def test_raw_idx_claiming_more_than_the_file_holds_is_refused_before_reading(tmp_path):
+    path = tmp_path / "train-images-idx3-ubyte"
+    with open(path, "wb") as f:
+        f.write(idx_header((2**31, 28, 28)))
+        f.truncate(16 + 20 * 2**20)  # 20 MiB of (sparse) zeros
+    peak, message = peak_bytes_of(lambda: load_data(path))
+    assert "truncated or corrupt IDX file: the header says shape (2147483648, 28, 28)" in message
+    assert f"but the file holds {20 * 2**20}" in message
+    assert peak < 2**20
+
+
+def test_raw_idx_larger_than_memory_is_refused_before_reading(tmp_path, monkeypatch):
+    path = tmp_path / "train-images-idx3-ubyte"
+    with open(path, "wb") as f:
+        f.write(idx_header((20_000, 28, 28)))
+        f.truncate(16 + 20_000 * 28 * 28)
+    monkeypatch.setattr(dataset, "available_memory_bytes", lambda: 2**20)
+    peak, message = peak_bytes_of(lambda: load_data(path))
+    assert "needs about" in message and "subset of the rows" in message
+    assert peak < 2**20
 
 
 def test_idx_labels_count_must_match_images(tmp_path, images, labels):
