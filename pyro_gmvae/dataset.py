@@ -344,7 +344,7 @@ def check_fits_in_memory(
     *,
     available: int | None = None,
     what: str = "",
-) -> None:
+) -> int | None:
     """Refuse data that cannot be loaded and trained on in the memory available.
 
     Every loader calls this before it allocates, from the size a file's header claims or an
@@ -358,6 +358,10 @@ def check_fits_in_memory(
             checks again as it reads does not count its own allocations against itself); by
             default measured now.
         what: where ``n_values`` comes from, for the message (e.g. "its header says shape ...").
+
+    Returns:
+        The bytes available it compared with (None where unknown), to pass back as
+        ``available`` when checking again.
     """
     if available is None:
         available = available_memory_bytes()
@@ -370,6 +374,7 @@ def check_fits_in_memory(
             "train on a subset of the rows (save x[:n] to a smaller file) or use a machine with "
             "more memory"
         )
+    return available
 
 
 # ----------------------------------------------------------------------------------------------

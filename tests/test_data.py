@@ -460,6 +460,35 @@ def test_csv_many_duplicate_names_are_counted_not_all_listed(tmp_path):
     assert "'c49'" not in str(info.value)
 
 
+def test_csv_larger_than_memory_is_refused_before_parsing(tmp_path, monkeypatch):
+    """Issue 15 (#19): CSV had no memory guard, and parsing costs about 100 bytes a value."""
+    row = ",".join(["0.123456"] * 10)
+    path = write_csv(tmp_path / "big.csv", [",".join(f"c{j}" for j in range(10))] + [row] * 20_000)
+    monkeypatch.setattr(dataset, "_BASE_MEMORY_BYTES", 0)
+    # 200,010 values at about 100 bytes need about 20 MB, against 80% of 10 MB.
+    monkeypatch.setattr(dataset, "available_memory_bytes", lambda: 10 * 2**20)
+    peak, message = peak_bytes_of(lambda: load_data(path))
+    assert re.search(
+        r"big\.csv: loading and training on 2\d\d,\d{3} values \(estimated from", message
+    )
+    assert f"{path.stat().st_size:,} bytes" in message and "GiB of memory is available" in message
+    assert peak < 2**20  # parsing would have taken about 20 MB
+    monkeypatch.setattr(dataset, "available_memory_bytes", lambda: 100 * 2**20)
+    assert load_data(path).x.shape == (20_000, 10)
+
+
+def test_csv_guard_keeps_counting_past_a_misleading_start(tmp_path, monkeypatch):
+    """Long cells at the top make the estimate from the first lines low; the parse stops anyway."""
+    long = ",".join(["1." + "0" * 60] * 2)
+    path = write_csv(tmp_path / "m.csv", ["a,b"] + [long] * 1_000 + ["1,2"] * 200_000)
+    monkeypatch.setattr(dataset, "_BASE_MEMORY_BYTES", 0)
+    monkeypatch.setattr(dataset, "available_memory_bytes", lambda: 12 * 2**20)
+    with pytest.raises(
+        DataError, match=r"m\.csv: loading and training on [\d,]+ values \(read so far"
+    ):
+        load_data(path)
+
+
 def test_csv_not_utf8(tmp_path):
     (tmp_path / "b.csv").write_bytes(b"a,b\n\xff\xfe,1\n")
     with pytest.raises(DataError, match="UTF-8"):
