@@ -208,24 +208,46 @@ def _load_idx_dir(directory: Path) -> tuple[Any, Any]:
     )
 
 
+def _read_npy_header(f: BinaryIO) -> tuple[tuple[int, ...], np.dtype] | None:
+    """Shape and dtype from the header of an .npy stream, read from its start; None for the
+    rare header versions that numpy has no public reader for."""
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+    elif version == (2, 0):
+        shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+    else:
+        return None
+    return shape, dtype
+
+
+def _refuse_objects(path: Path, array: str, dtype: np.dtype) -> None:
+    """Object arrays are stored as pickles; say so rather than let the load call them corrupt."""
+    if dtype.hasobject:
+        raise DataError(
+            f"{path}: {array} holds Python objects (dtype {dtype}); object arrays are refused "
+            "because loading them would need pickle, which can run code from the file; save "
+            "labels as numbers or fixed-width strings (np.asarray(labels, dtype=str)) and the "
+            "data as numbers"
+        )
+
+
 def _check_npz_member(path: Path, zf: zipfile.ZipFile, member: str) -> None:
-    """Check an .npy inside a zip from its header alone: plausible size, fits in memory.
+    """Check an .npy inside a zip from its header alone: no objects, plausible size, fits in memory.
 
     numpy allocates the whole array before reading a zip member, so a corrupt header that
     claims a huge shape must be caught here, not by the load.
     """
     try:
         with zf.open(member) as f:
-            version = np.lib.format.read_magic(f)
-            if version == (1, 0):
-                shape, _, dtype = np.lib.format.read_array_header_1_0(f)
-            elif version == (2, 0):
-                shape, _, dtype = np.lib.format.read_array_header_2_0(f)
-            else:
-                return  # rare header versions: let the load speak for itself
+            header = _read_npy_header(f)
         stored = zf.getinfo(member).file_size
     except _READ_ERRORS:
         return  # the real load reports the corruption with a proper message
+    if header is None:
+        return  # rare header versions: let the load speak for itself
+    shape, dtype = header
+    _refuse_objects(path, f"array {member.removesuffix('.npy')!r}", dtype)
     n_values = math.prod(shape)
     if n_values * dtype.itemsize > stored:
         raise DataError(
@@ -245,9 +267,10 @@ def _corrupt(path: Path, err: BaseException) -> DataError:
 
 def _load_npz(path: Path) -> tuple[Any, Any]:
     try:
+        with open(path, "rb") as f:
+            if f.read(len(np.lib.format.MAGIC_PREFIX)) == np.lib.format.MAGIC_PREFIX:
+                return _load_npy(path), None  # an .npy saved under an .npz name
         with np.load(path, allow_pickle=False) as npz:
-            if isinstance(npz, np.ndarray):  # an .npy saved under an .npz name
-                return np.array(npz), None
             keys = list(npz.files)
             data_key = next((k for k in ("images", "X", "x") if k in keys), None)
             label_key = next((k for k in ("labels", "y") if k in keys), None)
@@ -271,6 +294,12 @@ def _load_npz(path: Path) -> tuple[Any, Any]:
 
 def _load_npy(path: Path) -> np.ndarray:
     try:
+        with open(path, "rb") as f:
+            is_npy = f.read(len(np.lib.format.MAGIC_PREFIX)) == np.lib.format.MAGIC_PREFIX
+            f.seek(0)
+            npy_header = _read_npy_header(f) if is_npy else None  # else np.load says what it is
+        if npy_header is not None:
+            _refuse_objects(path, "the array", npy_header[1])
         # Memory-mapping reads only the header, so the size check happens before any copy.
         header = np.load(path, mmap_mode="r", allow_pickle=False)
         if not isinstance(header, np.ndarray):

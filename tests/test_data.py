@@ -317,9 +317,38 @@ def test_pickles_are_never_loaded(tmp_path, suffix):
         np.savez(path, X=np.array([_Payload(), _Payload()], dtype=object))
     else:
         path.write_bytes(pickle.dumps(_Payload()))
-    with pytest.raises(DataError, match="pickled"):
+    with pytest.raises(DataError, match="pickle"):
         load_data(path)
     assert _unpickled == []
+
+
+@pytest.mark.parametrize("where", ["npz labels", "npz data", "npy", "npy named .npz"])
+def test_object_arrays_are_refused_saying_why_not_called_corrupt(tmp_path, where):
+    """Issue 15 (#23): an .npz with object-dtype labels was called corrupt."""
+    objects = np.array([_Payload(), "b", None], dtype=object)
+    path = tmp_path / ("d.npy" if where == "npy" else "d.npz")
+    if where == "npz labels":
+        np.savez(path, X=np.zeros((3, 2)), y=objects)
+    elif where == "npz data":
+        np.savez(path, X=objects, y=np.arange(3))
+    else:
+        with open(path, "wb") as f:
+            np.save(f, objects)
+    with pytest.raises(DataError) as info:
+        load_data(path)
+    message = str(info.value)
+    member = {"npz labels": "array 'y' ", "npz data": "array 'X' "}.get(where, "the array ")
+    assert f"{path}: {member}holds Python objects (dtype object)" in message
+    assert "loading them would need pickle, which can run code" in message
+    assert "numbers or fixed-width strings" in message and "corrupt" not in message
+    assert _unpickled == []
+
+
+def test_npz_named_npy_is_named_for_what_it_is(tmp_path):
+    np.savez(tmp_path / "a.npz", X=np.zeros((2, 2)))
+    (tmp_path / "a.npz").rename(tmp_path / "a.npy")
+    with pytest.raises(DataError, match=r"holds several arrays \(an \.npz archive\)"):
+        load_data(tmp_path / "a.npy")
 
 
 def test_npy_uint8_square_rows_are_images(tmp_path):
