@@ -35,6 +35,7 @@ from .dataset import (
     Scaler,
     check_finite,
     check_fits_in_memory,
+    check_labels,
     encode_labels,
     from_array,
 )
@@ -462,12 +463,7 @@ def _load_csv(
     labels, label_names = None, None
     if label_column is not None:
         cells = [c.strip() for c in cells_by_column[columns.index(label_column)]]
-        for cell, line in zip(cells, lines, strict=True):
-            if not cell:
-                raise DataError(
-                    f"{path}: empty label in column {label_column!r} at line {line}; "
-                    "fill it in or drop the row"
-                )
+        check_labels(np.array(cells, dtype=str), len(cells), str(path), row_numbers=lines)
         numbers = [float(c) if _is_number(c) else None for c in cells]
         if all(v is not None and abs(v) < 2**53 and v == round(v) for v in numbers):
             labels = np.array([int(v) for v in numbers], dtype=np.int64)

@@ -275,10 +275,20 @@ def check_finite(
     )
 
 
-def check_labels(labels: Any, n: int, name: str) -> np.ndarray:
+def check_labels(
+    labels: Any, n: int, name: str, row_numbers: list[int] | None = None
+) -> np.ndarray:
     """Check ``labels`` for ``n`` rows of data; returns them as an ``(n,)`` array.
 
-    Labels are integers, whole floats, bools or strings, one a row.
+    Labels are integers, whole floats, bools or strings, one a row. Every source of labels comes
+    through here, so a missing label (NaN, or an empty or "nan" string) is refused alike whether
+    it came from a CSV cell, an .npz array or Python.
+
+    Args:
+        labels: ``(n,)`` labels.
+        n: number of rows of the data they label.
+        name: what to call the data in messages.
+        row_numbers: the ``n`` rows' line numbers in the source file, to name the line.
     """
     labels = _as_array(labels, f"{name} labels")
     if labels.ndim != 1:
@@ -291,18 +301,43 @@ def check_labels(labels: Any, n: int, name: str) -> np.ndarray:
             f"{name}: {len(labels)} labels for {n} rows of data; pass one label per row "
             "(or no labels)"
         )
-    if labels.dtype.kind in "US":
-        return labels
-    if not (np.issubdtype(labels.dtype, np.number) or labels.dtype == np.bool_):
+    strings = labels.dtype.kind in "US"
+    if not (strings or np.issubdtype(labels.dtype, np.number) or labels.dtype == np.bool_):
         raise DataError(f"{name}: labels have dtype {labels.dtype}; pass integer or string labels")
-    if np.iscomplexobj(labels) or not np.all(np.isfinite(labels)):
-        raise DataError(f"{name}: labels hold NaN, inf or complex values; pass integer labels")
+    if np.iscomplexobj(labels):
+        raise DataError(f"{name}: labels hold complex values; pass integer labels")
+    _refuse_missing_labels(labels, name, row_numbers)
+    if strings:
+        return labels
+    if not np.all(np.isfinite(labels)):
+        raise DataError(f"{name}: labels hold infinite values; pass integer labels")
     if np.issubdtype(labels.dtype, np.floating) and np.any(labels != np.round(labels)):
         raise DataError(
             f"{name}: labels are not whole numbers; pass integer class labels (they are for "
             "evaluation, not regression targets)"
         )
     return labels
+
+
+def _refuse_missing_labels(labels: np.ndarray, name: str, row_numbers: list[int] | None) -> None:
+    """Missing labels must not become a class of their own: NaN, or a string empty or "nan"."""
+    if labels.dtype.kind in "US":
+        text = np.char.lower(np.char.strip(labels.astype(str)))
+        # float() reads these as NaN: a spreadsheet's or pandas' missing value, written out.
+        missing = np.isin(text, ["", "nan", "+nan", "-nan"])
+    elif np.issubdtype(labels.dtype, np.floating):
+        missing = np.isnan(labels)
+    else:
+        return  # integers and bools cannot be missing
+    if not missing.any():
+        return
+    first = int(np.argmax(missing))
+    where = f"line {row_numbers[first]}" if row_numbers else f"row {first}"
+    raise DataError(
+        f"{name}: {int(missing.sum())} missing label(s) (empty or NaN), the first at {where}; "
+        "label those rows or drop them (labels only score the clustering: a missing one would "
+        "count as a class of its own)"
+    )
 
 
 def check_min_rows(dataset: Dataset | np.ndarray, n_clusters: int) -> None:

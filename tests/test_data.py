@@ -460,7 +460,7 @@ def test_csv_string_labels(tmp_path):
         (["a,b", "1,2"], "c", r"label column 'c' is not in the header \(columns: 'a', 'b'\)"),
         (["a,b", "1,nan", "inf,2", "3,nan"], None, r"2 NaN and 1 infinite.*line 2, column 'b'"),
         (["a,b"], None, "0 rows"),
-        (["a,b", "1,"], "b", "empty label in column 'b' at line 2"),
+        (["a,b", "1,"], "b", r"1 missing label\(s\) \(empty or NaN\), the first at line 2"),
         (["y", "1", "2"], "y", "0 features"),
         (["a,a", "1,2"], None, "duplicate column name"),
         ([], None, "the file is empty"),
@@ -516,6 +516,35 @@ def test_csv_guard_keeps_counting_past_a_misleading_start(tmp_path, monkeypatch)
         DataError, match=r"m\.csv: loading and training on [\d,]+ values \(read so far"
     ):
         load_data(path)
+
+
+MISSING_LABELS = {
+    "csv nan": lambda d: write_csv(d / "l.csv", ["a,y", "1,0", "2,nan", "3,1"]),
+    "csv empty": lambda d: write_csv(d / "l.csv", ["a,y", "1,0", "2, ", "3,1"]),
+    "csv nan among strings": lambda d: write_csv(d / "l.csv", ["a,y", "1,cat", "2,NaN", "3,dog"]),
+    "npz float nan": lambda d: _savez(d, np.array([0.0, np.nan, 1.0])),
+    "npz string empty": lambda d: _savez(d, np.array(["cat", "", "dog"])),
+    "npz string nan": lambda d: _savez(d, np.array(["cat", "nan", "dog"])),
+}
+
+
+def _savez(directory: Path, y: np.ndarray) -> Path:
+    np.savez(directory / "l.npz", X=np.arange(6.0).reshape(3, 2), y=y)
+    return directory / "l.npz"
+
+
+def test_missing_labels_are_refused_alike_from_csv_and_npz(tmp_path):
+    """Issue 15 (#24): CSV labels `nan` became a class while .npz refused NaN labels."""
+    messages = {}
+    for source, make in MISSING_LABELS.items():
+        path = make(tmp_path)
+        with pytest.raises(DataError) as info:
+            load_data(path, label_column="y" if path.suffix == ".csv" else None)
+        where = "line 3" if path.suffix == ".csv" else "row 1"
+        prefix = f"{path}: 1 missing label(s) (empty or NaN), the first at {where}; "
+        assert str(info.value).startswith(prefix), (source, str(info.value))
+        messages[source] = str(info.value).removeprefix(prefix)
+    assert len(set(messages.values())) == 1, messages
 
 
 def test_csv_not_utf8(tmp_path):
