@@ -501,9 +501,15 @@ def from_array(
     elif kind == "image" and image_shape is None:
         side = _square_side(x.shape[1])
         if side is None:
+            # The model takes any H x W; only a flat row leaves the shape to be guessed. A 0/1
+            # table of D columns is fine as 1 x D images, if nothing moves its columns about.
+            d = x.shape[1]
             raise DataError(
-                f"{name}: kind='image' but {x.shape[1]} features is not a square image; "
-                "pass (N, H, W) images or use kind='table'"
+                f"{name}: kind='image' (--kind image) but {d} features is not a square image, and "
+                "a flat row does not say its height and width; save the data as (N, H, W) images "
+                f"in a .npy or .npz (a 0/1 table as x.reshape(len(x), 1, {d}), trained with "
+                "--augment-rotation 0 --augment-shift 0 as its columns are not pixels to move), "
+                "or load it as a table (kind='table') and pass --likelihood gaussian"
             )
         image_shape = (side, side)
 

@@ -569,6 +569,25 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys, make_data, extra, ma
     assert stdout == ""
 
 
+def test_cli_a_binary_table_that_is_not_square_trains_the_way_the_messages_say(tmp_path, capsys):
+    """Issue 15 (#24): 0/1 data of 10 columns is a table, which the Bernoulli likelihood refuses,
+    and --kind image refused it as not square without saying what would work."""
+    binary = (X[:, :10] > 0.5).astype(np.uint8)
+    argv = gmvae_train(tmp_path, "--out", str(tmp_path / "run"))
+    argv[argv.index("--data") + 1] = bad_npy(tmp_path, binary)
+    assert_user_error(*run_cli(argv, capsys)[::2], "bernoulli likelihood.*--kind image")
+    code, _, err = run_cli([*argv, "--kind", "image"], capsys)
+    assert_user_error(code, err, r"not a square image.*reshape\(len\(x\), 1, 10\)")
+    assert "--augment-rotation 0 --augment-shift 0" in err and "--likelihood gaussian" in err
+    np.save(tmp_path / "strips.npy", binary.reshape(len(binary), 1, 10))
+    argv[argv.index("--data") + 1] = str(tmp_path / "strips.npy")
+    code, _, err = run_cli(argv, capsys)  # gmvae_train already turns augmentation off
+    assert code == 0, err
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["model"]["likelihood"] == (
+        "bernoulli"
+    )
+
+
 def test_cli_labels_of_another_length(tmp_path, capsys):
     path = tmp_path / "d.npz"
     np.savez(path, images=X.reshape(-1, 8, 8), labels=LABELS[:-1])
