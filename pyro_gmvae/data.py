@@ -21,6 +21,7 @@ import csv
 import gzip
 import math
 import os
+import stat
 import struct
 import zipfile
 import zlib
@@ -153,11 +154,46 @@ def _read_into(f: BinaryIO, out: np.ndarray) -> int:
     return filled
 
 
+def _refuse_special_file(path: Path, allow_directory: bool = False) -> None:
+    """Refuse a FIFO, socket or device before anything opens it.
+
+    Opening a FIFO that has no writer blocks forever, and a device may never end; ``stat`` does
+    neither (it follows symbolic links, so a link to such a file is refused too).
+    """
+    try:
+        mode = path.stat().st_mode
+    except OSError as err:
+        raise DataError(f"{path}: cannot read ({type(err).__name__}: {err}); {SUPPORTED}") from err
+    if stat.S_ISREG(mode) or (allow_directory and stat.S_ISDIR(mode)):
+        return
+    kinds = [
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISDIR, "a directory"),
+    ]
+    kind = next((k for test, k in kinds if test(mode)), "not a file")
+    expected = "a regular file or a directory" if allow_directory else "a regular file"
+    raise DataError(
+        f"{path}: is {kind}, not {expected}, and reading it could block or never end; save the "
+        f"data to a file first; {SUPPORTED}"
+    )
+
+
+def _existing_file(path: Path) -> Path | None:
+    """``path`` if it exists (and is a regular file, else DataError), or None."""
+    if not (path.exists() or path.is_symlink()):
+        return None
+    _refuse_special_file(path)
+    return path
+
+
 def _idx_candidates(directory: Path, prefix: str, what: str, rank: int) -> Path | None:
     for sep in ("-", "."):  # "train-images-idx3-ubyte" and the "train-images.idx3-ubyte" variant
         for suffix in ("", ".gz"):
-            path = directory / f"{prefix}-{what}{sep}idx{rank}-ubyte{suffix}"
-            if path.is_file():
+            path = _existing_file(directory / f"{prefix}-{what}{sep}idx{rank}-ubyte{suffix}")
+            if path is not None:
                 return path
     return None
 
@@ -167,8 +203,9 @@ def _sibling_labels(images: Path) -> Path | None:
         return None
     base = images.name.removesuffix(".gz").replace("images", "labels").replace("idx3", "idx1")
     for name in (base, base + ".gz"):
-        if (images.parent / name).is_file():
-            return images.parent / name
+        path = _existing_file(images.parent / name)
+        if path is not None:
+            return path
     return None
 
 
@@ -516,6 +553,7 @@ def load_data(
     path = Path(spec).expanduser()
     if not path.exists():
         raise DataError(f"no such file or directory: {spec}; {SUPPORTED}")
+    _refuse_special_file(path, allow_directory=True)
     if path.is_dir():
         _no_label_column(label_column, spec)
         x, labels = _load_idx_dir(path)

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import pickle
 import re
+import signal
 import struct
 import tempfile
 import tracemalloc
@@ -577,6 +579,51 @@ def test_missing_path_and_unknown_extension(tmp_path):
     (tmp_path / "d.txt").write_text("1,2")
     with pytest.raises(DataError, match=r"unknown file type '\.txt'.*\.npz, \.npy, \.csv"):
         load_data(tmp_path / "d.txt")
+
+
+@pytest.fixture
+def fails_instead_of_hanging():
+    """Opening a FIFO that has no writer blocks: turn a hang into a failure after 20 s."""
+    if not hasattr(os, "mkfifo") or not hasattr(signal, "SIGALRM"):
+        pytest.skip("needs os.mkfifo and SIGALRM (POSIX)")
+
+    def hung(signum, frame):
+        raise TimeoutError("load_data blocked on a FIFO")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(20)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.parametrize("name", ["d.csv", "d.npz", "d.npy", "train-images-idx3-ubyte.gz"])
+def test_a_fifo_is_refused_before_it_is_opened(tmp_path, name, fails_instead_of_hanging):
+    """Issue 15: --data naming a FIFO with no writer blocked forever with no message."""
+    os.mkfifo(tmp_path / name)
+    with pytest.raises(
+        DataError, match=rf"{re.escape(name)}: is a FIFO \(named pipe\), not a regular"
+    ):
+        load_data(tmp_path / name)
+
+
+def test_fifos_in_an_idx_directory_are_refused(tmp_path, images, fails_instead_of_hanging):
+    os.mkfifo(tmp_path / "train-images-idx3-ubyte")
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte: is a FIFO"):
+        load_data(tmp_path)
+    (tmp_path / "train-images-idx3-ubyte").unlink()
+    write_idx(tmp_path / "train-images-idx3-ubyte", images)
+    os.mkfifo(tmp_path / "train-labels-idx1-ubyte")
+    for spec in (tmp_path, tmp_path / "train-images-idx3-ubyte"):  # the directory, or the file
+        with pytest.raises(DataError, match=r"train-labels-idx1-ubyte: is a FIFO"):
+            load_data(spec)
+
+
+@pytest.mark.skipif(not Path("/dev/null").exists(), reason="needs /dev/null")
+def test_a_device_is_refused(tmp_path):
+    (tmp_path / "d.csv").symlink_to("/dev/null")
+    with pytest.raises(DataError, match=r"d\.csv: is a character device, not a regular file"):
+        load_data(tmp_path / "d.csv")
 
 
 def test_label_column_only_for_csv():
