@@ -94,8 +94,8 @@ def _read_idx(path: Path) -> np.ndarray:
         ) from err
 
 
-# Deflate encodes at most 258 bytes in a 2-bit match (plus its block's code), so no gzip file
-# decompresses to more than 1032 times its size.
+# Deflate's densest code is a 258-byte match in 2 bits, so no gzip file decompresses to more
+# than 1032 times its size (zlib's technical notes).
 _GZIP_MAX_RATIO = 1032
 
 
@@ -166,15 +166,16 @@ def _refuse_special_file(path: Path, allow_directory: bool = False) -> None:
         raise DataError(f"{path}: cannot read ({type(err).__name__}: {err}); {SUPPORTED}") from err
     if stat.S_ISREG(mode) or (allow_directory and stat.S_ISDIR(mode)):
         return
+    expected = "a regular file or a directory" if allow_directory else "a regular file"
+    if stat.S_ISDIR(mode):  # where a file of the directory of IDX files was expected
+        raise DataError(f"{path}: is a directory, not {expected}; {SUPPORTED}")
     kinds = [
         (stat.S_ISFIFO, "a FIFO (named pipe)"),
         (stat.S_ISCHR, "a character device"),
         (stat.S_ISBLK, "a block device"),
         (stat.S_ISSOCK, "a socket"),
-        (stat.S_ISDIR, "a directory"),
     ]
     kind = next((k for test, k in kinds if test(mode)), "not a file")
-    expected = "a regular file or a directory" if allow_directory else "a regular file"
     raise DataError(
         f"{path}: is {kind}, not {expected}, and reading it could block or never end; save the "
         f"data to a file first; {SUPPORTED}"

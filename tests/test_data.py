@@ -619,6 +619,14 @@ def test_fifos_in_an_idx_directory_are_refused(tmp_path, images, fails_instead_o
             load_data(spec)
 
 
+def test_a_directory_named_like_an_idx_file_is_named_as_such(tmp_path):
+    (tmp_path / "train-images-idx3-ubyte").mkdir()
+    with pytest.raises(
+        DataError, match=r"train-images-idx3-ubyte: is a directory, not a regular file; pass"
+    ):
+        load_data(tmp_path)
+
+
 @pytest.mark.skipif(not Path("/dev/null").exists(), reason="needs /dev/null")
 def test_a_device_is_refused(tmp_path):
     (tmp_path / "d.csv").symlink_to("/dev/null")
