@@ -4,17 +4,21 @@ Each subcommand is a thin layer over the public functions of the package, which 
 Errors a user can fix (bad data, impossible options, a run directory in the way) end with one
 message that names the problem and the fix, and exit status 2; Ctrl-C during training saves a
 checkpoint and exits with status 130.
+
+This module imports nothing heavy: torch, Pyro and scikit-learn are imported by the command that
+runs, so ``--help``, ``--version`` and a mistyped flag answer at once.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 from .config import (
-    ConfigError,
     DataConfig,
     ModelConfig,
     RunConfig,
@@ -22,7 +26,12 @@ from .config import (
     add_arguments,
     from_arguments,
 )
-from .errors import USER_ERRORS
+from .errors import USER_ERRORS, ConfigError, DataError
+
+#: The largest grid ``gmvae sample`` draws, per cluster.
+MAX_PER_CLUSTER = 100
+#: The most memory the replicated data of ``gmvae ppc`` may take.
+MAX_REPLICATE_BYTES = 4 * 2**30
 
 
 def _add_train(subparsers) -> None:
@@ -30,7 +39,8 @@ def _add_train(subparsers) -> None:
         "train",
         help="fit a GMVAE and write a run directory",
         description="Fit a GMVAE by SVI with TraceEnum_ELBO (the cluster y is summed out exactly) "
-        "and write config.json, metrics.jsonl, checkpoint.pt and figures/ into --out.",
+        "and write config.json, metrics.jsonl, checkpoint.pt and figures/ into --out. A new run "
+        "needs --clusters K; --resume continues a run with the options of its config.json.",
     )
     p.add_argument("--out", required=True, type=Path, help="run directory to create")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
@@ -38,44 +48,43 @@ def _add_train(subparsers) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-plots", action="store_true", help="skip the figures at the end")
     # Suppressed defaults: on --resume, only flags actually given may change the saved config.
+    actions = {}
     for cls in (DataConfig, ModelConfig, TrainConfig):
-        add_arguments(p, cls, suppress_defaults=True)
+        actions |= add_arguments(p, cls, suppress_defaults=True)
+    # ModelConfig's K=10 serves the Python API; on the command line a new run must choose K (main
+    # refuses one without it), since 10 clusters fitted silently to data with 3 mislead.
+    clusters = actions["clusters"]
+    clusters.metavar = "K"
+    clusters.help = (
+        clusters.help.rpartition(" (default:")[0]
+        + ": required for a new run (--resume reads it from the run's config.json)"
+    )
     p.set_defaults(func=cmd_train)
 
 
-# Options that may change when a run is resumed; every other one must match the saved run.
-RESUMABLE = {"epochs", "device"}
-
-
 def _run_config(args: argparse.Namespace) -> RunConfig:
+    """The run's configuration from the flags; on ``--resume``, the saved one with the flags
+    given (only ``--epochs`` and ``--device`` may differ)."""
     if not args.resume:
         return RunConfig(
             data=from_arguments(DataConfig, args),
             model=from_arguments(ModelConfig, args),
             train=from_arguments(TrainConfig, args),
         )
-    from .runs import CONFIG_FILE
+    from .runs import resumed_config
 
-    saved = RunConfig.load(args.out / CONFIG_FILE)
-    given = RunConfig(
-        data=from_arguments(DataConfig, args, saved.data),
-        model=from_arguments(ModelConfig, args, saved.model),
-        train=from_arguments(TrainConfig, args, saved.train),
-    )
-    for section in ("data", "model", "train"):
-        old, new = getattr(saved, section).__dict__, getattr(given, section).__dict__
-        changed = [k for k in old if old[k] != new[k] and k not in RESUMABLE]
-        if changed:
-            flags = ", ".join("--" + k.replace("_", "-") for k in changed)
-            raise ConfigError(
-                f"{flags} differ from the run being resumed in {args.out}; drop them to resume, "
-                "or start a new run (another --out, or --force)"
-            )
-    return given
+    given = {
+        section: {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
+        for section, cls in (("data", DataConfig), ("model", ModelConfig), ("train", TrainConfig))
+    }
+    for values in given.values():
+        values.update({k: tuple(v) for k, v in values.items() if isinstance(v, list)})
+    return resumed_config(args.out, given)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train import TrainingDiverged, TrainingInterrupted, train_run
+    from .runs import train_run
+    from .train import TrainingDiverged, TrainingInterrupted
 
     config = _run_config(args)
     try:
@@ -89,7 +98,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     except TrainingInterrupted as e:
         print(f"gmvae: {e}", file=sys.stderr)
-        return 130
+        return 128 + (e.signal or signal.SIGINT)
     except KeyboardInterrupt:
         # A second Ctrl-C, or one before training began: nothing new was saved, and atomic
         # writes leave the previous checkpoint whole.
@@ -106,30 +115,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_run_data(args: argparse.Namespace, model):
-    """``args.data`` preprocessed as the run in ``args.run_dir`` saw its training data: images
-    as images, tables standardized with the run's ``scaler.json``."""
-    from .data import load_data
-    from .dataset import Scaler
-    from .runs import SCALER_FILE
+def _open_run_data(args: argparse.Namespace):
+    """The run in ``args.run_dir`` and ``args.data`` loaded as it saw its training data; the
+    warnings go to stderr."""
+    from .runs import load_run_data, open_run
 
-    run_dir = args.run_dir if args.run_dir.is_dir() else args.run_dir.parent
-    is_image = model.config.image_shape is not None
-    scaler = None
-    if (run_dir / SCALER_FILE).exists():
-        scaler = Scaler.from_dict(json.loads((run_dir / SCALER_FILE).read_text()))
-    elif not is_image:
-        print(
-            f"gmvae {args.command}: warning: {run_dir} has no {SCALER_FILE}; the table is "
-            "standardized with its own means and standard deviations",
-            file=sys.stderr,
-        )
-    return load_data(
-        args.data,
-        label_column=args.label_column,
-        scaler=scaler,
-        kind="image" if is_image else "table",
-    )
+    run = open_run(args.run_dir)
+    dataset, warnings = load_run_data(run, args.data, args.label_column)
+    for warning in warnings:
+        print(f"gmvae {args.command}: warning: {warning}", file=sys.stderr)
+    return run, dataset
 
 
 def _add_evaluate(subparsers) -> None:
@@ -162,19 +157,16 @@ def _add_evaluate(subparsers) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import EVALUATION_FILE, evaluate, format_evaluation
-    from .files import atomic_write_text
-    from .model import GMVAE
+    from .evaluate import MAX_NUM_SAMPLES, evaluate, format_evaluation
+    from .runs import write_evaluation
 
-    if args.num_samples < 1:
-        raise ConfigError(f"--num-samples must be at least 1, not {args.num_samples}")
-    model = GMVAE.load(args.run_dir)
-    run_dir = args.run_dir if args.run_dir.is_dir() else args.run_dir.parent
-    dataset = _load_run_data(args, model)
-    result = evaluate(model, dataset, num_samples=args.num_samples, seed=args.seed)
+    if not 1 <= args.num_samples <= MAX_NUM_SAMPLES:
+        raise ConfigError(f"--num-samples must be in 1..{MAX_NUM_SAMPLES}, not {args.num_samples}")
+    run, dataset = _open_run_data(args)
+    result = evaluate(run.model, dataset, num_samples=args.num_samples, seed=args.seed)
     result |= {"run_dir": str(args.run_dir), "data": dataset.name}
     if args.save:
-        atomic_write_text(run_dir / EVALUATION_FILE, json.dumps(result, indent=2) + "\n")
+        write_evaluation(run, result)
     print(json.dumps(result) if args.json else format_evaluation(result))
     return 0
 
@@ -221,30 +213,30 @@ def _add_ppc(subparsers) -> None:
 
 
 def cmd_ppc(args: argparse.Namespace) -> int:
-    from .model import GMVAE
     from .ppc import REPORT_FILE, posterior_predictive_checks, write_report
-    from .runs import CONFIG_FILE
+    from .runs import heldout_split
 
     if args.num_samples < 2:
         raise ConfigError(f"--num-samples must be at least 2, not {args.num_samples}")
     if args.max_examples < 0:
         raise ConfigError(f"--max-examples must be at least 0, not {args.max_examples}")
-    model = GMVAE.load(args.run_dir)
-    run_dir = args.run_dir if args.run_dir.is_dir() else args.run_dir.parent
-    run = RunConfig.load(run_dir / CONFIG_FILE) if (run_dir / CONFIG_FILE).exists() else None
-    if args.label_column is None and run is not None:
-        args.label_column = run.data.label_column
-    dataset = _load_run_data(args, model)
-    fraction = args.heldout_fraction
-    if fraction is None:
-        fraction = run.data.heldout_fraction if run is not None else 0.0
-    if not 0 <= fraction < 1:
-        raise ConfigError(f"--heldout-fraction must be in [0, 1), not {fraction}")
-    heldout = None
-    if fraction > 0:
-        dataset, heldout = dataset.split(fraction, seed=run.train.seed if run else 0)
+    run, dataset = _open_run_data(args)
+    dataset, heldout = heldout_split(run, dataset, args.heldout_fraction)
+    checked = min(len(dataset), args.max_examples or len(dataset))
+    needed = args.num_samples * checked * dataset.n_features * 4  # float32 replicates
+    if needed > MAX_REPLICATE_BYTES:
+        raise ConfigError(
+            f"--num-samples {args.num_samples} replicates of {checked} examples need "
+            f"{needed / 2**30:.1f} GiB, more than the {MAX_REPLICATE_BYTES / 2**30:.0f} GiB "
+            "allowed; lower --num-samples or --max-examples"
+        )
+    if len(dataset) < 2:
+        raise DataError(
+            f"{dataset.name} has {len(dataset)} row(s) to check; the checks compare statistics "
+            "across examples and need at least 2"
+        )
     report = posterior_predictive_checks(
-        model,
+        run.model,
         dataset,
         heldout=heldout,
         num_samples=args.num_samples,
@@ -277,8 +269,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from .model import GMVAE
     from .plots import samples_figure, save_figure
 
-    if args.per_cluster < 1:
-        raise ConfigError(f"--per-cluster must be at least 1, not {args.per_cluster}")
+    if not 1 <= args.per_cluster <= MAX_PER_CLUSTER:
+        raise ConfigError(
+            f"--per-cluster must be in 1..{MAX_PER_CLUSTER} (a grid of more is unreadable), "
+            f"not {args.per_cluster}"
+        )
     if args.out.suffix.lower() != ".png":
         raise ConfigError(f"--out must name a .png file, not {args.out}")
     model = GMVAE.load(args.run_dir)
@@ -286,11 +281,38 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    """The installed distribution's version, or the package's own where it is not installed
+    (a checkout on ``sys.path``)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("pyro_gmvae")
+    except PackageNotFoundError:
+        from . import __version__
+
+        return __version__
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: prints ``gmvae VERSION`` and exits. Unlike argparse's own ``version``
+    action it looks the version up only when asked, sparing every other command the import of
+    importlib.metadata."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(f"{parser.prog} {_version()}")  # on stdout, as argparse prints its own version
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gmvae",
         description="Gaussian-mixture VAE in Pyro: unsupervised clustering and per-cluster generation.",
     )
+    parser.add_argument("--version", action=_VersionAction, help="print the version and exit")
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_train(subparsers)
     _add_evaluate(subparsers)
@@ -303,10 +325,25 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if args.command == "train" and not args.resume and "clusters" not in args:
+            raise ConfigError("--clusters is required for a new run: choose K with --clusters K")
         return args.func(args)
     except USER_ERRORS as e:
         print(f"gmvae {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        # An output that cannot be written (read-only, full, a path under a file): the
+        # atomic writes left every file that was there whole.
+        where = f" {e.filename}" if e.filename else ""
+        print(
+            f"gmvae {args.command}: error: cannot write or read{where}: {e.strerror or e}; "
+            "check the path and its permissions, or the free space",
+            file=sys.stderr,
+        )
+        return 2
+    except KeyboardInterrupt:
+        print(f"gmvae {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

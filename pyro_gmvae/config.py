@@ -10,15 +10,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from .errors import ConfigError
+from .files import atomic_write_text
 
 LIKELIHOODS = ("bernoulli", "continuous_bernoulli", "gaussian")
 GUIDES = ("enumerated", "marginal")
-INITS = ("tsne", "spectral", "gmm")
 TSNE_INPUTS = ("auto", "codes", "data")
 
 
@@ -43,6 +44,7 @@ class DataConfig:
     )
 
     def validate(self) -> None:
+        _check_finite(self)
         if self.kind not in (None, "image", "table"):
             raise ConfigError(f"--kind must be 'image' or 'table', not {self.kind!r}")
         if not 0.0 <= self.heldout_fraction < 1.0:
@@ -124,6 +126,11 @@ class TrainConfig:
         "are better separated, by silhouette)",
         default="auto",
     )
+    cluster_encoder_epochs: int = _help(
+        "epochs in which q(y|x) is fitted to the mixture start's clusters when it is made "
+        "(enumerated guide only)",
+        default=5,
+    )
     restarts: int = _help(
         "mixture initialisations tried on the pretrained codes (or their t-SNE map), best by "
         "likelihood",
@@ -162,17 +169,26 @@ class TrainConfig:
     checkpoint_every: int = _help("save a checkpoint every this many epochs", default=5)
 
     def validate(self) -> None:
-        for name in ("epochs", "pretrain_epochs", "anchor_epochs", "checkpoint_every"):
+        _check_finite(self)
+        for name in (
+            "epochs",
+            "pretrain_epochs",
+            "anchor_epochs",
+            "checkpoint_every",
+            "cluster_encoder_epochs",
+        ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 0")
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError(f"--seed must be in 0..{2**32 - 1}, not {self.seed}")
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be at least 1, not {self.batch_size}")
         if not self.lr > 0:
             raise ConfigError(f"--lr must be positive, not {self.lr}")
         if not 0 < self.lr_decay <= 1:
             raise ConfigError(f"--lr-decay must be in (0, 1], not {self.lr_decay}")
-        if self.init not in INITS:
-            raise ConfigError(f"--init must be one of {', '.join(INITS)}, not {self.init!r}")
+        # --init names a start of start.STARTS, checked by the trainer (start.check_start)
+        # before any training: the registry imports scikit-learn, which --help need not wait for.
         if not self.tsne_perplexity > 0:
             raise ConfigError(f"--tsne-perplexity must be positive, not {self.tsne_perplexity}")
         if self.tsne_input not in TSNE_INPUTS:
@@ -201,6 +217,14 @@ class TrainConfig:
             raise ConfigError(f"--device must be cpu or cuda, not {self.device!r}")
 
 
+def _check_finite(config: Any) -> None:
+    """Refuse NaN and infinite values of a config's float options (``--beta inf``)."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"--{f.name.replace('_', '-')} must be a finite number, not {value}")
+
+
 @dataclass
 class RunConfig:
     """Everything that defines a run; saved as ``config.json`` in its directory."""
@@ -219,6 +243,17 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        """Inverse of :meth:`to_dict`; every value's type is checked against its field's.
+
+        Raises:
+            ConfigError: not an object of the three sections, an unknown option, or a value of
+                the wrong type.
+        """
+        if not isinstance(d, dict):
+            raise ConfigError(f"a run config is a JSON object, not {type(d).__name__}")
+        unknown = set(d) - {"data", "model", "train"}
+        if unknown:
+            raise ConfigError(f"unknown run config sections: {sorted(unknown)}")
         return cls(
             data=_from_dict(DataConfig, d.get("data", {})),
             model=_from_dict(ModelConfig, d.get("model", {})),
@@ -226,22 +261,27 @@ class RunConfig:
         )
 
     def save(self, path: str | Path) -> None:
-        from .files import atomic_write_text
-
         atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> RunConfig:
         try:
             return cls.from_dict(json.loads(Path(path).read_text()))
-        except (OSError, json.JSONDecodeError, TypeError) as e:
-            raise ConfigError(f"cannot read run config {path}: {e}") from e
+        except ConfigError as e:
+            raise ConfigError(f"{path} is not a valid run config: {e}") from None
+        except (OSError, ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError
+            raise ConfigError(
+                f"cannot read run config {path} ({type(e).__name__}: {str(e)[:80]}); restore it "
+                "from a copy, or start a new run"
+            ) from None
 
 
 C = TypeVar("C")
 
 
-def _from_dict(cls: type[C], d: dict[str, Any]) -> C:
+def _from_dict(cls: type[C], d: Any) -> C:
+    if not isinstance(d, dict):
+        raise ConfigError(f"{cls.__name__} must be a JSON object, not {type(d).__name__}")
     names = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(d) - set(names)
     if unknown:
@@ -250,20 +290,48 @@ def _from_dict(cls: type[C], d: dict[str, Any]) -> C:
     for name, value in d.items():
         if isinstance(value, list):  # JSON has no tuples
             value = tuple(value)
+        if not _has_type(value, str(names[name].type)):
+            raise ConfigError(
+                f"{cls.__name__}.{name} must be {names[name].type}, not {value!r:.60}"
+            )
         values[name] = value
     return cls(**values)
+
+
+def _has_type(value: Any, annotation: str) -> bool:
+    """Whether a JSON value fits a field annotated ``annotation`` (the few types configs use)."""
+    for option in annotation.split(" | "):
+        if option == "None" and value is None:
+            return True
+        if option == "bool" and isinstance(value, bool):
+            return True
+        if option == "int" and isinstance(value, int) and not isinstance(value, bool):
+            return True
+        if option == "float" and isinstance(value, int | float) and not isinstance(value, bool):
+            return True
+        if option == "str" and isinstance(value, str):
+            return True
+        if option.startswith("tuple[int") and isinstance(value, tuple):
+            ints = all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+            if ints and (option.endswith("...]") or len(value) == option.count("int")):
+                return True
+    return False
 
 
 # Fields filled from the data, not from the command line.
 _NOT_FLAGS = {"n_features", "image_shape"}
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls: type, *, suppress_defaults: bool) -> None:
-    """Add one ``--flag`` per field of dataclass ``cls``.
+def add_arguments(
+    parser: argparse.ArgumentParser, cls: type, *, suppress_defaults: bool
+) -> dict[str, argparse.Action]:
+    """Add one ``--flag`` per field of dataclass ``cls``; returns the actions by field name, for
+    a caller whose command treats a flag differently (e.g. rewords its help).
 
     With ``suppress_defaults`` an absent flag leaves no attribute, so a resumed run can tell
     "not given" from "given the default".
     """
+    actions = {}
     group = parser.add_argument_group(cls.__name__.removesuffix("Config").lower() + " options")
     for f in dataclasses.fields(cls):
         if f.name in _NOT_FLAGS:
@@ -284,14 +352,16 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, *, suppress_defaul
                 shown = f.default
             help_text += f" (default: {shown})"
         if kind == "bool":
-            group.add_argument(
+            action = group.add_argument(
                 flag, action=argparse.BooleanOptionalAction, default=default, help=help_text
             )
         elif "tuple" in kind:
-            group.add_argument(flag, type=int, nargs="+", default=default, help=help_text)
+            action = group.add_argument(flag, type=int, nargs="+", default=default, help=help_text)
         else:
             base = {"int": int, "float": float}.get(kind.split(" ")[0], str)
-            group.add_argument(flag, type=base, default=default, help=help_text)
+            action = group.add_argument(flag, type=base, default=default, help=help_text)
+        actions[f.name] = action
+    return actions
 
 
 def from_arguments(cls: type[C], args: argparse.Namespace, base: C | None = None) -> C:

@@ -25,9 +25,11 @@ from .dataset import Dataset
 from .errors import DataError
 from .metrics import clustering_scores
 from .model import GMVAE
+from .rng import forked_seed
 
-#: Where ``gmvae evaluate --save`` writes :func:`evaluate`'s result inside a run directory.
-EVALUATION_FILE = "evaluation.json"
+#: The most importance samples per example: beyond, the estimate's gain is unmeasurable and its
+#: cost is hours (memory stays bounded: the samples are drawn in chunks).
+MAX_NUM_SAMPLES = 100_000
 
 # The model's only plate is "data": enumeration dims start left of it, as in Trainer's ELBO.
 MAX_PLATE_NESTING = 1
@@ -130,15 +132,6 @@ def elbo_per_example(
     return total / num_particles
 
 
-def _log_prior_z(model: GMVAE, z: torch.Tensor) -> torch.Tensor:
-    """log p(z) = logsumexp_y [log p(y) + log p(z|y)], exact over the K clusters;
-    ``z (..., Z) -> (...)``."""
-    y = torch.arange(model.n_clusters, device=z.device)
-    y = y.reshape((-1,) + (1,) * (z.dim() - 1))  # (K, 1, ..., 1) against z's batch dims
-    log_joint = model.cluster_prior().log_prob(y) + model.latent_prior(y).log_prob(z)
-    return log_joint.logsumexp(0)
-
-
 def _proposal_samples(
     model: GMVAE, x: torch.Tensor, num_samples: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -185,19 +178,44 @@ def log_likelihood(
     Samples are drawn with torch's global random state, ``batch_size`` examples at a time
     (default: about 8192 decoder evaluations per batch).
     """
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be at least 1, not {num_samples}")
+    if not 1 <= num_samples <= MAX_NUM_SAMPLES:
+        raise ValueError(f"num_samples must be in 1..{MAX_NUM_SAMPLES}, not {num_samples}")
     x = model.as_tensor(x)
     batch_size = batch_size or max(1, 8192 // num_samples)
+    chunk = max(1, 8192 // batch_size)  # samples drawn at once: about 8192 decoder evaluations
+
+    def log_weights(xb: torch.Tensor, n: int) -> torch.Tensor:
+        z, log_q = _proposal_samples(model, xb, n)  # (n, B, Z), (n, B)
+        log_px_z = model.likelihood(model.decoder(z)).log_prob(xb)  # (n, B)
+        return log_px_z + model.cluster_log_joint(z).logsumexp(0) - log_q  # log p(z) exact
 
     def estimate(xb: torch.Tensor) -> torch.Tensor:
-        z, log_q = _proposal_samples(model, xb, num_samples)  # (S, n, Z), (S, n)
-        log_px_z = model.likelihood(model.decoder(z)).log_prob(xb)  # (S, n)
-        log_w = log_px_z + _log_prior_z(model, z) - log_q
-        return log_w.logsumexp(0) - math.log(num_samples)
+        sizes = [chunk] * (num_samples // chunk) + [num_samples % chunk] * (num_samples % chunk > 0)
+        total = torch.stack([log_weights(xb, n).logsumexp(0) for n in sizes]).logsumexp(0)
+        return total - math.log(num_samples)
 
     with _inference_mode(model):
         return torch.cat([estimate(xb) for xb in x.split(batch_size)])
+
+
+def checked_input(model: GMVAE, dataset: Dataset) -> torch.Tensor:
+    """``dataset.x`` as the model's input tensor ``(N, D)``, checked to have the model's features
+    and to lie in its likelihood's support.
+
+    Raises:
+        DataError: when it does not, naming the data and what the model was trained on.
+    """
+    expected = model.config.n_features
+    if dataset.n_features != expected:
+        shape = model.config.image_shape
+        raise DataError(
+            f"{dataset.name} has {dataset.n_features} features per example but the model was "
+            f"trained on {expected}; use data of the same kind as its training data"
+            + (f" ({shape[0]}x{shape[1]} images)" if shape else " (a table)")
+        )
+    x = model.as_tensor(dataset.x, name=dataset.name)
+    model.likelihood.check_support(x, name=dataset.name)
+    return x
 
 
 def evaluate(
@@ -229,23 +247,8 @@ def evaluate(
         DataError: when the data does not have the model's number of features, or lies outside
             the support of its likelihood.
     """
-    expected = model.config.n_features
-    if dataset.n_features != expected:
-        raise DataError(
-            f"{dataset.name} has {dataset.n_features} features per example but the model was "
-            f"trained on {expected}; evaluate it on data of the same kind as its training data"
-            + (
-                f" ({model.config.image_shape[0]}x{model.config.image_shape[1]} images)"
-                if model.config.image_shape
-                else ""
-            )
-        )
-    x = model.as_tensor(dataset.x, name=dataset.name)
-    model.likelihood.check_support(x, name=dataset.name)
-
-    devices = [model.device] if model.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
+    x = checked_input(model, dataset)
+    with forked_seed(seed, model.device):
         clusters = model.predict(x)
         elbo = elbo_per_example(model, x)
         log_px = log_likelihood(model, x, num_samples=num_samples, batch_size=batch_size)

@@ -9,15 +9,16 @@ import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro import poutine
 from torch import nn
 from torch.nn import functional as F
 
-from .config import ModelConfig
+from .checkpoints import CHECKPOINT_FILE, CONFIG_FILE, load_checkpoint, save_checkpoint
+from .config import ModelConfig, RunConfig
 from .dataset import validate_array
-from .errors import DataError
+from .errors import CheckpointError, DataError
 from .likelihoods import Likelihood, make_likelihood
 from .networks import ClusterEncoder, Decoder, Encoder
-from .runs import CHECKPOINT_FILE, CONFIG_FILE, CheckpointError, load_checkpoint, save_checkpoint
 
 
 class GMVAE(nn.Module):
@@ -101,27 +102,77 @@ class GMVAE(nn.Module):
         """p(z|y) = N(mu_y, sigma_y); ``y`` of shape ``(K, 1)`` under enumeration or ``(N,)``."""
         return dist.Normal(self.cluster_means[y], self.cluster_scales()[y]).to_event(1)
 
+    def cluster_log_joint(self, z: torch.Tensor) -> torch.Tensor:
+        """log p(y) + log p(z|y) for each of the K clusters: ``z (..., Z) -> (K, ...)``.
+
+        Its ``logsumexp`` over the first dim is log p(z), the exact mixture density; its softmax
+        there is p(y|z).
+        """
+        y = torch.arange(self.n_clusters, device=z.device)
+        y = y.reshape((-1,) + (1,) * (z.dim() - 1))  # (K, 1, ..., 1) against z's batch dims
+        return self.cluster_prior().log_prob(y) + self.latent_prior(y).log_prob(z)
+
+    @torch.no_grad()
+    def set_prior(
+        self,
+        means: np.ndarray | torch.Tensor,
+        scales: np.ndarray | torch.Tensor,
+        weights: np.ndarray | torch.Tensor | None = None,
+    ) -> None:
+        """Set p(z|y) to ``N(means[y], scales[y])``, both ``(K, Z)``, and p(y) to ``weights (K,)``
+        when the weights are learned (fixed uniform weights stay uniform).
+
+        The parametrisation (a softplus of raw scales, logits of the weights) stays inside the
+        model: callers pass the values themselves.
+        """
+        as_param = lambda a: torch.as_tensor(a, dtype=torch.float32, device=self.device)  # noqa: E731
+        means, scales = as_param(means), as_param(scales)
+        shape = tuple(self.cluster_means.shape)
+        if tuple(means.shape) != shape or tuple(scales.shape) != shape:
+            raise ValueError(
+                f"means and scales must both have shape {shape} (K, Z), not "
+                f"{tuple(means.shape)} and {tuple(scales.shape)}"
+            )
+        if not bool((scales > 1e-4).all()):
+            raise ValueError("scales must be larger than 1e-4, the floor of sigma_y")
+        self.cluster_means.copy_(means)
+        shifted = scales - 1e-4
+        self.cluster_raw_scales.copy_(shifted + torch.log(-torch.expm1(-shifted)))  # softplus^-1
+        if weights is not None and self.config.learn_weights:
+            self.cluster_logits.copy_(as_param(weights).log())
+
     # ------------------------------------------------------------------------- model and guide
-    def model(self, x: torch.Tensor, x_view: torch.Tensor | None = None) -> None:
-        """p(x, y, z); ``x`` of shape ``(N, D)``. ``x_view`` is for the guide and ignored here."""
+    def model(
+        self, x: torch.Tensor, x_view: torch.Tensor | None = None, kl_scale: float = 1.0
+    ) -> None:
+        """p(x, y, z); ``x`` of shape ``(N, D)``. ``x_view`` is for the guide and ignored here.
+
+        ``kl_scale`` weights the latent sites' log-densities, here and in the guide, so the loss is
+        ``-E[log p(x|z)] + kl_scale * KL`` (a beta-VAE; 1 is the exact ELBO), as Pyro's
+        ``examples/dmm.py`` anneals its KL.
+        """
         pyro.module(self.name, self)
         with pyro.plate("data", x.shape[0]):
-            # y: (K, 1) when enumerated, in the model or replayed from the enumerated guide
-            y = pyro.sample("y", self.cluster_prior(), infer={"enumerate": "parallel"})
-            # z: (N, Z) from q(z|x), or (K, N, Z) from q(z|x,y)
-            z = pyro.sample("z", self.latent_prior(y))
+            with poutine.scale(scale=kl_scale):
+                # y: (K, 1) when enumerated, in the model or replayed from the enumerated guide
+                y = pyro.sample("y", self.cluster_prior(), infer={"enumerate": "parallel"})
+                # z: (N, Z) from q(z|x), or (K, N, Z) from q(z|x,y)
+                z = pyro.sample("z", self.latent_prior(y))
             pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
 
-    def guide_enumerated(self, x: torch.Tensor, x_view: torch.Tensor | None = None) -> None:
+    def guide_enumerated(
+        self, x: torch.Tensor, x_view: torch.Tensor | None = None, kl_scale: float = 1.0
+    ) -> None:
         """q(y|x) q(z|x,y), with y enumerated: the ELBO sums q(y|x) over all K clusters.
 
         ``x_view``, when given, is what the networks see instead of ``x`` (e.g. a randomly
         shifted copy during training): any q is a valid variational family, so the ELBO of
-        ``x`` stays a bound, and the codes learn to ignore the perturbation.
+        ``x`` stays a bound, and the codes learn to ignore the perturbation. ``kl_scale`` as in
+        :meth:`model`.
         """
         pyro.module(self.name, self)
         seen = x if x_view is None else x_view
-        with pyro.plate("data", x.shape[0]):
+        with pyro.plate("data", x.shape[0]), poutine.scale(scale=kl_scale):
             y = pyro.sample(
                 "y",
                 dist.Categorical(logits=self.cluster_encoder(seen)),
@@ -130,21 +181,25 @@ class GMVAE(nn.Module):
             loc, scale = self.encoder(seen, y)  # (K, N, Z)
             pyro.sample("z", dist.Normal(loc, scale).to_event(1))
 
-    def guide_marginal(self, x: torch.Tensor, x_view: torch.Tensor | None = None) -> None:
+    def guide_marginal(
+        self, x: torch.Tensor, x_view: torch.Tensor | None = None, kl_scale: float = 1.0
+    ) -> None:
         """q(z|x) alone; y stays in the model, where p(z) is an exact mixture of K Gaussians.
-        ``x_view`` as in :meth:`guide_enumerated`."""
+        ``x_view`` and ``kl_scale`` as in :meth:`guide_enumerated`."""
         pyro.module(self.name, self)
         seen = x if x_view is None else x_view
-        with pyro.plate("data", x.shape[0]):
+        with pyro.plate("data", x.shape[0]), poutine.scale(scale=kl_scale):
             loc, scale = self.encoder(seen)  # (N, Z)
             pyro.sample("z", dist.Normal(loc, scale).to_event(1))
 
-    def guide(self, x: torch.Tensor, x_view: torch.Tensor | None = None) -> None:
+    def guide(
+        self, x: torch.Tensor, x_view: torch.Tensor | None = None, kl_scale: float = 1.0
+    ) -> None:
         """The guide chosen by ``config.guide``."""
         if self.config.guide == "enumerated":
-            self.guide_enumerated(x, x_view)
+            self.guide_enumerated(x, x_view, kl_scale)
         else:
-            self.guide_marginal(x, x_view)
+            self.guide_marginal(x, x_view, kl_scale)
 
     # -------------------------------------------------------------------------------- inference
     def as_tensor(self, x: np.ndarray | torch.Tensor, name: str = "x") -> torch.Tensor:
@@ -168,8 +223,7 @@ class GMVAE(nn.Module):
 
     def cluster_log_posterior_given_z(self, z: torch.Tensor) -> torch.Tensor:
         """log p(y|z) exactly, from Bayes' rule over the K clusters; ``z (N, Z) -> (N, K)``."""
-        y = torch.arange(self.n_clusters, device=z.device).unsqueeze(-1)  # (K, 1)
-        log_joint = self.cluster_prior().logits.unsqueeze(-1) + self.latent_prior(y).log_prob(z)
+        log_joint = self.cluster_log_joint(z)  # (K, N)
         return (log_joint - log_joint.logsumexp(0)).T
 
     @torch.no_grad()
@@ -178,10 +232,11 @@ class GMVAE(nn.Module):
 
     @torch.no_grad()
     def predict_log_proba(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """log q(y|x), shape ``(N, K)``.
+        """Log-probability of each cluster for each example, shape ``(N, K)``.
 
-        Enumerated guide: the cluster encoder. Marginal guide: the exact p(y|z) at the mean of
-        q(z|x) (as VaDE assigns clusters).
+        Enumerated guide: log q(y|x), from the cluster encoder. Marginal guide, which has no
+        q(y|x): the exact log p(y|z), by Bayes' rule over the K clusters, at z the mean of q(z|x)
+        (as VaDE assigns clusters).
         """
         x = self.as_tensor(x)
         if self.cluster_encoder is not None:
@@ -189,7 +244,8 @@ class GMVAE(nn.Module):
         return self._batched(lambda b: self.cluster_log_posterior_given_z(self.encoder(b)[0]), x)
 
     def predict_proba(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
-        """Cluster posterior q(y|x) as a numpy array ``(N, K)``; rows sum to 1."""
+        """:meth:`predict_log_proba` exponentiated, as a numpy array ``(N, K)``; rows sum to 1:
+        q(y|x) for the enumerated guide, p(y|z) at the mean of q(z|x) for the marginal guide."""
         return self.predict_log_proba(x).exp().cpu().numpy()
 
     def predict(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -247,8 +303,6 @@ class GMVAE(nn.Module):
     # ------------------------------------------------------------------------------ save/load
     def save(self, path: str | Path) -> None:
         """Write ``config.json`` and ``checkpoint.pt`` (the weights) into directory ``path``."""
-        from .config import RunConfig
-
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         run_config = RunConfig(model=self.config)
@@ -264,8 +318,6 @@ class GMVAE(nn.Module):
     ) -> GMVAE:
         """The model saved in directory (or checkpoint file) ``path``, by :meth:`save` or by
         ``gmvae train``. Custom networks (``encoder=...``) must be passed again, as built."""
-        from .config import RunConfig
-
         state = load_checkpoint(path, map_location=map_location)
         if not state.get("config"):
             raise CheckpointError(f"{path} holds no model configuration; it cannot be rebuilt")

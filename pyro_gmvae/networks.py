@@ -9,6 +9,7 @@ Any ``nn.Module`` with the same call signature can replace one of them (see :cla
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -56,6 +57,15 @@ class Encoder(nn.Module):
         self.cluster_offset = nn.Embedding(n_clusters, latent_dim) if n_clusters else None
         if self.cluster_offset is not None:
             nn.init.zeros_(self.cluster_offset.weight)
+
+    @torch.no_grad()
+    def reset_scale(self, scale: float) -> None:
+        """Make q(z|x) have the same standard deviation ``scale`` in every dimension for every x
+        (the location is untouched): autoencoder pretraining never trains the scale."""
+        if not scale > 1e-4:
+            raise ValueError(f"scale must be larger than 1e-4, the floor of the scale, not {scale}")
+        self.raw_scale.weight.zero_()
+        self.raw_scale.bias.fill_(math.log(math.expm1(scale - 1e-4)))  # softplus^-1
 
     def forward(
         self, x: torch.Tensor, y: torch.Tensor | None = None

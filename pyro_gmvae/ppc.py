@@ -45,8 +45,7 @@ from sklearn.neighbors import NearestNeighbors
 from tqdm.auto import tqdm
 
 from .dataset import Dataset
-from .errors import DataError
-from .evaluate import log_likelihood
+from .evaluate import checked_input, log_likelihood
 from .files import atomic_write_text
 from .model import GMVAE
 
@@ -406,8 +405,8 @@ def posterior_predictive_checks(
         raise ValueError(f"loglik_samples must be at least 1, not {loglik_samples}")
     if max_examples is not None and max_examples < 1:
         raise ValueError(f"max_examples must be at least 1 (or None), not {max_examples}")
-    all_x = _checked(model, dataset)
-    x_heldout = None if heldout is None else _checked(model, heldout)
+    all_x = checked_input(model, dataset)
+    x_heldout = None if heldout is None else checked_input(model, heldout)
     rng = np.random.default_rng(seed)
     notes: list[str] = []
     x = _subset(all_x, max_examples, rng, "training", notes)
@@ -520,17 +519,6 @@ def _subset(
     notes.append(f"checked a random {max_examples} of the {len(x)} {what} examples")
     keep = np.sort(rng.choice(len(x), max_examples, replace=False))
     return x[torch.as_tensor(keep, device=x.device)]
-
-
-def _checked(model: GMVAE, dataset: Dataset) -> torch.Tensor:
-    if dataset.n_features != model.config.n_features:
-        raise DataError(
-            f"{dataset.name} has {dataset.n_features} features per example but the model was "
-            f"trained on {model.config.n_features}; check it on data of the kind it was trained on"
-        )
-    x = model.as_tensor(dataset.x, name=dataset.name)
-    model.likelihood.check_support(x, name=dataset.name)
-    return x
 
 
 def _loglik_check(

@@ -1,20 +1,30 @@
-"""Fitting a GMVAE: autoencoder pretraining, a Gaussian mixture fitted to the codes (VaDE), a few
-epochs with each example's cluster held at its start, then stochastic variational inference on the
-exact ELBO, with y summed out by ``TraceEnum_ELBO``.
+"""Fitting a GMVAE: the training recipe, an ordered list of named phases, and the loop that runs it.
 
-The whole loop is :meth:`Trainer.run`; a run directory, if given, receives per-epoch metrics and
-checkpoints that let an interrupted run continue on the same trajectory.
+The default recipe (:func:`default_recipe`) reads, as the README and the paper's VaDE start do::
+
+    Pretrain(pretrain_epochs)                      autoencoder, -log p(x | z = mean of q(z|x))
+    Anchor(anchor_epochs, beta=anchor_beta,        -ELBO given y = each row's start cluster;
+           on_begin=[MixtureStart()])              begins with the mixture start, a new Adam
+    SVI(epochs, beta=beta, lr_decay=lr_decay)      -ELBO with y summed out by TraceEnum_ELBO
+
+A phase is a small object: its length, its loss, what happens when it begins (``on_begin``
+actions, a new optimizer or not) and its learning rate. A researcher changes the recipe through
+:class:`Recipe`'s methods (``replace``, ``insert``, ``without``) and passes it to :func:`fit` or
+:class:`Trainer`; nothing private is touched. :class:`Trainer` derives the current phase, the total
+length and the resume state from the recipe; a run directory, if given, receives per-epoch
+metrics and checkpoints that let an interrupted run continue on the same trajectory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-import random
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,37 +33,32 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.infer import TraceEnum_ELBO
-from pyro.poutine.messenger import Messenger
-from sklearn.cluster import SpectralClustering
-from sklearn.decomposition import PCA
-from sklearn.manifold import TSNE
-from sklearn.metrics import silhouette_score
-from sklearn.mixture import GaussianMixture
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from .config import ConfigError, RunConfig, TrainConfig
+from .checkpoints import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
+from .config import RunConfig, TrainConfig
 from .dataset import check_min_rows
-from .errors import DataError
+from .errors import CheckpointError, ConfigError, DataError, RunDirectoryError
+from .files import atomic_write_text
 from .metrics import clustering_scores
 from .model import GMVAE
-from .networks import Encoder
-from .runs import (
-    CHECKPOINT_FILE,
-    METRICS_FILE,
-    SCALER_FILE,
-    CheckpointError,
-    atomic_write_text,
-    load_checkpoint,
-    save_checkpoint,
-    write_metrics,
-)
+from .rng import rng_state, seed_everything, set_rng_state
+from .start import STARTS, Start, StartFunction, check_start, count_distinct, find_start
+from .start import mixture_moments as _mixture_moments
+
+METRICS_FILE = "metrics.jsonl"
 
 _TORCH_VERSION = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2])
 
 
 class TrainingInterrupted(RuntimeError):
-    """Training stopped on request (Ctrl-C); the checkpoint, if any, lets it resume exactly."""
+    """Training stopped on request (Ctrl-C, SIGTERM, SIGHUP); the checkpoint, if any, lets it
+    resume exactly. ``signal`` is the number of the signal that asked, if one did."""
+
+    def __init__(self, message: str, signal: int | None = None):
+        super().__init__(message)
+        self.signal = signal
 
 
 class TrainingDiverged(RuntimeError):
@@ -61,14 +66,30 @@ class TrainingDiverged(RuntimeError):
 
 
 def resolve_device(device: str | None) -> torch.device:
-    """``device`` as a torch device; ``None`` means CUDA when available, else the CPU."""
+    """``device`` as a torch device; ``None`` means CUDA when available, else the CPU.
+
+    Raises:
+        ConfigError: a device torch does not know, or CUDA where none is available.
+    """
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(
-            "--device cuda was asked for but no CUDA device is available; use --device cpu"
-        )
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"--device {device!r} is not a device: use cpu, cuda or cuda:N") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                "--device cuda was asked for but no CUDA device is available; use --device cpu"
+            )
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"--device {device}: this machine has {torch.cuda.device_count()} CUDA "
+                "device(s), numbered from 0"
+            )
+    elif resolved.type != "cpu":
+        raise ConfigError(f"--device must be cpu or cuda, not {device!r}")
+    return resolved
 
 
 def augment_images(
@@ -89,135 +110,330 @@ def augment_images(
     return out.view(n, h * w).clamp(0.0, 1.0)
 
 
-def _rng_state(device: torch.device) -> dict[str, Any]:
-    np_state = np.random.get_state()  # noqa: NPY002 (Pyro and sklearn draw from it)
-    state = {
-        "torch": torch.get_rng_state(),
-        "random": random.getstate(),
-        "numpy": {
-            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
-            "pos": int(np_state[2]),
-            "has_gauss": int(np_state[3]),
-            "cached_gaussian": float(np_state[4]),
-        },
-    }
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
+@dataclass
+class Batch:
+    """One minibatch: the rows ``idx (B,)`` of the training data, their values ``x (B, D)``, and
+    what the networks see instead of ``x`` (a randomly moved copy), if anything: ``view``."""
+
+    idx: torch.Tensor
+    x: torch.Tensor
+    view: torch.Tensor | None = None
+
+    @property
+    def seen(self) -> torch.Tensor:
+        """What the encoders see: the view when there is one, else the data."""
+        return self.x if self.view is None else self.view
+
+    @property
+    def args(self) -> tuple[torch.Tensor, ...]:
+        """The model's and guide's arguments (a traced, JIT loss cannot take None)."""
+        return (self.x,) if self.view is None else (self.x, self.view)
 
 
-def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["random"])
-    n = state["numpy"]
-    np.random.set_state(  # noqa: NPY002
-        (
-            "MT19937",
-            n["keys"].numpy().astype(np.uint32),
-            n["pos"],
-            n["has_gauss"],
-            n["cached_gaussian"],
+# ---------------------------------------------------------------------------------- phases
+@dataclass
+class Phase:
+    """One stretch of the recipe: ``epochs`` passes over the training rows minimising
+    :meth:`loss`, a per-example loss of a minibatch.
+
+    Args:
+        epochs: the phase's length (0: the phase is skipped, its ``on_begin`` too).
+        name: what the records' ``phase`` field and the figures call it; unique in a recipe.
+        lr: Adam's learning rate in the phase (None: ``TrainConfig.lr``).
+        lr_decay: the learning rate is multiplied by this every 10 epochs of the phase.
+        new_optimizer: begin with a fresh Adam (its moments forgotten) instead of continuing.
+        on_begin: actions called with the trainer, in order, when the phase begins (before the
+            optimizer is made), e.g. :class:`MixtureStart`.
+    """
+
+    epochs: int
+    name: str = "phase"
+    lr: float | None = None
+    lr_decay: float = 1.0
+    new_optimizer: bool = False
+    on_begin: Sequence[Callable[[Trainer], None]] = ()
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0:
+            raise ConfigError(f"phase {self.name!r}: epochs must be >= 0, not {self.epochs}")
+        if not 0 < self.lr_decay <= 1:
+            raise ConfigError(f"phase {self.name!r}: lr_decay must be in (0, 1]")
+        self.on_begin = tuple(self.on_begin)
+
+    def loss(self, trainer: Trainer, batch: Batch) -> torch.Tensor:
+        """The loss of ``batch``, per example (a scalar tensor to minimise)."""
+        raise NotImplementedError
+
+    def learning_rate(self, base_lr: float, epoch: int) -> float:
+        """The learning rate in epoch ``epoch`` (0-based) of the phase."""
+        return (self.lr or base_lr) * self.lr_decay ** (epoch // 10)
+
+    def check(self, trainer: Trainer) -> None:
+        """Refuse, before any training, what this phase cannot do with the trainer's data."""
+        for action in self.on_begin:
+            if hasattr(action, "check"):
+                action.check(trainer)
+
+    def describe(self) -> dict[str, Any]:
+        """The phase as plain values, for checkpoints and people."""
+        return {"name": self.name, "kind": type(self).__name__, "epochs": self.epochs}
+
+
+@dataclass
+class Pretrain(Phase):
+    """Autoencoder pretraining (VaDE): -log p(x | z = mean of q(z|x)), the prior unused."""
+
+    name: str = "pretrain"
+    new_optimizer: bool = True
+
+    def loss(self, trainer: Trainer, batch: Batch) -> torch.Tensor:
+        model = trainer.model
+        loc, _ = model.encoder(batch.seen)
+        return -model.likelihood(model.decoder(loc)).log_prob(batch.x).mean()
+
+
+@dataclass
+class Anchor(Phase):
+    """The negative ELBO given each row's cluster at the start (``trainer.assignments``), KL
+    terms weighted by ``beta``: it moves each code towards its own cluster before SVI sums y."""
+
+    name: str = "anchor"
+    beta: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._elbo = TraceEnum_ELBO(max_plate_nesting=1)  # a new model per batch: no JIT
+
+    def loss(self, trainer: Trainer, batch: Batch) -> torch.Tensor:
+        if trainer.assignments is None:
+            raise RuntimeError(
+                f"phase {self.name!r} holds each row at its start cluster, but there is no start: "
+                "begin it (or an earlier phase) with on_begin=[MixtureStart()], or call "
+                "trainer.start_mixture() before run()"
+            )
+        y = trainer.assignments[batch.idx]
+        model = poutine.condition(trainer.model_fn, data={"y": y})
+        guide = trainer.guide_fn
+        if trainer.model.cluster_encoder is not None:
+            # q(z|x,y) at the given y; hidden, so that q(y|x) adds no term to this loss.
+            guide = poutine.block(poutine.condition(guide, data={"y": y}), hide=["y"])
+        loss = self._elbo.differentiable_loss(model, guide, *batch.args, kl_scale=self.beta)
+        return loss / len(batch.x)
+
+
+@dataclass
+class SVI(Phase):
+    """Stochastic variational inference: the negative ELBO per example with y summed out
+    exactly, KL terms weighted by ``beta`` (1: the exact ELBO). ``elbo`` is the estimator
+    (default ``TraceEnum_ELBO(max_plate_nesting=1)``; ``JitTraceEnum_ELBO`` works too)."""
+
+    name: str = "svi"
+    beta: float = 1.0
+    elbo: pyro.infer.ELBO | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.elbo is None:
+            self.elbo = TraceEnum_ELBO(max_plate_nesting=1)
+
+    def loss(self, trainer: Trainer, batch: Batch) -> torch.Tensor:
+        loss = self.elbo.differentiable_loss(
+            trainer.model_fn, trainer.guide_fn, *batch.args, kl_scale=self.beta
         )
-    )
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
+        return loss / len(batch.x)
 
 
-def _mixture_moments(
-    codes: np.ndarray, responsibilities: np.ndarray, reg: float = 1e-4
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Weights ``(K,)``, means ``(K, Z)`` and diagonal variances ``(K, Z)`` of the mixture whose
-    soft assignments of ``codes (N, Z)`` are ``responsibilities (N, K)``; an empty cluster gets
-    the overall mean and variance."""
-    counts = responsibilities.sum(0)
-    total = counts[:, None]
-    means = np.where(
-        total > 0, responsibilities.T @ codes / np.maximum(total, 1e-12), codes.mean(0)
-    )
-    second = responsibilities.T @ codes**2 / np.maximum(total, 1e-12)
-    variances = np.where(total > 0, second - means**2, codes.var(0)) + reg
-    weights = np.maximum(counts, 1.0) / np.maximum(counts, 1.0).sum()
-    return weights, means, np.maximum(variances, reg)
+@dataclass
+class MixtureStart:
+    """An ``on_begin`` action: start the prior p(y) p(z|y) from clusters of the training rows
+    found by ``init`` (a name of :data:`~pyro_gmvae.start.STARTS` or a start function; None:
+    ``TrainConfig.init``) on the codes of the encoder, then fit q(y|x) to them for
+    ``cluster_encoder_epochs`` (None: ``TrainConfig.cluster_encoder_epochs``; enumerated guide
+    only). See :meth:`Trainer.start_mixture`."""
+
+    init: str | StartFunction | None = None
+    cluster_encoder_epochs: int | None = None
+
+    def start_function(self, config: TrainConfig) -> tuple[str, StartFunction | None]:
+        init = config.init if self.init is None else self.init
+        return (init, None) if isinstance(init, str) else (init.__name__, init)
+
+    def check(self, trainer: Trainer) -> None:
+        name, fn = self.start_function(trainer.config)
+        if fn is None:
+            check_start(name, len(trainer.x), trainer.model.n_clusters, trainer.config)
+
+    def __call__(self, trainer: Trainer) -> None:
+        name, fn = self.start_function(trainer.config)
+        codes = trainer.codes()
+        with trainer.activity(f"mixture start ({name})"):
+            data = trainer.x.cpu().numpy()
+            uniform = not trainer.model.config.learn_weights
+            if fn is None:
+                start = find_start(
+                    name, codes, data, trainer.model.n_clusters, trainer.config, uniform
+                )
+            else:
+                start = fn(codes, data, trainer.model.n_clusters, trainer.config, uniform)
+        epochs = self.cluster_encoder_epochs
+        trainer.start_mixture(
+            start, codes, trainer.config.cluster_encoder_epochs if epochs is None else epochs
+        )
 
 
-class _UniformMixture(GaussianMixture):
-    """A Gaussian mixture whose weights stay ``1/K`` through EM: the family of the GMVAE's prior
-    with fixed uniform weights, so that its restarts are compared by the likelihood of that family.
+class Recipe(Sequence[Phase]):
+    """An ordered list of uniquely named phases; immutable: the methods return a new recipe.
 
-    scikit-learn always learns the weights; this resets them after each of its M-steps (a private
-    hook, whose use ``tests/test_train.py`` checks).
+    ``recipe["anchor"]`` is the phase of that name, ``recipe[1]`` the second one.
     """
 
-    def _m_step(self, *args: Any, **kwargs: Any) -> None:
-        super()._m_step(*args, **kwargs)
-        self.weights_ = np.full(self.n_components, 1.0 / self.n_components)
+    def __init__(self, phases: Iterable[Phase]):
+        self.phases: tuple[Phase, ...] = tuple(phases)
+        names = [p.name for p in self.phases]
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            raise ConfigError(f"phase names must be unique in a recipe: {duplicated} repeat")
+        if not all(isinstance(p, Phase) for p in self.phases):
+            raise TypeError("a recipe holds Phase objects")
+
+    def __getitem__(self, key):  # type: ignore[override]
+        if isinstance(key, str):
+            return self.phases[self.index(key)]
+        return self.phases[key]
+
+    def __len__(self) -> int:
+        return len(self.phases)
+
+    def __repr__(self) -> str:
+        return "Recipe([\n" + "".join(f"    {p!r},\n" for p in self.phases) + "])"
+
+    def index(self, name: str) -> int:  # type: ignore[override]
+        for i, phase in enumerate(self.phases):
+            if phase.name == name:
+                return i
+        raise KeyError(f"no phase named {name!r}; the recipe has {self.names}")
+
+    @property
+    def names(self) -> list[str]:
+        return [p.name for p in self.phases]
+
+    @property
+    def total_epochs(self) -> int:
+        return sum(p.epochs for p in self.phases)
+
+    def replace(self, name: str, phase: Phase) -> Recipe:
+        """The recipe with the phase called ``name`` replaced by ``phase``."""
+        i = self.index(name)
+        return Recipe(self.phases[:i] + (phase,) + self.phases[i + 1 :])
+
+    def insert(
+        self, phase: Phase, *, after: str | None = None, before: str | None = None
+    ) -> Recipe:
+        """The recipe with ``phase`` added after (or before) the phase of that name; at the end
+        when neither is given."""
+        if after is not None and before is not None:
+            raise ValueError("pass after= or before=, not both")
+        i = len(self.phases)
+        if after is not None:
+            i = self.index(after) + 1
+        elif before is not None:
+            i = self.index(before)
+        return Recipe(self.phases[:i] + (phase,) + self.phases[i:])
+
+    def without(self, name: str) -> Recipe:
+        """The recipe without the phase called ``name``."""
+        i = self.index(name)
+        return Recipe(self.phases[:i] + self.phases[i + 1 :])
+
+    def locate(self, epoch: int) -> tuple[int, int]:
+        """``(phase index, epoch within that phase)`` of global epoch ``epoch`` (0-based)."""
+        for i, phase in enumerate(self.phases):
+            if epoch < phase.epochs:
+                return i, epoch
+            epoch -= phase.epochs
+        raise IndexError(f"epoch {epoch} is past the recipe's {self.total_epochs} epochs")
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [p.describe() for p in self.phases]
 
 
-def _tsne_map(x: np.ndarray, perplexity: float, seed: int) -> np.ndarray:
-    """A 2-d t-SNE map ``(N, 2)`` of ``x (N, D)``; PCA initialisation, so it depends on ``seed``
-    only through ties. The perplexity is capped at a third of the rows, as t-SNE needs."""
-    perplexity = min(perplexity, max(1.0, (len(x) - 1) / 3))
-    return TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x)
-
-
-def _map_clusters(
-    embedding: np.ndarray, n_clusters: int, restarts: int, seed: int, uniform: bool
-) -> np.ndarray:
-    """Cluster of each point of a map ``(N, 2)``: a full-covariance Gaussian mixture, with
-    weights held at ``1/K`` when ``uniform`` (as the prior's are by default), ``restarts``
-    initialisations, the best by likelihood.
-
-    Free weights let EM settle on one component for two touching classes and two for one long
-    class; with uniform weights that costs likelihood, and that start is no longer picked.
-    """
-    kind = _UniformMixture if uniform else GaussianMixture
-    gmm = kind(
-        n_clusters, covariance_type="full", n_init=restarts, random_state=seed, reg_covar=1e-4
+def default_recipe(config: TrainConfig, elbo: pyro.infer.ELBO | None = None) -> Recipe:
+    """The recipe of ``gmvae train``, from ``config``: pretraining, then the mixture start and the
+    anchor epochs, then SVI with y summed out (``elbo``: its estimator). Without pretraining
+    there are no codes to start from: SVI alone, from the prior as it is."""
+    if config.pretrain_epochs == 0:
+        return Recipe([SVI(config.epochs, beta=config.beta, lr_decay=config.lr_decay, elbo=elbo)])
+    start = (MixtureStart(),)
+    anchor = config.anchor_epochs
+    return Recipe(
+        [
+            Pretrain(config.pretrain_epochs),
+            Anchor(anchor, beta=config.anchor_beta, on_begin=start, new_optimizer=True),
+            SVI(
+                config.epochs,
+                beta=config.beta,
+                lr_decay=config.lr_decay,
+                elbo=elbo,
+                # Without anchor epochs the start begins SVI itself.
+                on_begin=() if anchor else start,
+                new_optimizer=not anchor,
+            ),
+        ]
     )
-    return gmm.fit(embedding).predict(embedding)
 
 
-def _principal_components(x: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """The first ``n`` principal components of ``x (N, D)``, or ``x`` itself when ``D <= n``."""
-    return x if x.shape[1] <= n else PCA(n, random_state=seed).fit_transform(x)
+# ---------------------------------------------------------------------------------- metrics
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The per-epoch records of a run (``metrics.jsonl``): JSON objects with epochs 1, 2, ...
+
+    Raises:
+        RunDirectoryError: a line that is not JSON, not an object, or out of order.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / METRICS_FILE
+    if not path.exists():
+        return []
+
+    def bad(why: str) -> RunDirectoryError:
+        return RunDirectoryError(
+            f"{path} is not a run's metrics ({why}); restore it from a copy, or delete it to "
+            "resume without the earlier epochs' records"
+        )
+
+    try:
+        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, ValueError, RecursionError) as e:
+        raise bad(f"not readable JSON lines: {e}") from None
+    for i, record in enumerate(records, 1):
+        if not isinstance(record, dict) or record.get("epoch") != i:
+            raise bad(f"record {i} is not the object of epoch {i}: {str(record)[:60]}")
+    return records
 
 
-def _separation(embedding: np.ndarray, labels: np.ndarray, seed: int) -> float:
-    """Silhouette of the clusters ``labels (N,)`` on a map ``(N, 2)``, in [-1, 1], higher for
-    tighter, better separated clusters; from at most 10,000 points, as it costs O(N^2)."""
-    if len(np.unique(labels)) < 2:
-        return -1.0
-    size = min(len(labels), 10_000)
-    return float(silhouette_score(embedding, labels, sample_size=size, random_state=seed))
+def write_metrics(path: str | Path, records: list[dict[str, Any]]) -> None:
+    atomic_write_text(Path(path), "".join(json.dumps(r) + "\n" for r in records))
 
 
-class _ScaleSite(Messenger):
-    """Scale the log-density of one sample site by a constant (a scalar, as enumeration needs)."""
-
-    def __init__(self, name: str, scale: float):
-        super().__init__()
-        self.name, self.scale = name, scale
-
-    def _process_message(self, msg: dict[str, Any]) -> None:
-        if msg["name"] == self.name:
-            msg["scale"] = self.scale * msg["scale"]
-
-
+# ---------------------------------------------------------------------------------- trainer
 class Trainer:
-    """Fits ``model`` to ``x``: ``pretrain_epochs`` of autoencoder training, a mixture fitted to the
-    codes, ``anchor_epochs`` with each example's cluster held at the mixture's choice, then
-    ``epochs`` of SVI on the ELBO.
+    """Runs ``recipe`` (default: :func:`default_recipe` of ``config``) on ``model`` and ``x``.
 
     Args:
         model: the GMVAE to fit (changed in place).
         x: training data ``(N, D)``, already preprocessed (images in [0, 1]).
         config: the training options.
+        recipe: the phases to run; default :func:`default_recipe` of ``config``.
         labels: ``(N,)`` reference labels, for scoring each epoch only.
         run_dir: where metrics and checkpoints go; ``None`` keeps everything in memory.
         run_config: the run's full configuration, saved inside each checkpoint.
-        elbo: the loss; default ``TraceEnum_ELBO(max_plate_nesting=1)``.
+        elbo: the SVI phase's estimator in the default recipe (give a recipe or this, not both).
         progress: show a tqdm bar.
         on_epoch: called with each epoch's record (e.g. to plot live in a notebook).
+        on_batch: called with the trainer after each optimizer step (``trainer.epoch`` and
+            ``trainer.batch`` say where); it may call :meth:`request_stop`.
+        extra_state: plain values saved in every checkpoint, returned by :meth:`resume`
+            (``gmvae train`` keeps a fingerprint of the training data there).
     """
 
     def __init__(
@@ -226,14 +442,19 @@ class Trainer:
         x: np.ndarray | torch.Tensor,
         config: TrainConfig,
         *,
+        recipe: Recipe | Iterable[Phase] | None = None,
         labels: np.ndarray | None = None,
         run_dir: str | Path | None = None,
         run_config: RunConfig | None = None,
         elbo: pyro.infer.ELBO | None = None,
         progress: bool = True,
         on_epoch: Callable[[dict[str, Any]], None] | None = None,
+        on_batch: Callable[[Trainer], None] | None = None,
+        extra_state: dict[str, Any] | None = None,
     ):
         config.validate()
+        if recipe is not None and elbo is not None:
+            raise ValueError("pass elbo to the recipe's SVI phase, or no recipe")
         self.config = config
         self.device = resolve_device(config.device)
         self.model = model.to(self.device)
@@ -246,107 +467,85 @@ class Trainer:
                 "(or no labels)"
             )
         self.labels = None if labels is None else np.asarray(labels)
+        self.recipe = default_recipe(config, elbo) if recipe is None else Recipe(recipe)
         self.run_dir = None if run_dir is None else Path(run_dir)
         self.run_config = run_config
-        self.elbo = elbo or TraceEnum_ELBO(max_plate_nesting=1)
         # Bound once: JitTraceEnum_ELBO caches its compiled loss by id(model) and id(guide), and
         # every access to a method makes a new bound-method object.
-        self._guide_fn = model.guide
-        self._model_fn = (
-            model.model if config.beta == 1.0 else _ScaleSite("x", 1.0 / config.beta)(model.model)
-        )
-        # The anchor epochs hold y at the clusters of the mixture start, which pretraining makes.
-        self.anchor_epochs = config.anchor_epochs if config.pretrain_epochs > 0 else 0
-        self.assignments: torch.Tensor | None = None  # (N,) cluster of each row at the start
-        self.start_source: str | None = None  # the t-SNE map the start came from (init tsne)
-        self.start_scores: dict[str, float] = {}  # each map's silhouette
-        self._anchor_elbo = TraceEnum_ELBO(max_plate_nesting=1)  # a new model per batch: no JIT
-        self._anchor_model = _ScaleSite("x", 1.0 / config.anchor_beta)(model.model)
+        self.model_fn = model.model
+        self.guide_fn = model.guide
         self.progress = progress
         self.on_epoch = on_epoch
+        self.on_batch = on_batch
+        self.extra_state = extra_state or {}
         self.image_shape = model.config.image_shape
         self.history: list[dict[str, Any]] = []
-        # Position in training: completed epochs, and the next batch within the current epoch.
+        # Position: completed epochs, the next batch within the current epoch, and how many of
+        # the recipe's phases have begun (their on_begin run).
         self.epoch = 0
         self.batch = 0
+        self.begun = 0
         self.perm: torch.Tensor | None = None
         self.epoch_loss = 0.0
-        self.mixture_ready = config.pretrain_epochs == 0
-        self.optimizer, self.scheduler = self._make_optimizer()
+        # What the mixture start found: each row's cluster (held by Anchor phases), and its notes.
+        self.assignments: torch.Tensor | None = None
+        self.start_info: dict[str, Any] | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self._stop_signal: int | None = None
         self._stop_requested = False
+        self._bar: tqdm | None = None
         # Reading a loss back syncs a GPU with the host: there, check for NaN every 50 batches.
         self.check_every = 1 if self.device.type == "cpu" else 50
+        for phase in self.recipe:
+            phase.check(self)
+        if any(isinstance(a, MixtureStart) for p in self.recipe for a in p.on_begin if p.epochs):
+            # Before any training: rows that are all alike cannot make K clusters (and crash
+            # t-SNE), and would only be found out after pretraining.
+            distinct = count_distinct(self.x.cpu().numpy(), model.n_clusters)
+            if distinct < model.n_clusters:
+                raise DataError(
+                    f"the {len(self.x)} training rows take only {distinct} distinct values, "
+                    f"fewer than the {model.n_clusters} clusters; pass --clusters {distinct} or "
+                    "fewer, or check the data"
+                )
 
-    # ------------------------------------------------------------------------------- set-up
+    # ------------------------------------------------------------------------------ position
     @property
     def total_epochs(self) -> int:
-        return self.config.pretrain_epochs + self.anchor_epochs + self.config.epochs
+        return self.recipe.total_epochs
 
-    def _phase(self, epoch: int) -> str:
-        if epoch < self.config.pretrain_epochs:
-            return "pretrain"
-        return "anchor" if epoch < self.config.pretrain_epochs + self.anchor_epochs else "svi"
+    @property
+    def batches_per_epoch(self) -> int:
+        return math.ceil(len(self.x) / self.config.batch_size)
 
-    def _make_optimizer(self):
+    def phase_at(self, epoch: int) -> Phase:
+        """The phase that epoch ``epoch`` (0-based) belongs to."""
+        return self.recipe[self.recipe.locate(epoch)[0]]
+
+    # ------------------------------------------------------------------------------- pieces
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        """A fresh Adam over the model's parameters."""
         # Fused Adam updates all parameters in one kernel; torch's default loops over them,
         # which cost 7-13 ms a step on the CPU box at the default size (benchmarks/SPEED.md).
         # The CPU kernel arrived in torch 2.4; older versions keep the default.
         fused = self.device.type == "cuda" or _TORCH_VERSION >= (2, 4)
-        optimizer = torch.optim.Adam(self.model.parameters(), lr=self.config.lr, fused=fused)
-        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 10, gamma=self.config.lr_decay)
-        return optimizer, scheduler
+        return torch.optim.Adam(self.model.parameters(), lr=self.config.lr, fused=fused)
 
-    # ------------------------------------------------------------------------------- steps
-    def _minibatch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The examples ``idx`` and, for images with augmentation on, a randomly moved view.
+    def minibatch(self, idx: torch.Tensor) -> Batch:
+        """The rows ``idx`` and, for images with augmentation on, a randomly moved view.
 
-        In ``view`` mode the networks see the view and the likelihood scores the original;
-        in ``data`` mode the view replaces the original altogether.
+        In ``view`` mode the networks see the view and the likelihood scores the original; in
+        ``data`` mode the view replaces the original altogether.
         """
         xb = self.x[idx]
         c = self.config
         if self.image_shape is None or (c.augment_rotation == 0 and c.augment_shift == 0):
-            return xb, None
+            return Batch(idx, xb)
         view = augment_images(xb, self.image_shape, c.augment_rotation, c.augment_shift)
-        return (xb, view) if c.augment_mode == "view" else (view, None)
+        return Batch(idx, xb, view) if c.augment_mode == "view" else Batch(idx, view)
 
-    def pretrain_loss(self, xb: torch.Tensor, view: torch.Tensor | None = None) -> torch.Tensor:
-        """Autoencoder loss: -log p(x | z = mean of q(z|view)), per example."""
-        loc, _ = self.model.encoder(xb if view is None else view)
-        return -self.model.likelihood(self.model.decoder(loc)).log_prob(xb).mean()
-
-    def svi_loss(self, xb: torch.Tensor, view: torch.Tensor | None = None) -> torch.Tensor:
-        """The negative ELBO per example, y summed out exactly (KL terms weighted by beta)."""
-        args = (xb,) if view is None else (xb, view)  # a traced (JIT) loss cannot take None
-        return self.elbo.differentiable_loss(self._model_fn, self._guide_fn, *args) / len(xb)
-
-    def anchor_loss(
-        self, xb: torch.Tensor, view: torch.Tensor | None, y: torch.Tensor
-    ) -> torch.Tensor:
-        """The negative ELBO per example given the clusters ``y (N,)``, KL terms weighted by
-        ``anchor_beta``: it moves each code towards its own cluster of the mixture start."""
-        model = poutine.condition(self._anchor_model, data={"y": y})
-        guide = self._guide_fn
-        if self.model.cluster_encoder is not None:
-            # q(z|x,y) at the given y; hidden, so that q(y|x) adds no term to this loss.
-            guide = poutine.block(poutine.condition(guide, data={"y": y}), hide=["y"])
-        args = (xb,) if view is None else (xb, view)
-        return self._anchor_elbo.differentiable_loss(model, guide, *args) / len(xb)
-
-    def _loss(self, phase: str, idx: torch.Tensor) -> torch.Tensor:
-        xb, view = self._minibatch(idx)
-        if phase == "pretrain":
-            return self.pretrain_loss(xb, view)
-        if phase == "anchor":
-            if self.assignments is None:
-                raise RuntimeError(
-                    "the anchor epochs need a mixture start: call init_mixture() or "
-                    "start_mixture() before run(), or set anchor_epochs=0"
-                )
-            return self.anchor_loss(xb, view, self.assignments[idx])
-        return self.svi_loss(xb, view)
-
-    def _step(self, loss: torch.Tensor) -> None:
+    def step(self, loss: torch.Tensor) -> None:
+        """One optimizer step on ``loss``, gradients clipped to ``clip_norm``."""
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.config.clip_norm > 0:
@@ -354,87 +553,30 @@ class Trainer:
         self.optimizer.step()
 
     @torch.no_grad()
-    def init_mixture(self) -> None:
-        """Make the prior p(y) p(z|y) a mixture fitted to the codes of the pretrained encoder.
-
-        ``init="tsne"``: a full-covariance Gaussian mixture on a 2-d t-SNE map (of the codes, of
-        the data, or of both, keeping the map whose clusters are better separated; see
-        :meth:`_tsne_start`), then each cluster's mean and variance in the code space.
-        ``init="gmm"`` (VaDE): a diagonal Gaussian mixture fitted to the codes by EM,
-        ``restarts`` initialisations, the best by likelihood.
-        ``init="spectral"``: spectral clustering of the codes' k-nearest-neighbour graph. t-SNE
-        and the graph follow the curved, elongated shapes that classes take in a code space,
-        which a mixture on the codes cuts across. None uses labels.
-
-        Each row's most probable cluster is kept in ``assignments`` for the anchor epochs.
-        """
-        codes_np = self._codes()
-        K = self.model.n_clusters
-        if self.config.init == "gmm":
-            gmm = GaussianMixture(
-                K,
-                covariance_type="diag",
-                n_init=self.config.restarts,
-                random_state=self.config.seed,
-                reg_covar=1e-4,
-            ).fit(codes_np)
-            responsibilities = gmm.predict_proba(codes_np)
-        elif self.config.init == "tsne":
-            responsibilities = np.eye(K)[self._tsne_start(codes_np)]
-        else:
-            assignments = SpectralClustering(
-                K,
-                affinity="nearest_neighbors",
-                n_neighbors=self.config.init_neighbors,
-                assign_labels="cluster_qr",
-                random_state=self.config.seed,
-            ).fit_predict(codes_np)
-            responsibilities = np.eye(K)[assignments]
-        self.start_mixture(responsibilities, codes_np)
-
-    def _tsne_start(self, codes: np.ndarray) -> np.ndarray:
-        """Cluster ``(N,)`` of each training row from t-SNE maps of ``codes (N, Z)`` and/or of
-        the data's first 50 principal components (``tsne_input``): a Gaussian mixture on each
-        map (weights held uniform unless the prior learns them, ``restarts`` initialisations,
-        best by likelihood), and of two maps the one whose clusters have the higher silhouette.
-
-        Silhouettes compare maps, not likelihoods: two maps are two different data sets. Which
-        map wins depends on the data: a network pretrained on a few thousand small images can
-        code them worse than their pixels. The choice is kept in ``start_source`` and its
-        scores in ``start_scores``.
-        """
-        c = self.config
-        sources = {"codes": codes} if c.tsne_input in ("auto", "codes") else {}
-        if c.tsne_input in ("auto", "data"):
-            data = self.x.cpu().double().numpy()
-            sources["data"] = _principal_components(data, 50, c.seed)
-        uniform = not self.model.config.learn_weights
-        found = {}
-        for name, source in sources.items():
-            embedding = _tsne_map(source, c.tsne_perplexity, c.seed)
-            labels = _map_clusters(embedding, self.model.n_clusters, c.restarts, c.seed, uniform)
-            found[name] = (_separation(embedding, labels, c.seed), labels)
-        self.start_source = max(found, key=lambda name: found[name][0])
-        self.start_scores = {name: score for name, (score, _) in found.items()}
-        return found[self.start_source][1]
-
-    def _codes(self) -> np.ndarray:
+    def codes(self) -> np.ndarray:
         """The means of q(z|x) of the training rows, ``(N, Z)`` float64 on the host."""
         encoder = self.model.encoder
         return self.model._batched(lambda b: encoder(b)[0], self.x).cpu().double().numpy()
 
     @torch.no_grad()
-    def start_mixture(self, responsibilities: np.ndarray, codes: np.ndarray | None = None) -> None:
-        """Start the prior from soft or hard cluster assignments ``responsibilities (N, K)`` of
-        the training rows: each cluster's weight, mean and variance of the codes (the means of
-        q(z|x), ``codes`` if already computed), q(z|x) narrow, and q(y|x) fitted to them for the
-        enumerated guide. Each row's most probable cluster is held during the anchor epochs.
+    def start_mixture(
+        self,
+        start: Start | np.ndarray,
+        codes: np.ndarray | None = None,
+        cluster_encoder_epochs: int | None = None,
+    ) -> None:
+        """Start the prior from a :class:`~pyro_gmvae.start.Start` (or its responsibilities
+        ``(N, K)``) of the training rows: each cluster's weight, mean and variance of the codes
+        (the means of q(z|x), ``codes`` if already computed), q(z|x) narrow, and q(y|x) fitted
+        to them for ``cluster_encoder_epochs`` (enumerated guide). Each row's most probable
+        cluster is held during Anchor phases.
 
-        :meth:`init_mixture` calls this with the clusters it finds; call it directly to start
-        from clusters of your own (then set ``mixture_ready = True`` before :meth:`run`).
+        :class:`MixtureStart` calls this with the clusters its start finds.
         """
+        if not isinstance(start, Start):
+            start = Start(np.asarray(start, dtype=np.float64))
         model = self.model
-        responsibilities = np.asarray(responsibilities, dtype=np.float64)
+        responsibilities = np.asarray(start.responsibilities, dtype=np.float64)
         if responsibilities.shape != (len(self.x), model.n_clusters):
             raise ValueError(
                 f"responsibilities have shape {responsibilities.shape}; pass one row of "
@@ -442,27 +584,29 @@ class Trainer:
                 f"({len(self.x)}, {model.n_clusters})"
             )
         if codes is None:
-            codes = self._codes()
+            codes = self.codes()
         self.assignments = torch.as_tensor(responsibilities.argmax(1), device=self.device)
+        self.start_info = {"epoch": self.epoch, "source": start.source, "scores": start.scores}
         weights, means, variances = _mixture_moments(codes, responsibilities)
-        as_param = lambda a: torch.as_tensor(a, dtype=torch.float32, device=self.device)  # noqa: E731
-        model.cluster_means.copy_(as_param(means))
-        scales = as_param(np.sqrt(variances)) - 1e-4
-        model.cluster_raw_scales.copy_(scales + torch.log(-torch.expm1(-scales)))  # softplus^-1
-        if model.config.learn_weights:
-            model.cluster_logits.copy_(as_param(np.log(weights)))
-        if isinstance(model.encoder, Encoder):
+        model.set_prior(means, np.sqrt(variances), weights)
+        if hasattr(model.encoder, "reset_scale"):
             # The pretrained encoder never trained its scale: start q(z|x) narrow relative to
             # the clusters, or the first ELBO steps see a huge KL and wreck the codes.
-            target = 0.1 * float(np.sqrt(variances).min())
-            model.encoder.raw_scale.weight.zero_()
-            model.encoder.raw_scale.bias.fill_(math.log(math.expm1(target)))
-        if model.cluster_encoder is not None:
+            model.encoder.reset_scale(0.1 * float(np.sqrt(variances).min()))
+        epochs = (
+            self.config.cluster_encoder_epochs
+            if cluster_encoder_epochs is None
+            else cluster_encoder_epochs
+        )
+        if model.cluster_encoder is not None and epochs > 0:
             with torch.enable_grad():
-                self._fit_cluster_encoder(as_param(responsibilities))
+                self._fit_cluster_encoder(
+                    torch.as_tensor(responsibilities, dtype=torch.float32, device=self.device),
+                    epochs,
+                )
 
-    def _fit_cluster_encoder(self, responsibilities: torch.Tensor, epochs: int = 5) -> None:
-        """Start q(y|x) from the mixture's responsibilities, so the enumerated guide begins where
+    def _fit_cluster_encoder(self, responsibilities: torch.Tensor, epochs: int) -> None:
+        """Start q(y|x) from the start's responsibilities, so the enumerated guide begins where
         the marginal one would (cross-entropy to soft targets), on what it will see in SVI: the
         moved views when augmentation is on."""
         encoder = self.model.cluster_encoder
@@ -470,43 +614,71 @@ class Trainer:
         n, bs = len(self.x), self.config.batch_size
         for _ in range(epochs):
             for idx in torch.randperm(n, device=self.device).split(bs):
-                xb, view = self._minibatch(idx)
-                logits = encoder(xb if view is None else view)
+                logits = encoder(self.minibatch(idx).seen)
                 loss = -(responsibilities[idx] * F.log_softmax(logits, -1)).sum(-1).mean()
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
 
+    @contextlib.contextmanager
+    def activity(self, what: str) -> Iterator[None]:
+        """Show ``what`` and its elapsed time on the progress bar while the block runs (a start
+        can take minutes without a step), and keep that time out of the bar's rate and ETA."""
+        bar = self._bar
+        if bar is None or bar.disable:
+            yield
+            return
+        done = threading.Event()
+        began = time.perf_counter()
+
+        def tick() -> None:
+            while not done.wait(1.0):
+                bar.set_description_str(f"{what} {time.perf_counter() - began:.0f}s", refresh=True)
+
+        ticker = threading.Thread(target=tick, daemon=True)
+        bar.set_description_str(what, refresh=True)
+        ticker.start()
+        try:
+            yield
+        finally:
+            done.set()
+            ticker.join()
+            bar.set_description_str("", refresh=False)
+            bar.unpause()
+
     # ------------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
         return {
             "config": json.dumps(self.run_config.to_dict()) if self.run_config else None,
+            "recipe": json.dumps(self.recipe.describe()),
             "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
+            "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
             "epoch": self.epoch,
             "batch": self.batch,
+            "begun": self.begun,
             "perm": self.perm,
             "epoch_loss": self.epoch_loss,
-            "mixture_ready": self.mixture_ready,
             "assignments": self.assignments,
-            "start": {"source": self.start_source, "scores": self.start_scores},
-            "rng": _rng_state(self.device),
+            "start": self.start_info,
+            "rng": rng_state(self.device),
+            "extra": self.extra_state,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.epoch, self.batch = state["epoch"], state["batch"]
+        begun, epoch, batch = state["begun"], state["epoch"], state["batch"]
+        if not all(isinstance(v, int) and v >= 0 for v in (begun, epoch, batch)):
+            raise ValueError(f"a position of epoch {epoch}, batch {batch}, {begun} phases begun")
+        if state["optimizer"] is not None:
+            self.optimizer = self.make_optimizer()
+            self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch, self.batch, self.begun = epoch, batch, begun
         self.perm = None if state["perm"] is None else state["perm"].to(self.device)
         self.epoch_loss = state["epoch_loss"]
-        self.mixture_ready = state["mixture_ready"]
         assignments = state["assignments"]
         self.assignments = None if assignments is None else assignments.to(self.device)
-        start = state.get("start") or {}  # absent from checkpoints written before it was kept
-        self.start_source, self.start_scores = start.get("source"), start.get("scores", {})
-        _set_rng_state(state["rng"], self.device)
+        self.start_info = state["start"]
+        set_rng_state(state["rng"], self.device)
 
     def save(self) -> None:
         if self.run_dir is not None:
@@ -515,18 +687,19 @@ class Trainer:
             write_metrics(self.run_dir / METRICS_FILE, self.history)
             save_checkpoint(self.run_dir / CHECKPOINT_FILE, self.state_dict())
 
-    def resume(self, history: list[dict[str, Any]] | None = None) -> None:
-        """Continue from the run directory's checkpoint; metrics after it are dropped.
+    def resume(self, history: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """Continue from the run directory's checkpoint; metrics after it are dropped. Returns
+        the checkpoint's ``extra_state``.
 
         Raises :class:`CheckpointError` when the checkpoint holds no training state or was
-        written for a model of another configuration.
+        written for another model or recipe.
         """
         path = self.run_dir / CHECKPOINT_FILE
         state = load_checkpoint(path, map_location=self.device)
         if state.get("config"):
             try:
                 saved = RunConfig.from_dict(json.loads(state["config"])).model
-            except (ValueError, TypeError) as e:  # ConfigError is a ValueError
+            except (ValueError, TypeError, AttributeError) as e:  # ConfigError is a ValueError
                 raise CheckpointError(f"{path} holds an unreadable configuration ({e})") from None
             changed = [
                 f"{k} {v!r} there, {getattr(self.model.config, k)!r} here"
@@ -538,98 +711,149 @@ class Trainer:
                     f"{path} was written for another model ({'; '.join(changed)}); resume with "
                     "the options and data it was trained with, or start a new run"
                 )
+        if "begun" not in state:
+            raise CheckpointError(
+                f"{path} holds no training state: it is a model saved by GMVAE.save (or by a "
+                "pyro_gmvae before 0.2), which GMVAE.load reads but training cannot continue from"
+            )
+        self._check_recipe(path, state)
         try:
             self.load_state_dict(state)
         except KeyError as e:
-            raise CheckpointError(
-                f"{path} holds no training state ({e} is missing): it is a model saved by "
-                "GMVAE.save, which GMVAE.load reads but training cannot continue from"
-            ) from None
-        except (RuntimeError, ValueError, TypeError) as e:
+            raise CheckpointError(f"{path} holds no training state ({e} is missing)") from None
+        except (RuntimeError, ValueError, TypeError, AttributeError) as e:
             raise CheckpointError(
                 f"{path} does not fit this model ({str(e).splitlines()[0]}); resume with the "
                 "options and data it was trained with, or start a new run"
             ) from None
-        self.history = [r for r in (history or []) if r["epoch"] <= self.epoch]
+        self.history = [r for r in (history or []) if r.get("epoch", math.inf) <= self.epoch]
+        return state.get("extra") or {}
 
-    # ------------------------------------------------------------------------------- loop
-    def _request_stop(self, signum, frame) -> None:
-        if self._stop_requested:  # a second Ctrl-C stops at once
+    def _check_recipe(self, path: Path, state: dict[str, Any]) -> None:
+        """The phases a checkpoint has begun must be those of this recipe, of the same lengths
+        (the last begun one may be longer or shorter: ``--epochs`` may change on resume)."""
+        try:
+            saved = json.loads(state["recipe"])
+            done = [(p["name"], p["epochs"]) for p in saved][: state["begun"]]
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(f"{path} holds no readable recipe") from None
+        here = [(p.name, p.epochs) for p in self.recipe][: len(done)]
+        if [n for n, _ in done] != [n for n, _ in here] or done[:-1] != here[:-1]:
+            raise CheckpointError(
+                f"{path} was trained with the phases {done}, this recipe has {here}; resume "
+                "with the recipe it was trained with, or start a new run"
+            )
+
+    # ------------------------------------------------------------------------------ loop
+    def request_stop(self, signum: int | None = None) -> None:
+        """Stop after the current batch, saving a checkpoint (what Ctrl-C, SIGTERM and SIGHUP
+        do); a second request while stopping stops at once."""
+        if self._stop_requested:
             raise KeyboardInterrupt
         self._stop_requested = True
+        self._stop_signal = signum
 
     def run(self) -> list[dict[str, Any]]:
-        """Train until ``pretrain_epochs + epochs`` epochs are done; returns the per-epoch records.
+        """Run the recipe to its end; returns the per-epoch records.
 
-        Raises :class:`TrainingInterrupted` after Ctrl-C (having saved a checkpoint mid-epoch) and
-        :class:`TrainingDiverged` when the loss stops being finite.
+        A run that starts from the beginning first seeds every generator with ``config.seed``
+        (the model's weights are the caller's: build it after ``pyro.set_rng_seed(seed)`` for
+        the run ``gmvae train`` makes).
+
+        Raises :class:`TrainingInterrupted` after Ctrl-C, SIGTERM or SIGHUP (having saved a
+        checkpoint mid-epoch) and :class:`TrainingDiverged` when the loss stops being finite.
         """
+        if (self.epoch, self.batch, self.begun) == (0, 0, 0):
+            seed_everything(self.config.seed)
         in_main = threading.current_thread() is threading.main_thread()
-        previous = signal.signal(signal.SIGINT, self._request_stop) if in_main else None
-        bar = tqdm(
-            total=self.total_epochs, initial=self.epoch, disable=not self.progress, unit="epoch"
+        handled = [signal.SIGINT, signal.SIGTERM] + (
+            [signal.SIGHUP] if hasattr(signal, "SIGHUP") else []
+        )
+        previous = {}
+        if in_main:
+            for s in handled:
+                previous[s] = signal.signal(s, lambda signum, frame: self.request_stop(signum))
+        n_batches = self.batches_per_epoch
+        self._bar = tqdm(
+            total=self.total_epochs * n_batches,
+            initial=self.epoch * n_batches + self.batch,
+            disable=not self.progress,
+            unit="step",
+            dynamic_ncols=True,
         )
         try:
             while self.epoch < self.total_epochs:
                 record = self._run_epoch()
-                bar.update(1)
-                bar.set_postfix(
-                    {k: f"{v:.4g}" for k, v in record.items() if k in ("loss", "accuracy")}
-                    | {"phase": record["phase"]}
+                self._bar.set_postfix(
+                    {"phase": record["phase"]}
+                    | {k: f"{v:.4g}" for k, v in record.items() if k in ("loss", "accuracy")}
                 )
         finally:
-            bar.close()
-            if in_main:
-                signal.signal(signal.SIGINT, previous)
+            self._bar.close()
+            self._bar = None
+            for s, handler in previous.items():
+                signal.signal(s, handler)
         return self.history
 
+    def _begin(self, index: int) -> None:
+        """Begin phase ``index`` (and mark the empty phases before it as begun)."""
+        phase = self.recipe[index]
+        for action in phase.on_begin:
+            action(self)
+        if phase.new_optimizer or self.optimizer is None:
+            self.optimizer = self.make_optimizer()
+        self.begun = index + 1
+
     def _run_epoch(self) -> dict[str, Any]:
-        phase = self._phase(self.epoch)
-        if phase != "pretrain" and not self.mixture_ready:
-            self.init_mixture()
-            self.mixture_ready = True
-            self.optimizer, self.scheduler = self._make_optimizer()
+        index, position = self.recipe.locate(self.epoch)
+        phase = self.recipe[index]
+        if self.begun <= index:
+            self._begin(index)
+        for group in self.optimizer.param_groups:
+            group["lr"] = phase.learning_rate(self.config.lr, position)
         n, bs = len(self.x), self.config.batch_size
         if self.perm is None:
             self.perm = torch.randperm(n, device=self.device)
             self.batch, self.epoch_loss = 0, 0.0
-        n_batches = math.ceil(n / bs)
+        n_batches = self.batches_per_epoch
         pending: list[torch.Tensor] = []
         start = time.perf_counter()
         self.model.train()
         while self.batch < n_batches:
             idx = self.perm[self.batch * bs : (self.batch + 1) * bs]
             try:
-                loss = self._loss(phase, idx)
+                loss = phase.loss(self, self.minibatch(idx))
             except ValueError:
                 # Pyro refuses distributions with NaN parameters: a step since the last check
                 # (deferred on a GPU) made the weights non-finite. Name the batch, not Pyro.
-                self._add_losses(pending, phase, last=self.batch - 1)
+                self._add_losses(pending, phase.name, last=self.batch - 1)
                 self._check_weights(self.batch - 1)
                 raise
             pending.append(loss.detach() * len(idx))
             if len(pending) >= self.check_every or self.batch == n_batches - 1:
-                self._add_losses(pending, phase, last=self.batch)
-            self._step(loss)
+                self._add_losses(pending, phase.name, last=self.batch)
+            self.step(loss)
+            if self.on_batch is not None:
+                self.on_batch(self)
             if self._stop_requested:  # the checkpoint must hold no unchecked step
-                self._add_losses(pending, phase, last=self.batch)
+                self._add_losses(pending, phase.name, last=self.batch)
                 self._check_weights(self.batch)
             self.batch += 1
+            if self._bar is not None:
+                self._bar.update(1)
             if self._stop_requested and self.batch < n_batches:
                 self._interrupt()
         self._check_weights(n_batches - 1)  # a finite loss can still end in an inf gradient
-        if phase == "svi":
-            self.scheduler.step()
         record: dict[str, Any] = {
             "epoch": self.epoch + 1,
-            "phase": phase,
+            "phase": phase.name,
             "loss": self.epoch_loss / n,
             "seconds": time.perf_counter() - start,
         }
-        first_after_pretraining = self.epoch == self.config.pretrain_epochs > 0
-        if first_after_pretraining and self.start_source is not None:
-            record |= {"start": self.start_source, "start_silhouette": self.start_scores}
-        if phase != "pretrain" and self.labels is not None:
+        info = self.start_info
+        if info is not None and info["epoch"] == self.epoch and info["source"] is not None:
+            record |= {"start": info["source"], "start_silhouette": info["scores"]}
+        if not isinstance(phase, Pretrain) and self.labels is not None:
             record |= clustering_scores(self.labels, self.model.predict(self.x))
         self.epoch += 1
         self.perm, self.batch = None, 0
@@ -682,7 +906,9 @@ class Trainer:
             else f"in epoch {self.epoch + 1}, after batch {self.batch}"
         )
         how = f"; resume with --resume (checkpoint in {self.run_dir})" if self.run_dir else ""
-        raise TrainingInterrupted(f"training interrupted {at}{how}")
+        by = self._stop_signal
+        name = f" ({signal.Signals(by).name})" if by not in (None, signal.SIGINT) else ""
+        raise TrainingInterrupted(f"training interrupted {at}{name}{how}", by)
 
 
 def fit(
@@ -693,12 +919,12 @@ def fit(
 ) -> list[dict[str, Any]]:
     """Fit ``model`` to ``x`` in memory and return the per-epoch records; a notebook's one-liner.
 
-    ``kwargs`` go to :class:`Trainer` (``labels``, ``elbo``, ``progress``, ``on_epoch``...). Ctrl-C
-    stops after the current batch and leaves the model as trained so far.
+    ``kwargs`` go to :class:`Trainer` (``recipe``, ``labels``, ``elbo``, ``progress``,
+    ``on_epoch``...). Training seeds every generator with ``config.seed`` as it begins, as
+    ``gmvae train`` does. Ctrl-C stops after the current batch and leaves the model as trained so
+    far.
     """
-    config = config or TrainConfig()
-    pyro.set_rng_seed(config.seed)
-    trainer = Trainer(model, x, config, **kwargs)
+    trainer = Trainer(model, x, config or TrainConfig(), **kwargs)
     try:
         trainer.run()
     except TrainingInterrupted:
@@ -706,78 +932,20 @@ def fit(
     return trainer.history
 
 
-def train_run(
-    config: RunConfig,
-    out: str | Path,
-    *,
-    resume: bool = False,
-    force: bool = False,
-    progress: bool = True,
-    plots: bool = True,
-) -> dict[str, Any]:
-    """``gmvae train``: load the data, fit a model into run directory ``out``, score it.
-
-    A new run saves ``config.json`` before training; ``resume`` continues from ``checkpoint.pt``.
-    Returns the final scores (clustering metrics when the data has labels).
-    """
-    from .data import load_data
-    from .runs import CONFIG_FILE, prepare_run_directory, read_metrics
-
-    config.validate()
-    out = Path(out)
-    dataset = load_data(
-        config.data.data, label_column=config.data.label_column, kind=config.data.kind
-    )
-    train_data, heldout = (
-        dataset.split(config.data.heldout_fraction, seed=config.train.seed)
-        if config.data.heldout_fraction > 0
-        else (dataset, None)
-    )
-    check_min_rows(train_data, config.model.clusters)
-    if config.model.n_features and config.model.n_features != dataset.n_features:
-        raise CheckpointError(
-            f"{out} was trained on data with {config.model.n_features} features, "
-            f"{config.data.data} has {dataset.n_features}; resume with the same data"
-        )
-    config.model.n_features = dataset.n_features
-    config.model.image_shape = dataset.image_shape
-    if dataset.kind == "table" and config.model.likelihood != "gaussian":
-        raise DataError(
-            f"{config.data.data} is a standardized table; the {config.model.likelihood} likelihood "
-            "needs values in [0, 1]: pass --likelihood gaussian (or --kind image for images)"
-        )
-    # Only now, with the data and options known good, is anything on disk created or replaced.
-    out = prepare_run_directory(out, resume=resume, force=force)
-    config.save(out / CONFIG_FILE)  # on resume: records a changed --epochs or --device
-    if not resume:
-        if dataset.scaler is not None:
-            atomic_write_text(out / SCALER_FILE, json.dumps(dataset.scaler.to_dict()))
-
-    pyro.set_rng_seed(config.train.seed)
-    model = GMVAE(config.model)
-    trainer = Trainer(
-        model,
-        train_data.x,
-        config.train,
-        labels=train_data.labels,
-        run_dir=out,
-        run_config=config,
-        progress=progress,
-    )
-    if resume:
-        trainer.resume(read_metrics(out))
-    trainer.run()
-
-    result: dict[str, Any] = {"run_dir": str(out), "epochs": trainer.epoch}
-    if trainer.history:
-        result["loss"] = trainer.history[-1]["loss"]
-    for part, data in (("train", train_data), ("heldout", heldout)):
-        if data is not None and data.labels is not None:
-            result[part] = clustering_scores(data.labels, model.predict(data.x))
-    if plots:
-        from .plots import training_figures
-
-        result["figures"] = [
-            str(p) for p in training_figures(model, train_data, trainer.history, out)
-        ]
-    return result
+__all__ = [
+    "STARTS",
+    "Anchor",
+    "Batch",
+    "MixtureStart",
+    "Phase",
+    "Pretrain",
+    "Recipe",
+    "SVI",
+    "Trainer",
+    "TrainingDiverged",
+    "TrainingInterrupted",
+    "augment_images",
+    "default_recipe",
+    "fit",
+    "resolve_device",
+]

@@ -3,6 +3,7 @@ line naming the flag, runs resume."""
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
 import subprocess
@@ -57,8 +58,96 @@ def test_help_of_every_flag_is_its_field_help(capsys):
             if f.name not in FROM_DATA:
                 assert "".join(f.metadata["help"].split()) in text, f.name
     # The defaults are shown although the flags suppress them (so --resume can tell them apart).
-    assert f"(default:{ModelConfig().clusters})" in text
     assert "(default:" + "".join(map(str, ModelConfig().hidden)) + ")" in text
+    assert f"(default:{ModelConfig().latent_dim})" in text
+    # --clusters has none on the command line: a new run must give it.
+    assert "numberofmixturecomponentsK:requiredforanewrun" in text
+    assert f"numberofmixturecomponentsK(default:{ModelConfig().clusters})" not in text
+
+
+HEAVY = ("torch", "pyro", "sklearn", "matplotlib", "scipy")
+
+
+def heavy_modules_after(code: str, cwd) -> list[str]:
+    """The heavy libraries that a fresh interpreter in ``cwd`` has imported after ``code``."""
+    probe = f"import sys\n{code}\nprint(sorted(m for m in {HEAVY!r} if m in sys.modules))"
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=cwd
+    )
+    return ast.literal_eval(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import pyro_gmvae.cli; pyro_gmvae.cli.build_parser()",
+        "import pyro_gmvae.config; pyro_gmvae.config.RunConfig().validate()",
+        "import pyro_gmvae; pyro_gmvae.ConfigError, pyro_gmvae.ModelConfig, pyro_gmvae.DataError",
+    ],
+)
+def test_the_parser_and_the_configs_import_nothing_heavy(code, tmp_path):
+    """torch, Pyro and scikit-learn take seconds to import: the parser must not need them."""
+    assert heavy_modules_after(code, tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["--version"],
+        ["train", "--help"],
+        ["evaluate", "--help"],
+        ["ppc", "--help"],
+        ["sample", "--help"],
+        ["train", "--no-such-flag"],
+        ["train", "--out", "r", "--clusters", "ten"],
+        ["train", "--out", "r"],  # a new run without --clusters
+    ],
+)
+def test_help_version_and_argument_errors_import_nothing_heavy(argv, tmp_path):
+    """They answer before any command runs, so at once."""
+    code = "\n".join(
+        [
+            "from pyro_gmvae.cli import main",
+            "try:",
+            f"    main({argv!r})",
+            "except SystemExit:",
+            "    pass",
+        ]
+    )
+    assert heavy_modules_after(code, tmp_path) == []
+    assert not (tmp_path / "r").exists()  # and nothing ran
+
+
+def test_version_is_the_installed_distributions(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out == f"gmvae {version('pyro_gmvae')}\n"
+
+
+def test_version_falls_back_to_the_package_where_not_installed(capsys, monkeypatch):
+    import importlib.metadata
+
+    import pyro_gmvae
+
+    def not_installed(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", not_installed)
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out == f"gmvae {pyro_gmvae.__version__}\n"
+
+
+def test_gmvae_version_in_a_real_process():
+    done = subprocess.run(
+        [sys.executable, "-m", "pyro_gmvae", "--version"], capture_output=True, text=True
+    )
+    assert done.returncode == 0
+    assert done.stdout.split() == ["gmvae", __import__("pyro_gmvae").__version__]
 
 
 @pytest.fixture
@@ -141,7 +230,8 @@ def test_unparseable_value_is_argparses_exit_2(capsys):
 
 def test_missing_data_file_exits_2_naming_it(tmp_path, capsys):
     missing = tmp_path / "nowhere.npz"
-    code = main(["train", "--data", str(missing), "--out", str(tmp_path / "run"), "--no-plots"])
+    out = str(tmp_path / "run")
+    code = main(["train", "--data", str(missing), "--clusters", "2", "--out", out, "--no-plots"])
     err = capsys.readouterr().err
     assert code == 2
     assert str(missing) in err
@@ -150,7 +240,8 @@ def test_missing_data_file_exits_2_naming_it(tmp_path, capsys):
 
 def test_missing_data_exits_2_in_a_real_process(tmp_path):
     done = subprocess.run(
-        [sys.executable, "-m", "pyro_gmvae", "train", "--data", "nope.csv", "--out", "r"],
+        [sys.executable, "-m", "pyro_gmvae", "train", "--data", "nope.csv", "--clusters", "3"]
+        + ["--out", "r"],
         capture_output=True,
         text=True,
         cwd=tmp_path,
@@ -158,6 +249,22 @@ def test_missing_data_exits_2_in_a_real_process(tmp_path):
     assert done.returncode == 2
     assert "nope.csv" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_new_run_without_clusters_exits_2_saying_how_to_choose_k(table, tmp_path, capsys):
+    """K=10 fitted silently to data with fewer clusters misleads (iris: accuracy 0.54)."""
+    out = tmp_path / "run"
+    argv = fast_args(table, out, "--epochs", "1", "--pretrain-epochs", "0")
+    at = argv.index("--clusters")
+    del argv[at : at + 2]
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith("gmvae train: error: --clusters is required for a new run")
+    assert "--clusters K" in err
+    assert not out.exists()  # refused before anything was written
+    assert ModelConfig().clusters == 10  # the Python API keeps its default
 
 
 def test_train_then_resume_with_more_epochs(table, tmp_path, capsys):

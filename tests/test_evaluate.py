@@ -19,12 +19,12 @@ from pyro_gmvae.data import load_data
 from pyro_gmvae.dataset import Dataset, Scaler
 from pyro_gmvae.errors import DataError
 from pyro_gmvae.evaluate import (
-    EVALUATION_FILE,
     elbo_per_example,
     evaluate,
     log_likelihood,
 )
 from pyro_gmvae.metrics import clustering_scores
+from pyro_gmvae.runs import EVALUATION_FILE
 
 GUIDES = ("marginal", "enumerated")
 

@@ -112,7 +112,7 @@ def test_quickstart_trains_clusters_scores_and_round_trips():
     assert f"accuracy: {probe['accuracy']:.3f}" in out
     assert "the reloaded model gives the same clusters and codes: True" in out
     assert probe["round_trip"]
-    assert "epoch" in all_text(nb, "stderr")  # the progress bar
+    assert "phase=svi" in all_text(nb, "stderr")  # the progress bar, across the phases
     # training curves, confusion matrix, samples, latent space, reconstructions
     assert n_images(nb) >= 5
 

@@ -223,7 +223,11 @@ def test_gmvae_sample_writes_the_grid(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     ("args", "message"),
-    [(["--per-cluster", "0"], "--per-cluster must be at least 1"), (["--out", "x.jpg"], ".png")],
+    [
+        (["--per-cluster", "0"], "--per-cluster must be in 1..100"),
+        (["--per-cluster", "100000"], "--per-cluster must be in 1..100"),  # was killed at 23 GB
+        (["--out", "x.jpg"], ".png"),
+    ],
 )
 def test_gmvae_sample_rejects_bad_options_with_exit_2(tmp_path, capsys, args, message):
     _model().save(tmp_path / "run")

@@ -25,18 +25,14 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from pyro_gmvae import cli, dataset
+from pyro_gmvae import train as training
+from pyro_gmvae.checkpoints import CHECKPOINT_FILE, load_checkpoint
 from pyro_gmvae.config import ConfigError, ModelConfig, RunConfig, TrainConfig
 from pyro_gmvae.data import load_data
-from pyro_gmvae.errors import DataError
+from pyro_gmvae.errors import CheckpointError, DataError
 from pyro_gmvae.model import GMVAE
-from pyro_gmvae.runs import (
-    CHECKPOINT_FILE,
-    METRICS_FILE,
-    CheckpointError,
-    load_checkpoint,
-    read_metrics,
-)
-from pyro_gmvae.train import Trainer, TrainingDiverged, TrainingInterrupted, fit
+from pyro_gmvae.runs import METRICS_FILE, read_metrics
+from pyro_gmvae.train import MixtureStart, Trainer, TrainingDiverged, TrainingInterrupted, fit
 
 DIGITS = load_data("digits")
 X = DIGITS.x[:240]  # (240, 64) in [0, 1]
@@ -137,29 +133,27 @@ def assert_same_as_uninterrupted(trainer: Trainer, run_dir: Path, guide="margina
 def stop_after_batch(trainer: Trainer, epoch: int, batch: int, how: str) -> None:
     """Request a stop as Ctrl-C does, once batch ``batch`` of epoch ``epoch`` (0-based) has been
     stepped: either through the trainer's handler or with a real SIGINT to this process."""
-    step = trainer._step
 
-    def step_then_stop(loss):
-        step(loss)
+    def stop_here(trainer: Trainer) -> None:
         if (trainer.epoch, trainer.batch) == (epoch, batch):
             if how == "signal":
                 os.kill(os.getpid(), signal.SIGINT)
             else:
-                trainer._request_stop(signal.SIGINT, None)
+                trainer.request_stop(signal.SIGINT)
 
-    trainer._step = step_then_stop
+    trainer.on_batch = stop_here
 
 
 @pytest.fixture
 def count_mixture_fits(monkeypatch) -> list[int]:
     calls: list[int] = []
-    fit_mixture = Trainer.init_mixture
+    start = MixtureStart.__call__
 
-    def counted(self):
-        calls.append(self.epoch)
-        fit_mixture(self)
+    def counted(self, trainer):
+        calls.append(trainer.epoch)
+        start(self, trainer)
 
-    monkeypatch.setattr(Trainer, "init_mixture", counted)
+    monkeypatch.setattr(MixtureStart, "__call__", counted)
     return calls
 
 
@@ -178,14 +172,14 @@ def test_resume_at_an_epoch_boundary_matches_the_uninterrupted_run(
     count_mixture_fits.clear()
     first = make_trainer(
         tmp_path,
-        on_epoch=lambda r: r["epoch"] == stop_after and first._request_stop(signal.SIGINT, None),
+        on_epoch=lambda r: r["epoch"] == stop_after and first.request_stop(signal.SIGINT),
     )
     with pytest.raises(TrainingInterrupted, match=f"interrupted after epoch {stop_after}; resume"):
         first.run()
     assert [r["epoch"] for r in read_metrics(tmp_path)] == list(range(1, stop_after + 1))
     state = load_checkpoint(tmp_path)
     assert (state["epoch"], state["batch"], state["perm"]) == (stop_after, 0, None)
-    assert state["mixture_ready"] == (stop_after > PRETRAIN)
+    assert state["begun"] == 1 + (stop_after > PRETRAIN) + (stop_after > PRETRAIN + ANCHOR)
 
     second = make_trainer(tmp_path)
     second.resume(read_metrics(tmp_path))
@@ -285,7 +279,7 @@ def test_deferred_loss_checks_are_flushed_before_an_interrupt_saves(tmp_path):
 
 def test_resume_refuses_a_checkpoint_of_another_configuration(tmp_path):
     make_trainer(tmp_path, train_config(epochs=0, pretrain_epochs=1)).run()
-    tc = train_config()
+    tc = train_config(pretrain_epochs=1)
     pyro.set_rng_seed(0)
     other = Trainer(GMVAE(model_config(clusters=4)), X, tc, run_dir=tmp_path, progress=False)
     with pytest.raises(CheckpointError, match="another model \\(clusters 3 there, 4 here\\)"):
@@ -293,7 +287,7 @@ def test_resume_refuses_a_checkpoint_of_another_configuration(tmp_path):
     # Without a saved configuration, the weights' shapes still give it away.
     state = load_checkpoint(tmp_path)
     state["config"] = None
-    from pyro_gmvae.runs import save_checkpoint
+    from pyro_gmvae.checkpoints import save_checkpoint
 
     save_checkpoint(tmp_path / CHECKPOINT_FILE, {k: v for k, v in state.items() if k != "format"})
     with pytest.raises(CheckpointError, match="does not fit this model.*options and data"):
@@ -313,16 +307,16 @@ def test_resume_refuses_a_model_checkpoint_without_training_state(tmp_path):
 
 def nan_at(trainer: Trainer, epoch: int, batch: int, value: float = float("nan")) -> None:
     """Make the loss of batch ``batch`` of epoch ``epoch`` (0-based) ``value``."""
-    for name in ("pretrain_loss", "anchor_loss", "svi_loss"):
-        real = getattr(trainer, name)
+    for phase in trainer.recipe:
+        real = phase.loss
 
-        def loss(*args, real=real):
-            out = real(*args)
+        def loss(trainer_, batch_, real=real):
+            out = real(trainer_, batch_)
             if (trainer.epoch, trainer.batch) == (epoch, batch):
                 out = out * value
             return out
 
-        setattr(trainer, name, loss)
+        phase.loss = loss
 
 
 def snapshot(run_dir: Path) -> dict[str, bytes]:
@@ -386,15 +380,13 @@ def test_weights_made_non_finite_by_a_step_stop_the_run(tmp_path, batch):
     trainer = make_trainer(
         tmp_path, on_epoch=lambda r: saved.update({r["epoch"]: snapshot(tmp_path)})
     )
-    step = trainer._step
 
-    def step_to_inf(loss):
-        step(loss)
+    def step_to_inf(trainer: Trainer) -> None:
         if (trainer.epoch, trainer.batch) == (PRETRAIN, batch):
             with torch.no_grad():
                 trainer.model.encoder.loc.weight.fill_(float("inf"))
 
-    trainer._step = step_to_inf
+    trainer.on_batch = step_to_inf
     with pytest.raises(
         TrainingDiverged,
         match=f"weights became NaN or infinite at epoch {PRETRAIN + 1}, batch {batch + 1}; "
@@ -462,13 +454,13 @@ def assert_user_error(code: int, err: str, match: str) -> None:
 
 
 def test_cli_divergence_exits_3_naming_the_batch(tmp_path, capsys, monkeypatch):
-    real = Trainer.svi_loss
+    real = training.SVI.loss
 
-    def nan_in_second_svi_epoch(self, *args):
-        out = real(self, *args)
-        return out * float("nan") if (self.epoch, self.batch) == (2, 1) else out
+    def nan_in_second_svi_epoch(self, trainer, batch):
+        out = real(self, trainer, batch)
+        return out * float("nan") if (trainer.epoch, trainer.batch) == (2, 1) else out
 
-    monkeypatch.setattr(Trainer, "svi_loss", nan_in_second_svi_epoch)
+    monkeypatch.setattr(training.SVI, "loss", nan_in_second_svi_epoch)
     out = tmp_path / "run"
     argv = gmvae_train(tmp_path, "--out", str(out), "--pretrain-epochs", "1", "--epochs", "3")
     code, stdout, err = run_cli(argv, capsys)
@@ -692,7 +684,10 @@ def test_bad_input_to_fit_raises_data_error(x, labels, match):
         ({"latent_dim": 0}, {}, "--latent-dim must be at least 1"),
         ({"hidden": (16, 0)}, {}, "--hidden sizes must be positive"),
         ({}, {"lr": -1e-3}, "--lr must be positive, not -0.001"),
-        ({}, {"lr": float("nan")}, "--lr must be positive, not nan"),
+        ({}, {"lr": float("nan")}, "--lr must be a finite number, not nan"),
+        ({}, {"beta": float("inf")}, "--beta must be a finite number, not inf"),
+        ({}, {"clip_norm": float("nan")}, "--clip-norm must be a finite number, not nan"),
+        ({}, {"seed": -1}, "--seed must be in 0..4294967295, not -1"),
         ({}, {"epochs": -1}, "--epochs must be >= 0"),
         ({}, {"device": "tpu"}, "--device must be cpu or cuda"),
     ],
@@ -727,7 +722,8 @@ def test_any_finite_unit_array_of_the_right_width_is_accepted(x, as_tensor):
     t = _MODEL.as_tensor(given_x)
     assert t.dtype == torch.float32 and t.shape == x.shape
     assert torch.equal(t, torch.as_tensor(x, dtype=torch.float32))
-    trainer = Trainer(_MODEL, given_x, train_config(), progress=False)
+    # No pretraining, so no mixture start and its checks of the rows: only the input path.
+    trainer = Trainer(_MODEL, given_x, train_config(pretrain_epochs=0), progress=False)
     assert torch.equal(trainer.x, t)
 
 

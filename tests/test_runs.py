@@ -13,24 +13,20 @@ import pytest
 import torch
 
 from pyro_gmvae import files
-from pyro_gmvae.config import ModelConfig, RunConfig
-from pyro_gmvae.model import GMVAE
-from pyro_gmvae.runs import (
+from pyro_gmvae.checkpoints import (
     CHECKPOINT_FILE,
     CHECKPOINT_FORMAT,
     CHECKPOINT_VERSION,
     CONFIG_FILE,
-    METRICS_FILE,
-    CheckpointError,
-    RunDirectoryError,
-    atomic_write_bytes,
-    atomic_write_text,
     load_checkpoint,
-    prepare_run_directory,
-    read_metrics,
     save_checkpoint,
-    write_metrics,
 )
+from pyro_gmvae.config import ModelConfig, RunConfig
+from pyro_gmvae.errors import CheckpointError, RunDirectoryError
+from pyro_gmvae.files import atomic_write_bytes, atomic_write_text
+from pyro_gmvae.model import GMVAE
+from pyro_gmvae.runs import prepare_run_directory
+from pyro_gmvae.train import METRICS_FILE, read_metrics, write_metrics
 
 
 def tiny_model_config(**overrides) -> ModelConfig:
@@ -103,6 +99,22 @@ def test_metrics_round_trip_and_corrupt_metrics_are_reported(tmp_path):
         read_metrics(tmp_path)
 
 
+@pytest.mark.parametrize(
+    "lines",
+    [
+        '{"epoch": 1}\n[1, 2]\n',  # JSON, but not a record
+        '{"epoch": 1}\n{"epoch": 1}\n',  # a duplicate
+        '{"epoch": 2}\n',  # a gap
+        "7\n",
+        "[" * 100_000 + "\n",  # deeper than the JSON parser's recursion
+    ],
+)
+def test_metrics_that_are_json_but_not_records_are_refused(tmp_path, lines):
+    (tmp_path / METRICS_FILE).write_text(lines)
+    with pytest.raises(RunDirectoryError, match="is not a run's metrics"):
+        read_metrics(tmp_path)
+
+
 # ----------------------------------------------------------------------------------------------
 # Run directories
 
@@ -129,15 +141,28 @@ def test_existing_run_is_never_overwritten_without_force(tmp_path):
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before
 
 
-def test_force_removes_only_the_runs_own_files(tmp_path):
+def test_force_removes_the_runs_own_files_and_figures_only(tmp_path):
+    """Old figures would pass for the new run's under --no-plots (issue 15, item 14)."""
     run = make_run(tmp_path / "run")
     (run / "notes.txt").write_text("mine")
     (run / "figures").mkdir()
     (run / "figures" / "old.png").write_bytes(b"png")
     prepare_run_directory(run, resume=False, force=True)
-    assert sorted(p.name for p in run.iterdir()) == ["figures", "notes.txt"]
+    assert sorted(p.name for p in run.iterdir()) == ["notes.txt"]
     assert (run / "notes.txt").read_text() == "mine"
-    assert (run / "figures" / "old.png").exists()
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_temporary_files_of_a_killed_writer_are_removed(tmp_path, resume):
+    """kill -9 mid-write leaves .checkpoint.pt.PID.HEX.tmp; the next writer removes it."""
+    run = make_run(tmp_path / "run")
+    (run / ".checkpoint.pt.123.abcd1234.tmp").write_bytes(b"half")
+    (run / "figures").mkdir()
+    (run / "figures" / ".latent.png.123.abcd1234.tmp").write_bytes(b"half")
+    prepare_run_directory(run, resume=resume, force=not resume)
+    assert leftovers(run) == []
+    assert not (run / "figures").exists() or leftovers(run / "figures") == []
+    assert (run / CHECKPOINT_FILE).exists() == resume
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,274 @@
+"""Mixture starts: clusters of the training rows found from the pretrained codes (or the data),
+from which the prior p(y) p(z|y) begins. Pure functions of arrays; nothing here needs a trainer.
+
+A start is a function ``start(codes, data, n_clusters, config, uniform_weights) -> Start``:
+
+- ``codes (N, Z)``: the means of q(z|x) of the training rows, float64;
+- ``data (N, D)``: the training rows themselves (float32, as trained on);
+- ``config``: the :class:`~pyro_gmvae.config.TrainConfig`, for the start's own options;
+- ``uniform_weights``: whether the prior holds its weights at ``1/K`` (a start may fit the same
+  family).
+
+It returns a :class:`Start` with the responsibilities ``(N, K)`` of the rows. ``--init NAME``
+picks ``STARTS[NAME]``; :func:`register_start` adds one, so a new start is one function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from sklearn.cluster import SpectralClustering
+from sklearn.decomposition import PCA
+from sklearn.manifold import TSNE
+from sklearn.metrics import silhouette_score
+from sklearn.mixture import GaussianMixture
+
+from .config import TrainConfig
+from .errors import ConfigError, DataError
+
+#: Principal components of the data that the t-SNE map of the data is made of.
+DATA_COMPONENTS = 50
+
+
+@dataclass
+class Start:
+    """What a start found: ``responsibilities (N, K)``, soft or hard assignments of the training
+    rows to the clusters (rows sum to 1); for a start that chooses between candidates, which one
+    it kept (``source``) and each candidate's score (``scores``)."""
+
+    responsibilities: np.ndarray
+    source: str | None = None
+    scores: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def assignments(self) -> np.ndarray:
+        """The most probable cluster of each row, ``(N,)``."""
+        return self.responsibilities.argmax(1)
+
+
+StartFunction = Callable[[np.ndarray, np.ndarray, int, TrainConfig, bool], Start]
+
+#: The starts ``--init`` names.
+STARTS: dict[str, StartFunction] = {}
+
+
+def register_start(name: str) -> Callable[[StartFunction], StartFunction]:
+    """Decorator: make ``fn`` the start called ``name`` (``TrainConfig(init=name)``)."""
+
+    def register(fn: StartFunction) -> StartFunction:
+        STARTS[name] = fn
+        return fn
+
+    return register
+
+
+# ------------------------------------------------------------------------------ helpers
+def mixture_moments(
+    codes: np.ndarray, responsibilities: np.ndarray, reg: float = 1e-4
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Weights ``(K,)``, means ``(K, Z)`` and diagonal variances ``(K, Z)`` of the mixture whose
+    soft assignments of ``codes (N, Z)`` are ``responsibilities (N, K)``; an empty cluster gets
+    the overall mean and variance."""
+    counts = responsibilities.sum(0)
+    total = counts[:, None]
+    means = np.where(
+        total > 0, responsibilities.T @ codes / np.maximum(total, 1e-12), codes.mean(0)
+    )
+    second = responsibilities.T @ codes**2 / np.maximum(total, 1e-12)
+    variances = np.where(total > 0, second - means**2, codes.var(0)) + reg
+    weights = np.maximum(counts, 1.0) / np.maximum(counts, 1.0).sum()
+    return weights, means, np.maximum(variances, reg)
+
+
+class UniformWeightsMixture(GaussianMixture):
+    """A Gaussian mixture whose weights stay ``1/K`` through EM: the family of the GMVAE's prior
+    with fixed uniform weights, so that its restarts are compared by the likelihood of that family.
+
+    scikit-learn always learns the weights; this resets them after each of its M-steps (a private
+    hook, whose use ``tests/test_start.py`` checks).
+    """
+
+    def _m_step(self, *args: Any, **kwargs: Any) -> None:
+        super()._m_step(*args, **kwargs)
+        self.weights_ = np.full(self.n_components, 1.0 / self.n_components)
+
+
+def tsne_map(x: np.ndarray, perplexity: float, seed: int) -> np.ndarray:
+    """A 2-d t-SNE map ``(N, 2)`` of ``x (N, D)``; PCA initialisation, so it depends on ``seed``
+    only through ties. The perplexity is capped at a third of the rows, as t-SNE needs."""
+    perplexity = min(perplexity, max(1.0, (len(x) - 1) / 3))
+    return TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x)
+
+
+def map_clusters(
+    embedding: np.ndarray, n_clusters: int, restarts: int, seed: int, uniform: bool
+) -> np.ndarray:
+    """Cluster ``(N,)`` of each point of a map ``(N, 2)``: a full-covariance Gaussian mixture, with
+    weights held at ``1/K`` when ``uniform`` (as the prior's are by default), ``restarts``
+    initialisations, the best by likelihood.
+
+    Free weights let EM settle on one component for two touching classes and two for one long
+    class; with uniform weights that costs likelihood, and that start is no longer picked.
+    """
+    kind = UniformWeightsMixture if uniform else GaussianMixture
+    gmm = kind(
+        n_clusters, covariance_type="full", n_init=restarts, random_state=seed, reg_covar=1e-4
+    )
+    return gmm.fit(embedding).predict(embedding)
+
+
+def principal_components(x: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """The first ``n`` principal components of ``x (N, D)`` in float64, or ``x`` itself when
+    ``D <= n``; fewer when there are fewer rows than ``n`` (PCA has at most ``N`` components)."""
+    x = np.asarray(x, dtype=np.float64)
+    n = min(n, len(x))
+    return x if x.shape[1] <= n else PCA(n, random_state=seed).fit_transform(x)
+
+
+def separation(embedding: np.ndarray, labels: np.ndarray, seed: int) -> float:
+    """Silhouette of the clusters ``labels (N,)`` on a map ``(N, 2)``, in [-1, 1], higher for
+    tighter, better separated clusters; from at most 10,000 points, as it costs O(N^2)."""
+    if not 2 <= len(np.unique(labels)) <= len(labels) - 1:  # undefined otherwise
+        return -1.0
+    size = min(len(labels), 10_000)
+    return float(silhouette_score(embedding, labels, sample_size=size, random_state=seed))
+
+
+def one_hot(assignments: np.ndarray, n_clusters: int) -> np.ndarray:
+    """Hard responsibilities ``(N, K)`` of cluster indices ``(N,)``."""
+    return np.eye(n_clusters)[assignments]
+
+
+# ------------------------------------------------------------------------------- starts
+@register_start("gmm")
+def gmm_start(
+    codes: np.ndarray, data: np.ndarray, n_clusters: int, config: TrainConfig, uniform: bool
+) -> Start:
+    """VaDE's start: a diagonal Gaussian mixture fitted to the codes by EM, ``restarts``
+    initialisations, the best by likelihood; soft responsibilities."""
+    gmm = GaussianMixture(
+        n_clusters,
+        covariance_type="diag",
+        n_init=config.restarts,
+        random_state=config.seed,
+        reg_covar=1e-4,
+    ).fit(codes)
+    return Start(gmm.predict_proba(codes))
+
+
+@register_start("tsne")
+def tsne_start(
+    codes: np.ndarray, data: np.ndarray, n_clusters: int, config: TrainConfig, uniform: bool
+) -> Start:
+    """Clusters of 2-d t-SNE maps of the codes and/or of the data's first 50 principal components
+    (``config.tsne_input``): a full-covariance Gaussian mixture on each map (weights held uniform
+    when the prior's are, ``restarts`` initialisations, best by likelihood), and of two maps the
+    one whose clusters have the higher silhouette.
+
+    t-SNE follows the curved, elongated shapes that classes take in a code space, which a mixture
+    on the codes cuts across. Silhouettes compare maps, not likelihoods: two maps are two different
+    data sets. Which map wins depends on the data: a network pretrained on a few thousand small
+    images can code them worse than their pixels.
+    """
+    sources = {"codes": codes} if config.tsne_input in ("auto", "codes") else {}
+    if config.tsne_input in ("auto", "data"):
+        sources["data"] = principal_components(data, DATA_COMPONENTS, config.seed)
+    found = {}
+    for name, source in sources.items():
+        embedding = tsne_map(source, config.tsne_perplexity, config.seed)
+        labels = map_clusters(embedding, n_clusters, config.restarts, config.seed, uniform)
+        found[name] = (separation(embedding, labels, config.seed), labels)
+    kept = max(found, key=lambda name: found[name][0])
+    scores = {name: score for name, (score, _) in found.items()}
+    return Start(one_hot(found[kept][1], n_clusters), source=kept, scores=scores)
+
+
+@register_start("spectral")
+def spectral_start(
+    codes: np.ndarray, data: np.ndarray, n_clusters: int, config: TrainConfig, uniform: bool
+) -> Start:
+    """Spectral clustering of the codes' k-nearest-neighbour graph (``init_neighbors``)."""
+    assignments = SpectralClustering(
+        n_clusters,
+        affinity="nearest_neighbors",
+        n_neighbors=config.init_neighbors,
+        assign_labels="cluster_qr",
+        random_state=config.seed,
+    ).fit_predict(codes)
+    return Start(one_hot(assignments, n_clusters))
+
+
+# ------------------------------------------------------------------------------- checks
+def check_start(name: str, n_rows: int, n_clusters: int, config: TrainConfig) -> None:
+    """Refuse, before any training, a start that cannot run on ``n_rows`` training rows.
+
+    Raises:
+        ConfigError: an unknown start, or options the start cannot honour on this many rows.
+        DataError: fewer rows than the start needs.
+    """
+    if name not in STARTS:
+        raise ConfigError(f"--init must be one of {', '.join(STARTS)}, not {name!r}")
+    if n_rows < n_clusters:
+        raise DataError(
+            f"{n_rows} training rows for {n_clusters} clusters; pass --clusters {n_rows} or "
+            "fewer, or use more data"
+        )
+    if name == "spectral":
+        # The graph connects each code to init_neighbors others; scikit-learn needs more rows.
+        if n_rows <= config.init_neighbors:
+            raise ConfigError(
+                f"--init-neighbors {config.init_neighbors} needs more than that many training "
+                f"rows ({n_rows} here); pass --init-neighbors {max(1, n_rows // 2)} or use "
+                "--init gmm"
+            )
+        if n_clusters >= n_rows:
+            raise ConfigError(
+                f"--init spectral needs more training rows ({n_rows}) than clusters "
+                f"({n_clusters}); use --init gmm or fewer --clusters"
+            )
+    if name == "tsne" and n_rows < 4:
+        raise DataError(f"--init tsne needs at least 4 training rows, not {n_rows}; use --init gmm")
+
+
+def count_distinct(x: np.ndarray, at_least: int) -> int:
+    """How many distinct rows ``x (N, D)`` has, counting no further than needed: the first rows
+    are looked at before all of them, which costs ``O(N log N)`` only when they do not suffice."""
+    for size in (min(len(x), 4096), len(x)):
+        distinct = len(np.unique(x[:size], axis=0))
+        if distinct >= at_least or size == len(x):
+            return distinct
+    return distinct  # pragma: no cover
+
+
+def find_start(
+    name: str,
+    codes: np.ndarray,
+    data: np.ndarray,
+    n_clusters: int,
+    config: TrainConfig,
+    uniform_weights: bool,
+) -> Start:
+    """Run the start ``STARTS[name]`` and check what it returns.
+
+    Raises:
+        DataError: when the codes take fewer distinct values than there are clusters (no start
+            can tell the clusters apart; t-SNE would crash on them).
+    """
+    distinct = count_distinct(np.round(codes, 6), n_clusters)
+    if distinct < n_clusters:
+        raise DataError(
+            f"the pretrained codes of the {len(codes)} training rows take only {distinct} "
+            f"distinct values, fewer than the {n_clusters} clusters: the data has too few "
+            "distinct rows (or pretraining collapsed). Pass fewer --clusters or check the data"
+        )
+    start = STARTS[name](codes, data, n_clusters, config, uniform_weights)
+    shape = (len(codes), n_clusters)
+    if start.responsibilities.shape != shape:
+        raise ValueError(
+            f"start {name!r} returned responsibilities of shape "
+            f"{start.responsibilities.shape}, not {shape}"
+        )
+    return start

@@ -1,0 +1,152 @@
+"""The mixture starts (pyro_gmvae.start): pure functions of codes and data, no trainer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyro
+import pytest
+from helpers import blobs, small_model, small_train
+
+from pyro_gmvae import GMVAE, clustering_scores
+from pyro_gmvae.errors import ConfigError, DataError
+from pyro_gmvae.start import (
+    STARTS,
+    Start,
+    UniformWeightsMixture,
+    check_start,
+    find_start,
+    mixture_moments,
+    register_start,
+    tsne_start,
+)
+from pyro_gmvae.train import Pretrain, Recipe, Trainer
+
+# The blobs are so well separated that the codes' nearest-neighbour graph falls apart into one
+# component per blob (3, each one class), which scikit-learn warns may upset the embedding: here
+# the components are the clusters to find, as the test's assertions check.
+_SPECTRAL_ON_SEPARATED_BLOBS = pytest.mark.filterwarnings(
+    "ignore:Graph is not fully connected:UserWarning"
+)
+
+
+@pytest.mark.parametrize(
+    "init", ["tsne", pytest.param("spectral", marks=_SPECTRAL_ON_SEPARATED_BLOBS), "gmm"]
+)
+def test_every_start_finds_separated_clusters_in_pretrained_codes(init):
+    x, labels = blobs()
+    pyro.set_rng_seed(0)
+    model = GMVAE(small_model(n_features=x.shape[1]))
+    config = small_train(init=init)
+    trainer = Trainer(model, x, config, recipe=Recipe([Pretrain(8)]), progress=False)
+    trainer.run()
+    start = find_start(init, trainer.codes(), x, 3, config, uniform_weights=False)
+    assert start.responsibilities.shape == (len(x), 3)
+    np.testing.assert_allclose(start.responsibilities.sum(1), 1.0)
+    assert clustering_scores(labels, start.assignments)["accuracy"] > 0.95
+    trainer.start_mixture(start)
+    assert clustering_scores(labels, model.predict(x))["accuracy"] > 0.95
+
+
+def test_uniform_mixture_keeps_equal_weights_and_finds_clusters_of_unequal_size():
+    """The start's mixture holds its weights at 1/K through EM (a hook into scikit-learn's
+    private M-step: this fails if scikit-learn stops calling it) and still finds the clusters."""
+    rng = np.random.default_rng(0)
+    sizes = [200, 60, 40]
+    centers = np.array([[0.0, 0.0], [8.0, 0.0], [0.0, 8.0]])
+    points = np.concatenate(
+        [c + rng.normal(size=(n, 2)) for c, n in zip(centers, sizes, strict=True)]
+    )
+    labels = np.repeat(np.arange(3), sizes)
+    gmm = UniformWeightsMixture(3, covariance_type="full", random_state=0).fit(points)
+    np.testing.assert_array_equal(gmm.weights_, np.full(3, 1 / 3))
+    assert clustering_scores(labels, gmm.predict(points))["accuracy"] > 0.98
+
+
+@pytest.mark.parametrize("structured", ["codes", "data"])
+def test_tsne_start_keeps_the_map_whose_clusters_are_separated(structured):
+    """With ``tsne_input="auto"`` the start comes from the t-SNE map, of the codes or of the
+    data, on which the mixture's clusters are better separated; here one input holds the three
+    blobs and the other is structureless noise of the same size."""
+    x, labels = blobs(n=150)
+    noise = np.random.default_rng(1).uniform(size=x.shape).astype(np.float32)
+    data, codes = (noise, x) if structured == "codes" else (x, noise)
+    config = small_train(init="tsne", tsne_input="auto", tsne_perplexity=20.0)
+    start = tsne_start(codes.astype(np.float64), data, 3, config, False)
+    assert start.source == structured
+    assert set(start.scores) == {"codes", "data"}
+    assert clustering_scores(labels, start.assignments)["accuracy"] > 0.95
+    config = small_train(init="tsne", tsne_input="codes", tsne_perplexity=20.0)
+    assert list(tsne_start(codes.astype(np.float64), data, 3, config, False).scores) == ["codes"]
+
+
+def test_mixture_moments_of_hard_assignments_are_each_clusters_moments():
+    codes = np.array([[0.0, 1.0], [2.0, 3.0], [10.0, 10.0], [12.0, 14.0]])
+    responsibilities = np.eye(3)[[0, 0, 1, 1]]  # cluster 2 empty
+    weights, means, variances = mixture_moments(codes, responsibilities, reg=0.0)
+    np.testing.assert_allclose(means[:2], [[1.0, 2.0], [11.0, 12.0]])
+    np.testing.assert_allclose(variances[:2], [[1.0, 1.0], [1.0, 4.0]])
+    np.testing.assert_allclose(means[2], codes.mean(0))  # the empty one: overall moments
+    np.testing.assert_allclose(variances[2], codes.var(0))
+    np.testing.assert_allclose(weights, np.array([2, 2, 1]) / 5)
+
+
+def test_a_registered_start_is_one_function():
+    seen = {}
+
+    @register_start("by_first_feature")
+    def by_first_feature(codes, data, n_clusters, config, uniform):
+        seen["shapes"] = codes.shape, data.shape
+        edges = np.quantile(data[:, 0], np.linspace(0, 1, n_clusters + 1)[1:-1])
+        return Start(np.eye(n_clusters)[np.digitize(data[:, 0], edges)])
+
+    try:
+        x, _ = blobs(n=90)
+        codes = np.random.default_rng(0).normal(size=(90, 2))
+        start = find_start("by_first_feature", codes, x, 3, small_train(), False)
+        assert seen["shapes"] == ((90, 2), x.shape)
+        assert np.bincount(start.assignments).tolist() == [30, 30, 30]
+        check_start("by_first_feature", 90, 3, small_train())  # --init accepts it
+    finally:
+        del STARTS["by_first_feature"]
+    with pytest.raises(ConfigError, match="--init must be one of"):
+        check_start("by_first_feature", 90, 3, small_train())
+
+
+def test_codes_with_fewer_distinct_values_than_clusters_are_refused_before_the_start():
+    """All rows alike: t-SNE crashed the process (a segfault) on such codes (issue 15, #16)."""
+    codes = np.zeros((50, 2))
+    codes[:10] = 1.0  # two distinct codes for three clusters
+    x, _ = blobs(n=50)
+    with pytest.raises(DataError, match="only 2 distinct values, fewer than the 3 clusters"):
+        find_start("tsne", codes, x, 3, small_train(init="tsne"), False)
+
+
+@pytest.mark.parametrize(
+    ("init", "rows", "clusters", "options", "match"),
+    [
+        ("spectral", 10, 3, {}, "--init-neighbors 10 needs more than that many"),
+        ("spectral", 500, 3, {"init_neighbors": 100_000}, "--init-neighbors 100000"),
+        ("tsne", 3, 2, {}, "at least 4 training rows"),
+        ("gmm", 5, 6, {}, "5 training rows for 6 clusters"),
+        ("nonsense", 50, 3, {}, "--init must be one of"),
+    ],
+)
+def test_starts_that_cannot_run_on_the_rows_are_refused_before_training(
+    init, rows, clusters, options, match
+):
+    with pytest.raises((ConfigError, DataError), match=match):
+        check_start(init, rows, clusters, small_train(**options))
+
+
+@pytest.mark.parametrize("init", ["tsne", "gmm"])
+def test_tiny_data_with_many_features_and_as_many_clusters_as_rows_starts(init):
+    """The data's t-SNE map takes 50 principal components, more than 20 rows have (issue 15,
+    #17), and the silhouette of a map with as many clusters as points is undefined."""
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(20, 64)).astype(np.float32)
+    codes = rng.normal(size=(20, 2))
+    for clusters in (3, 20):
+        start = find_start(
+            init, codes, x, clusters, small_train(init=init, tsne_input="auto"), True
+        )
+        assert start.responsibilities.shape == (20, clusters)
