@@ -25,6 +25,7 @@ __version__ = "0.1.0"
 # defined, rather than from the heavier modules that re-export them.
 _SOURCES = {
     "GMVAE": "model",
+    "GMVAEClustering": "estimator",
     "STARTS": "start",
     "SVI": "train",
     "Anchor": "train",
@@ -56,6 +57,7 @@ _SOURCES = {
     "load_data": "data",
     "log_likelihood": "evaluate",
     "posterior_predictive_checks": "ppc",
+    "select_clusters": "selection",
     "train_run": "runs",
 }
 
@@ -63,6 +65,7 @@ _SOURCES = {
 # package's re-exports (tests/test_packaging.py checks that the two agree).
 __all__ = [
     "GMVAE",
+    "GMVAEClustering",
     "STARTS",
     "SVI",
     "Anchor",
@@ -94,6 +97,7 @@ __all__ = [
     "load_data",
     "log_likelihood",
     "posterior_predictive_checks",
+    "select_clusters",
     "train_run",
 ]
 
@@ -102,12 +106,14 @@ if TYPE_CHECKING:  # type checkers and IDEs see the names; at run time __getattr
     from .data import load_data
     from .dataset import Dataset
     from .errors import CheckpointError, ConfigError, DataError
+    from .estimator import GMVAEClustering
     from .evaluate import elbo_per_example, log_likelihood
     from .likelihoods import Bernoulli, ContinuousBernoulli, Gaussian, Likelihood
     from .metrics import clustering_scores
     from .model import GMVAE
     from .ppc import posterior_predictive_checks
     from .runs import train_run
+    from .selection import select_clusters
     from .start import STARTS, Start, register_start
     from .train import (
         SVI,

@@ -100,7 +100,8 @@ def tsne_map(x: np.ndarray, perplexity: float, seed: int) -> np.ndarray:
     """A 2-d t-SNE map ``(N, 2)`` of ``x (N, D)``; PCA initialisation, so it depends on ``seed``
     only through ties. The perplexity is capped at a third of the rows, as t-SNE needs."""
     perplexity = min(perplexity, max(1.0, (len(x) - 1) / 3))
-    return TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x)
+    init = "pca" if x.shape[1] >= 2 else "random"  # PCA cannot make 2 components of 1 column
+    return TSNE(2, perplexity=perplexity, init=init, random_state=seed).fit_transform(x)
 
 
 def map_clusters(
@@ -229,8 +230,6 @@ def check_start(name: str, n_rows: int, n_clusters: int, config: TrainConfig) ->
                 f"--init spectral needs more training rows ({n_rows}) than clusters "
                 f"({n_clusters}); use --init gmm or fewer --clusters"
             )
-    if name == "tsne" and n_rows < 4:
-        raise DataError(f"--init tsne needs at least 4 training rows, not {n_rows}; use --init gmm")
 
 
 def count_distinct(x: np.ndarray, at_least: int) -> int:

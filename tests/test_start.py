@@ -126,7 +126,6 @@ def test_codes_with_fewer_distinct_values_than_clusters_are_refused_before_the_s
     [
         ("spectral", 10, 3, {}, "--init-neighbors 10 needs more than that many"),
         ("spectral", 500, 3, {"init_neighbors": 100_000}, "--init-neighbors 100000"),
-        ("tsne", 3, 2, {}, "at least 4 training rows"),
         ("gmm", 5, 6, {}, "5 training rows for 6 clusters"),
         ("nonsense", 50, 3, {}, "--init must be one of"),
     ],
