@@ -55,10 +55,14 @@ from pyro_gmvae.config import (
     add_arguments,
     from_arguments,
 )
-from pyro_gmvae.data import Dataset, load_data, resolve_mnist8k
+from pyro_gmvae.data import load_data
+from pyro_gmvae.dataset import Dataset
 from pyro_gmvae.files import atomic_write_text
 from pyro_gmvae.metrics import clustering_scores
-from pyro_gmvae.train import TrainingDiverged, train_run
+from pyro_gmvae.runs import train_run
+from pyro_gmvae.train import TrainingDiverged
+
+from _paths import resolve_mnist8k  # benchmarks/_paths.py, beside this script
 
 GMVAE = "pyro_gmvae"
 BASELINES = ("kmeans-raw", "kmeans-pca50", "gmm-diag-raw", "gmm-full-pca50")

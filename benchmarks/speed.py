@@ -50,10 +50,12 @@ from pyro.infer.traceenum_elbo import _compute_dice_elbo
 from torch.nn import functional as F
 
 from pyro_gmvae.config import ModelConfig, TrainConfig
-from pyro_gmvae.data import load_data, resolve_mnist8k
+from pyro_gmvae.data import load_data
 from pyro_gmvae.likelihoods import Bernoulli
 from pyro_gmvae.model import GMVAE
 from pyro_gmvae.train import Trainer
+
+from _paths import resolve_mnist8k  # benchmarks/_paths.py, beside this script
 
 GPU_EPOCH_ROWS = 60_000
 TARGETS = {

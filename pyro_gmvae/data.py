@@ -1,10 +1,4 @@
-"""Loading and validating the data a GMVAE trains on.
-
-Everything the rest of the package sees is a :class:`Dataset`: a float32 matrix ``x`` of shape
-``(N, D)`` plus optional labels (used only for evaluation). Images are scaled to ``[0, 1]`` so a
-Bernoulli likelihood fits them; tables are standardized with a :class:`Scaler` that travels with
-the data, so held-out data can be scaled exactly like the training data and samples mapped back
-to the original units.
+"""Reading the files a GMVAE trains on, and :func:`load_data`, the one entry point.
 
 Sources understood by :func:`load_data`:
 
@@ -13,8 +7,12 @@ Sources understood by :func:`load_data`:
 - ``.npz`` (arrays ``images``/``labels`` or ``X``/``y``), ``.npy`` (one array, no labels);
 - ``.csv`` (numeric table, optional header, optional label column).
 
-Every problem with the input raises :class:`DataError`, whose message names the problem and the
-fix, so the command line can print it as is.
+Each format is read into arrays here; what they become (a :class:`~pyro_gmvae.dataset.Dataset`,
+images or a standardized table) and every check that does not depend on the format live in
+:mod:`pyro_gmvae.dataset`. Nothing here unpickles: object arrays are refused.
+
+Every problem with the input raises :class:`~pyro_gmvae.errors.DataError`, whose message names
+the problem and the fix, so the command line can print it as is.
 """
 
 from __future__ import annotations
@@ -23,26 +21,28 @@ import csv
 import gzip
 import math
 import os
+import stat
 import struct
 import zipfile
 import zlib
-from dataclasses import dataclass, replace
+from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
+from .dataset import (
+    Dataset,
+    Scaler,
+    check_finite,
+    check_fits_in_memory,
+    check_labels,
+    encode_labels,
+    from_array,
+)
 from .errors import DataError
 
-__all__ = [
-    "DataError",
-    "Dataset",
-    "Scaler",
-    "check_min_rows",
-    "load_data",
-    "resolve_mnist8k",
-    "validate_array",
-]
+__all__ = ["load_data"]
 
 SUPPORTED = "pass digits, a directory of MNIST IDX files, or a .npz, .npy, .csv or IDX file"
 
@@ -66,450 +66,46 @@ _READ_ERRORS = (
 _IDX_IMAGES_MAGIC = 0x00000803  # uint8, rank 3: (N, H, W)
 _IDX_LABELS_MAGIC = 0x00000801  # uint8, rank 1: (N,)
 
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
-
-
-@dataclass
-class Scaler:
-    """Per-feature standardization ``(x - mean) / std``, fitted on training data.
-
-    Attributes:
-        mean: ``(D,)`` float64 column means.
-        std: ``(D,)`` float64 column standard deviations; 1 for constant columns, so they map
-            to 0 instead of dividing by zero.
-    """
-
-    mean: np.ndarray
-    std: np.ndarray
-
-    def __post_init__(self) -> None:
-        self.mean = np.asarray(self.mean, dtype=np.float64)
-        self.std = np.asarray(self.std, dtype=np.float64)
-        if self.mean.ndim != 1 or self.mean.shape != self.std.shape:
-            raise DataError(
-                f"scaler: mean {self.mean.shape} and std {self.std.shape} must be 1-D of the "
-                "same length; refit the scaler on the training data"
-            )
-        if not (np.all(np.isfinite(self.mean)) and np.all(np.isfinite(self.std))):
-            raise DataError("scaler: mean or std is not finite; refit it on the training data")
-        if np.any(self.std <= 0):
-            raise DataError("scaler: std must be positive; refit it on the training data")
-
-    @classmethod
-    def fit(cls, x: np.ndarray) -> Scaler:
-        """Fit to the columns of ``x`` of shape ``(N, D)`` (finite values, N >= 1)."""
-        x = np.asarray(x, dtype=np.float64)
-        mean = x.mean(axis=0)
-        centered = x - mean
-        # Squaring underflows for columns on a tiny scale (and overflows for huge ones), so take
-        # the standard deviation of the columns divided by their largest deviation.
-        largest = np.abs(centered).max(axis=0)
-        largest[largest == 0] = 1.0
-        std = largest * np.sqrt(np.mean((centered / largest) ** 2, axis=0))
-        # A constant column can get a tiny nonzero std from rounding in the mean; compare the
-        # column's range instead, and use its exact value as the mean so it maps to exactly 0.
-        constant = np.ptp(x, axis=0) == 0
-        mean[constant] = x[0, constant]
-        std[constant | (std == 0)] = 1.0
-        return cls(mean=mean, std=std)
-
-    @property
-    def n_features(self) -> int:
-        """Number of columns D the scaler was fitted on."""
-        return int(self.mean.shape[0])
-
-    def _check_width(self, x: np.ndarray) -> None:
-        if x.shape[-1] != self.n_features:
-            raise DataError(
-                f"data has {x.shape[-1]} features but the scaler was fitted on "
-                f"{self.n_features}; load held-out data with the same columns as the training data"
-            )
-
-    def transform(self, x: np.ndarray) -> np.ndarray:
-        """Standardize ``x`` of shape ``(..., D)``; returns float32 (the model's dtype)."""
-        x = np.asarray(x, dtype=np.float64)
-        self._check_width(x)
-        z = (x - self.mean) / self.std
-        if np.any(np.abs(z) > _FLOAT32_MAX):
-            raise DataError(
-                "standardized values overflow float32: the data lies far outside the range of "
-                "the data the scaler was fitted on; check that it has the same columns and units"
-            )
-        return z.astype(np.float32)
-
-    def inverse_transform(self, x: np.ndarray) -> np.ndarray:
-        """Map standardized ``x`` of shape ``(..., D)`` back to original units; returns float64."""
-        x = np.asarray(x, dtype=np.float64)
-        self._check_width(x)
-        return x * self.std + self.mean
-
-    def to_dict(self) -> dict[str, list[float]]:
-        """JSON-serialisable form: ``{"mean": [...], "std": [...]}``."""
-        return {"mean": self.mean.tolist(), "std": self.std.tolist()}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Scaler:
-        """Inverse of :meth:`to_dict`."""
-        try:
-            return cls(mean=d["mean"], std=d["std"])
-        except DataError:
-            raise
-        except (KeyError, TypeError, ValueError) as err:
-            raise DataError(
-                f"scaler: expected a dict with 'mean' and 'std' lists, got {d!r:.80}; "
-                "use the scaler saved by the training run"
-            ) from err
-
-
-@dataclass
-class Dataset:
-    """Preprocessed data ready for training.
-
-    Attributes:
-        x: ``(N, D)`` float32; images scaled to ``[0, 1]``, tables standardized.
-        labels: ``(N,)`` int64 or None; for evaluation only, training is unsupervised.
-        kind: ``"image"`` or ``"table"``.
-        image_shape: ``(H, W)`` with ``H * W == D`` for images; None for tables.
-        name: human-readable source, e.g. ``"digits"`` or the file path.
-        scaler: for tables, the standardization applied to ``x``; None for images.
-        feature_names: CSV column names for tables loaded from CSV, else None.
-        label_names: original label values when they were strings (``labels`` index into it),
-            else None.
-    """
-
-    x: np.ndarray
-    labels: np.ndarray | None
-    kind: str
-    image_shape: tuple[int, int] | None
-    name: str
-    scaler: Scaler | None = None
-    feature_names: list[str] | None = None
-    label_names: list[str] | None = None
-
-    def __len__(self) -> int:
-        return int(self.x.shape[0])
-
-    @property
-    def n_features(self) -> int:
-        """Number of features D (pixels for images)."""
-        return int(self.x.shape[1])
-
-    def subset(self, indices: np.ndarray | list[int]) -> Dataset:
-        """Rows ``indices`` (integer indices or a boolean mask of length N) as a new Dataset.
-
-        The scaler and names are shared, so the subset stays in the same units.
-        """
-        indices = np.asarray(indices)
-        labels = None if self.labels is None else self.labels[indices]
-        return replace(self, x=self.x[indices], labels=labels)
-
-    def split(self, fraction: float, seed: int = 0) -> tuple[Dataset, Dataset]:
-        """Split into ``(train, heldout)`` with ``fraction`` of the rows held out at random.
-
-        Deterministic given ``seed``; both parts keep the original row order and are non-empty.
-        The scaler is not refitted: both parts stay in the units ``x`` was loaded in.
-        """
-        if not 0 < fraction < 1:
-            raise DataError(f"split fraction must be in (0, 1), got {fraction}")
-        n = len(self)
-        if n < 2:
-            raise DataError(f"{self.name}: cannot split {n} row(s); give at least 2 rows")
-        n_heldout = min(max(round(fraction * n), 1), n - 1)
-        order = np.random.default_rng(seed).permutation(n)
-        return self.subset(np.sort(order[n_heldout:])), self.subset(np.sort(order[:n_heldout]))
-
-
-# ----------------------------------------------------------------------------------------------
-# Validation
-
-
-def validate_array(x: Any, labels: Any = None, name: str = "data") -> None:
-    """Check an array handed in from Python before it is used for training.
-
-    Args:
-        x: ``(N, D)`` table or images, or ``(N, H, W)`` images; any numeric dtype.
-        labels: optional ``(N,)`` integer (or string) labels.
-        name: what to call the data in error messages.
-
-    Raises:
-        DataError: on a non-numeric dtype, rank other than 2 or 3, zero rows or features,
-            NaN or infinite values, or labels that are not 1-D of length N.
-    """
-    x = _as_array(x, name)
-    if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_) or np.iscomplexobj(x):
-        raise DataError(
-            f"{name}: values are not real numbers (dtype {x.dtype}); convert the data to a "
-            "numeric array, e.g. np.asarray(x, dtype=np.float32)"
-        )
-    if x.ndim == 1:
-        raise DataError(
-            f"{name}: data is 1-D (shape {x.shape}); pass a 2-D array (rows, features), "
-            "e.g. x.reshape(-1, 1) for a single feature"
-        )
-    if x.ndim not in (2, 3):
-        raise DataError(
-            f"{name}: data is {x.ndim}-D (shape {x.shape}); pass (N, D) rows of features or "
-            "(N, H, W) grey images; flatten other shapes with x.reshape(len(x), -1)"
-        )
-    if x.shape[0] == 0:
-        raise DataError(f"{name}: data has 0 rows (shape {x.shape}); give at least 2 rows")
-    if math.prod(x.shape[1:]) == 0:
-        raise DataError(f"{name}: data has 0 features (shape {x.shape}); give at least 1 column")
-    _check_finite(x, name)
-    if labels is not None:
-        _check_labels(labels, len(x), name)
-
-
-def _as_array(x: Any, name: str) -> np.ndarray:
-    try:
-        return np.asarray(x)
-    except (ValueError, TypeError) as err:  # ragged nested lists, unconvertible objects
-        raise DataError(
-            f"{name}: cannot convert to an array ({err}); pass a rectangular numeric array"
-        ) from err
-
-
-def _check_finite(
-    x: np.ndarray,
-    name: str,
-    feature_names: list[str] | None = None,
-    row_numbers: list[int] | None = None,
-) -> None:
-    """Raise if ``x`` holds NaN or inf, naming how many and the first position."""
-    if not np.issubdtype(x.dtype, np.inexact):
-        return  # integer and bool arrays cannot hold NaN or inf
-    bad = ~np.isfinite(x)
-    if not bad.any():
-        return
-    n_nan = int(np.isnan(x).sum())
-    n_inf = int(bad.sum()) - n_nan
-    first = np.unravel_index(int(np.argmax(bad)), x.shape)
-    row = f"line {row_numbers[first[0]]}" if row_numbers else f"row {first[0]}"
-    if x.ndim == 2:
-        col = repr(feature_names[first[1]]) if feature_names else str(first[1])
-        where = f"{row}, column {col}"
-    else:
-        where = f"{row}, pixel {tuple(int(i) for i in first[1:])}"
-    raise DataError(
-        f"{name}: {n_nan} NaN and {n_inf} infinite (inf) value(s), the first at {where}; "
-        "drop or impute the rows with missing or infinite values before loading"
-    )
-
-
-def _check_labels(labels: Any, n: int, name: str) -> np.ndarray:
-    labels = _as_array(labels, f"{name} labels")
-    if labels.ndim != 1:
-        raise DataError(
-            f"{name}: labels must be 1-D with one label a row, got shape {labels.shape}; "
-            "pass labels.reshape(-1)"
-        )
-    if len(labels) != n:
-        raise DataError(
-            f"{name}: {len(labels)} labels for {n} rows of data; pass one label per row "
-            "(or no labels)"
-        )
-    if labels.dtype.kind in "US":
-        return labels
-    if not (np.issubdtype(labels.dtype, np.number) or labels.dtype == np.bool_):
-        raise DataError(f"{name}: labels have dtype {labels.dtype}; pass integer or string labels")
-    if np.iscomplexobj(labels) or not np.all(np.isfinite(labels)):
-        raise DataError(f"{name}: labels hold NaN, inf or complex values; pass integer labels")
-    if np.issubdtype(labels.dtype, np.floating) and np.any(labels != np.round(labels)):
-        raise DataError(
-            f"{name}: labels are not whole numbers; pass integer class labels (they are for "
-            "evaluation, not regression targets)"
-        )
-    return labels
-
-
-def check_min_rows(dataset: Dataset | np.ndarray, n_clusters: int) -> None:
-    """Raise :class:`DataError` if there are fewer than 2 rows or fewer rows than clusters."""
-    n = len(dataset)
-    if n < 2:
-        raise DataError(f"only {n} row(s) of data; give at least 2 rows")
-    if n < n_clusters:
-        raise DataError(
-            f"fewer rows ({n}) than clusters ({n_clusters}); lower --clusters or give more data"
-        )
-
-
-# ----------------------------------------------------------------------------------------------
-# Memory
-
-
-def _available_memory_bytes() -> int | None:
-    """MemAvailable from /proc/meminfo, or None where that is not readable (non-Linux)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-# Measured peak of `gmvae train` (README, "Memory"): about 470 MiB of interpreter and torch,
-# plus the source array and the float32 copy the model trains on, plus the network.
-_BASE_MEMORY_BYTES = 0.6 * 2**30
-
-
-def _check_fits_in_memory(n_values: int, name: str, source_itemsize: int = 1) -> None:
-    """Fail early, with the sizes, rather than have the loader killed half-way."""
-    available = _available_memory_bytes()
-    need = (source_itemsize + 4) * n_values + _BASE_MEMORY_BYTES
-    if available is not None and need > 0.8 * available:
-        raise DataError(
-            f"{name}: loading and training on the data needs about {need / 2**30:.1f} GiB but only "
-            f"{available / 2**30:.1f} GiB of memory is available; train on a subset of the rows "
-            "(save x[:n] to a smaller file) or use a machine with more memory"
-        )
-
-
-# ----------------------------------------------------------------------------------------------
-# Array -> Dataset
-
-
-def _is_image_range(x: np.ndarray, require_integers: bool) -> bool:
-    lo, hi = x.min(), x.max()
-    if lo < 0 or hi > 255:
-        return False
-    if hi <= 1:
-        return True
-    if not require_integers or np.issubdtype(x.dtype, np.integer):
-        return True
-    return bool(np.all(x == np.round(x)))
-
-
-def _square_side(d: int) -> int | None:
-    side = math.isqrt(d)
-    return side if side * side == d else None
-
-
-def _encode_labels(labels: np.ndarray) -> tuple[np.ndarray, list[str] | None]:
-    """Integer labels as int64; string labels as indices into their sorted unique values."""
-    if labels.dtype.kind in "US":
-        names, codes = np.unique(labels.astype(str), return_inverse=True)
-        return codes.astype(np.int64).reshape(-1), [str(n) for n in names]
-    return labels.astype(np.int64), None
-
-
-def _to_image(x: np.ndarray, name: str) -> np.ndarray:
-    """Scale to [0, 1] as float32: values in [0, 1] are kept, 0..255 grey levels divided."""
-    if not _is_image_range(x, require_integers=False):
-        raise DataError(
-            f"{name}: images must hold values in [0, 1] or grey levels 0..255, found "
-            f"{float(x.min()):g}..{float(x.max()):g}; rescale them, or pass kind='table' "
-            "(--kind table) to standardize the data as a table"
-        )
-    scale = 255.0 if x.max() > 1 else 1.0
-    out = x.astype(np.float32)
-    if scale != 1.0:
-        out /= np.float32(scale)
-    return out
-
-
-def _from_array(
-    x: Any,
-    labels: Any,
-    name: str,
-    *,
-    kind: str | None,
-    scaler: Scaler | None,
-    feature_names: list[str] | None = None,
-    label_names: list[str] | None = None,
-) -> Dataset:
-    """Validate, decide image vs table (unless ``kind`` says), and preprocess."""
-    validate_array(x, labels, name)
-    x = np.asarray(x)
-    if x.dtype == np.bool_:
-        x = x.astype(np.uint8)
-    if labels is not None:
-        labels, names = _encode_labels(_check_labels(labels, len(x), name))
-        label_names = label_names or names
-
-    image_shape = (int(x.shape[1]), int(x.shape[2])) if x.ndim == 3 else None
-    if kind is None:
-        side = _square_side(x.shape[1]) if x.ndim == 2 else None
-        if image_shape is not None:
-            kind = "image"
-        elif side is not None and side >= 4 and _is_image_range(x, require_integers=True):
-            kind, image_shape = "image", (side, side)
-        else:
-            kind = "table"
-    elif kind == "image" and image_shape is None:
-        side = _square_side(x.shape[1])
-        if side is None:
-            raise DataError(
-                f"{name}: kind='image' but {x.shape[1]} features is not a square image; "
-                "pass (N, H, W) images or use kind='table'"
-            )
-        image_shape = (side, side)
-
-    x = x.reshape(len(x), -1)
-    if kind == "image":
-        if scaler is not None:
-            raise DataError(
-                f"{name}: a scaler was given but the data is images, which are not standardized; "
-                "pass kind='table' if it is a table, or drop the scaler"
-            )
-        return Dataset(
-            x=_to_image(x, name),
-            labels=labels,
-            kind="image",
-            image_shape=image_shape,
-            name=name,
-            label_names=label_names,
-        )
-
-    x = x.astype(np.float64)
-    if np.abs(x).max() > _FLOAT32_MAX:
-        raise DataError(
-            f"{name}: values up to {np.abs(x).max():g} overflow float32; rescale the columns "
-            "(e.g. change units) before loading"
-        )
-    if scaler is None:
-        scaler = Scaler.fit(x)
-    try:
-        z = scaler.transform(x)
-    except DataError as err:
-        raise DataError(f"{name}: {err}") from err
-    return Dataset(
-        x=z,
-        labels=labels,
-        kind="table",
-        image_shape=None,
-        name=name,
-        scaler=scaler,
-        feature_names=feature_names,
-        label_names=label_names,
-    )
-
 
 # ----------------------------------------------------------------------------------------------
 # File formats
 
 
-def _read_bytes(path: Path) -> bytes:
-    """File contents, gunzipped when they start with the gzip magic bytes."""
+def _read_idx(path: Path) -> np.ndarray:
+    """Parse an IDX file (MNIST format), gzipped or not: uint8 data of rank 3 (images) or 1 (labels).
+
+    The size the header claims is checked against what the file can hold and against the memory
+    available before anything of that size is allocated or decompressed: a corrupt header, or a
+    small gzip file claiming a huge shape, is refused at once.
+    """
     try:
-        raw = path.read_bytes()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
+        with open(path, "rb") as file:
+            gzipped = file.read(2) == b"\x1f\x8b"
+            file.seek(0)
+            if not gzipped:
+                return _parse_idx(path, file, os.fstat(file.fileno()).st_size, gzipped=False)
+            with gzip.GzipFile(fileobj=file) as unzipped:
+                return _parse_idx(path, unzipped, os.fstat(file.fileno()).st_size, gzipped=True)
+    except DataError:
+        raise
     except _READ_ERRORS as err:
         raise DataError(
             f"{path}: cannot read ({type(err).__name__}: {err}); re-download or re-create the file"
         ) from err
-    return raw
 
 
-def _read_idx(path: Path) -> np.ndarray:
-    """Parse an IDX file (MNIST format): uint8 data of rank 3 (images) or 1 (labels)."""
-    raw = _read_bytes(path)
+# Deflate's densest code is a 258-byte match in 2 bits, so no gzip file decompresses to more
+# than 1032 times its size (zlib's technical notes).
+_GZIP_MAX_RATIO = 1032
+
+
+def _parse_idx(path: Path, f: BinaryIO, file_size: int, gzipped: bool) -> np.ndarray:
+    """Read the IDX header and data from ``f``, ``file_size`` bytes on disk (compressed or not)."""
     fix = "re-download the file (it may be truncated or not an MNIST IDX file)"
-    if len(raw) < 4:
-        raise DataError(f"{path}: only {len(raw)} bytes, too short for an IDX header; {fix}")
-    (magic,) = struct.unpack(">I", raw[:4])
+    head = f.read(4)
+    if len(head) < 4:
+        raise DataError(f"{path}: only {len(head)} bytes, too short for an IDX header; {fix}")
+    (magic,) = struct.unpack(">I", head)
     if magic not in (_IDX_IMAGES_MAGIC, _IDX_LABELS_MAGIC):
         raise DataError(
             f"{path}: bad magic number 0x{magic:08x} (expected 0x{_IDX_IMAGES_MAGIC:08x} for "
@@ -517,25 +113,88 @@ def _read_idx(path: Path) -> np.ndarray:
         )
     rank = magic & 0xFF
     header = 4 + 4 * rank
-    if len(raw) < header:
-        raise DataError(f"{path}: truncated IDX header ({len(raw)} of {header} bytes); {fix}")
-    dims = struct.unpack(f">{rank}I", raw[4:header])
-    size = math.prod(dims)
-    if len(raw) - header != size:
+    raw_dims = f.read(4 * rank)
+    if len(raw_dims) < 4 * rank:
         raise DataError(
-            f"{path}: truncated or corrupt IDX file: the header says shape {dims} "
-            f"({size} bytes of data) but the file holds {len(raw) - header}; {fix}"
+            f"{path}: truncated IDX header ({4 + len(raw_dims)} of {header} bytes); {fix}"
         )
-    if rank == 3:
-        _check_fits_in_memory(size, str(path))
-    return np.frombuffer(raw, dtype=np.uint8, count=size, offset=header).reshape(dims)
+    dims = struct.unpack(f">{rank}I", raw_dims)
+    size = math.prod(dims)
+    claim = f"the header says shape {dims} ({size} bytes of data)"
+    if not gzipped and file_size - header != size:
+        raise DataError(
+            f"{path}: truncated or corrupt IDX file: {claim} but the file holds "
+            f"{file_size - header}; {fix}"
+        )
+    if gzipped and size > _GZIP_MAX_RATIO * file_size:
+        raise DataError(
+            f"{path}: truncated or corrupt IDX file: {claim} but a gzip file of {file_size} bytes "
+            f"cannot decompress to more than {_GZIP_MAX_RATIO * file_size}; {fix}"
+        )
+    check_fits_in_memory(size, str(path), what=f"its header says shape {dims}")
+    data = np.empty(size, dtype=np.uint8)
+    filled = _read_into(f, data)
+    if filled < size or f.read(1):
+        held = filled if filled < size else f"more than {size}"
+        raise DataError(
+            f"{path}: truncated or corrupt IDX file: {claim} but the file holds {held}; {fix}"
+        )
+    return data.reshape(dims)
+
+
+def _read_into(f: BinaryIO, out: np.ndarray) -> int:
+    """Fill ``out`` (uint8) from ``f`` without an intermediate copy; returns the bytes read."""
+    view = memoryview(out).cast("B")
+    filled = 0
+    while filled < len(view):
+        n = f.readinto(view[filled:])
+        if not n:
+            break
+        filled += n
+    return filled
+
+
+def _refuse_special_file(path: Path, allow_directory: bool = False) -> None:
+    """Refuse a FIFO, socket or device before anything opens it.
+
+    Opening a FIFO that has no writer blocks forever, and a device may never end; ``stat`` does
+    neither (it follows symbolic links, so a link to such a file is refused too).
+    """
+    try:
+        mode = path.stat().st_mode
+    except OSError as err:
+        raise DataError(f"{path}: cannot read ({type(err).__name__}: {err}); {SUPPORTED}") from err
+    if stat.S_ISREG(mode) or (allow_directory and stat.S_ISDIR(mode)):
+        return
+    expected = "a regular file or a directory" if allow_directory else "a regular file"
+    if stat.S_ISDIR(mode):  # where a file of the directory of IDX files was expected
+        raise DataError(f"{path}: is a directory, not {expected}; {SUPPORTED}")
+    kinds = [
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ]
+    kind = next((k for test, k in kinds if test(mode)), "not a file")
+    raise DataError(
+        f"{path}: is {kind}, not {expected}, and reading it could block or never end; save the "
+        f"data to a file first; {SUPPORTED}"
+    )
+
+
+def _existing_file(path: Path) -> Path | None:
+    """``path`` if it exists (and is a regular file, else DataError), or None."""
+    if not (path.exists() or path.is_symlink()):
+        return None
+    _refuse_special_file(path)
+    return path
 
 
 def _idx_candidates(directory: Path, prefix: str, what: str, rank: int) -> Path | None:
     for sep in ("-", "."):  # "train-images-idx3-ubyte" and the "train-images.idx3-ubyte" variant
         for suffix in ("", ".gz"):
-            path = directory / f"{prefix}-{what}{sep}idx{rank}-ubyte{suffix}"
-            if path.is_file():
+            path = _existing_file(directory / f"{prefix}-{what}{sep}idx{rank}-ubyte{suffix}")
+            if path is not None:
                 return path
     return None
 
@@ -545,8 +204,9 @@ def _sibling_labels(images: Path) -> Path | None:
         return None
     base = images.name.removesuffix(".gz").replace("images", "labels").replace("idx3", "idx1")
     for name in (base, base + ".gz"):
-        if (images.parent / name).is_file():
-            return images.parent / name
+        path = _existing_file(images.parent / name)
+        if path is not None:
+            return path
     return None
 
 
@@ -587,31 +247,53 @@ def _load_idx_dir(directory: Path) -> tuple[Any, Any]:
     )
 
 
+def _read_npy_header(f: BinaryIO) -> tuple[tuple[int, ...], np.dtype] | None:
+    """Shape and dtype from the header of an .npy stream, read from its start; None for the
+    rare header versions that numpy has no public reader for."""
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+    elif version == (2, 0):
+        shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+    else:
+        return None
+    return shape, dtype
+
+
+def _refuse_objects(path: Path, array: str, dtype: np.dtype) -> None:
+    """Object arrays are stored as pickles; say so rather than let the load call them corrupt."""
+    if dtype.hasobject:
+        raise DataError(
+            f"{path}: {array} holds Python objects (dtype {dtype}); object arrays are refused "
+            "because loading them would need pickle, which can run code from the file; save "
+            "labels as numbers or fixed-width strings (np.asarray(labels, dtype=str)) and the "
+            "data as numbers"
+        )
+
+
 def _check_npz_member(path: Path, zf: zipfile.ZipFile, member: str) -> None:
-    """Check an .npy inside a zip from its header alone: plausible size, fits in memory.
+    """Check an .npy inside a zip from its header alone: no objects, plausible size, fits in memory.
 
     numpy allocates the whole array before reading a zip member, so a corrupt header that
     claims a huge shape must be caught here, not by the load.
     """
     try:
         with zf.open(member) as f:
-            version = np.lib.format.read_magic(f)
-            if version == (1, 0):
-                shape, _, dtype = np.lib.format.read_array_header_1_0(f)
-            elif version == (2, 0):
-                shape, _, dtype = np.lib.format.read_array_header_2_0(f)
-            else:
-                return  # rare header versions: let the load speak for itself
+            header = _read_npy_header(f)
         stored = zf.getinfo(member).file_size
     except _READ_ERRORS:
         return  # the real load reports the corruption with a proper message
+    if header is None:
+        return  # rare header versions: let the load speak for itself
+    shape, dtype = header
+    _refuse_objects(path, f"array {member.removesuffix('.npy')!r}", dtype)
     n_values = math.prod(shape)
     if n_values * dtype.itemsize > stored:
         raise DataError(
             f"{path}: corrupt array {member!r}: its header says shape {shape} but only "
             f"{stored} bytes are stored; re-create the file with np.savez"
         )
-    _check_fits_in_memory(n_values, str(path), dtype.itemsize)
+    check_fits_in_memory(n_values, str(path), dtype.itemsize)
 
 
 def _corrupt(path: Path, err: BaseException) -> DataError:
@@ -624,9 +306,10 @@ def _corrupt(path: Path, err: BaseException) -> DataError:
 
 def _load_npz(path: Path) -> tuple[Any, Any]:
     try:
+        with open(path, "rb") as f:
+            if f.read(len(np.lib.format.MAGIC_PREFIX)) == np.lib.format.MAGIC_PREFIX:
+                return _load_npy(path), None  # an .npy saved under an .npz name
         with np.load(path, allow_pickle=False) as npz:
-            if isinstance(npz, np.ndarray):  # an .npy saved under an .npz name
-                return np.array(npz), None
             keys = list(npz.files)
             data_key = next((k for k in ("images", "X", "x") if k in keys), None)
             label_key = next((k for k in ("labels", "y") if k in keys), None)
@@ -650,11 +333,17 @@ def _load_npz(path: Path) -> tuple[Any, Any]:
 
 def _load_npy(path: Path) -> np.ndarray:
     try:
+        with open(path, "rb") as f:
+            is_npy = f.read(len(np.lib.format.MAGIC_PREFIX)) == np.lib.format.MAGIC_PREFIX
+            f.seek(0)
+            npy_header = _read_npy_header(f) if is_npy else None  # else np.load says what it is
+        if npy_header is not None:
+            _refuse_objects(path, "the array", npy_header[1])
         # Memory-mapping reads only the header, so the size check happens before any copy.
         header = np.load(path, mmap_mode="r", allow_pickle=False)
         if not isinstance(header, np.ndarray):
             raise DataError(f"{path}: holds several arrays (an .npz archive); rename it to .npz")
-        _check_fits_in_memory(int(header.size), str(path), header.dtype.itemsize)
+        check_fits_in_memory(int(header.size), str(path), header.dtype.itemsize)
         del header
         return np.load(path, allow_pickle=False)
     except DataError:
@@ -692,6 +381,12 @@ def _parse_float_column(
     return np.array([float(c) for c in cells], dtype=np.float64)
 
 
+def _some(names: list[str], limit: int = 10) -> str:
+    """The first ``limit`` names quoted, then how many there are: a message stays one line."""
+    shown = ", ".join(repr(n) for n in names[:limit])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+
+
 def _is_number(cell: str) -> bool:
     try:
         float(cell)
@@ -700,20 +395,59 @@ def _is_number(cell: str) -> bool:
     return True
 
 
+# What a CSV value costs while it is parsed, besides the float32 copy that check_fits_in_memory
+# adds: the cell's Python string (49 bytes plus its characters), its places in the row's list and
+# a column's tuple, the float64 column, matrix and copies. tracemalloc measured the whole load at
+# 92-106 bytes a value for cells of 4-18 characters (38 for one-character cells, whose strings
+# Python shares); this is that, less the characters and the float32 copy.
+_CSV_VALUE_BYTES = 85
+_CSV_SAMPLE_BYTES = 2**16
+
+
+def _estimate_csv_values(path: Path) -> tuple[int, float, str]:
+    """Values in a CSV file, estimated from its size and first 64 KiB, before it is parsed.
+
+    Returns the estimate, the bytes a value will cost while parsed (see ``_CSV_VALUE_BYTES``),
+    and a description of the estimate for messages.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(_CSV_SAMPLE_BYTES)
+    if not head:
+        return 0, _CSV_VALUE_BYTES, "an empty file"
+    # Every value ends in a comma or a line break (the file's last one maybe in neither).
+    ends = head.count(b",") + head.count(b"\n") + (not head.endswith(b"\n"))
+    chars = max(len(head) - ends, ends) / ends  # characters a cell, at least one
+    n_values = math.ceil(size * ends / len(head))
+    what = f"estimated from the file's {size:,} bytes, {chars:.0f} characters a value"
+    return n_values, _CSV_VALUE_BYTES + chars, what
+
+
 def _load_csv(
     path: Path, label_column: str | None
 ) -> tuple[np.ndarray, np.ndarray | None, list[str], list[str] | None, list[int]]:
     """Returns features (N, D) float64, labels, feature names, label names, line numbers."""
     try:
+        n_values, value_bytes, what = _estimate_csv_values(path)
+        # The memory measured now, before parsing, is what later checks compare with: they must
+        # not count the parse's own allocations against it.
+        available = check_fits_in_memory(n_values, str(path), value_bytes, what=what)
         # utf-8-sig drops the byte-order mark that spreadsheet programs write.
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)
             rows, lines = [], []
+            n_read, next_check = 0, n_values
             for row in reader:
                 if not row or (len(row) == 1 and not row[0].strip()):
                     continue  # blank lines, e.g. a trailing newline
                 rows.append(row)
                 lines.append(reader.line_num)
+                n_read += len(row)
+                if n_read > next_check:  # the first lines understated the values: check again
+                    check_fits_in_memory(
+                        n_read, str(path), value_bytes, available=available, what="read so far"
+                    )
+                    next_check = n_read + n_read // 4
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise DataError(
             f"{path}: cannot read as CSV ({type(err).__name__}: {err}); save it as UTF-8 "
@@ -727,10 +461,12 @@ def _load_csv(
     else:
         columns = [c.strip() for c in rows[0]]
         rows, lines = rows[1:], lines[1:]
-        duplicates = sorted({c for c in columns if columns.count(c) > 1})
+        # A Counter, not columns.count per column: that was quadratic, and a header of a
+        # million columns never finished.
+        duplicates = sorted(c for c, k in Counter(columns).items() if k > 1)
         if duplicates:
             raise DataError(
-                f"{path}: duplicate column name(s) {duplicates} in the header; rename them"
+                f"{path}: duplicate column name(s) {_some(duplicates)} in the header; rename them"
             )
     if not rows:
         raise DataError(f"{path}: data has 0 rows (only a header); give at least 2 data rows")
@@ -744,7 +480,7 @@ def _load_csv(
     if label_column is not None and label_column not in columns:
         raise DataError(
             f"{path}: label column {label_column!r} is not in the header (columns: "
-            f"{', '.join(columns)}); pass one of these to --label-column"
+            f"{_some(columns)}); pass one of these to --label-column"
         )
     cells_by_column = list(zip(*rows, strict=True))
     feature_names = [c for c in columns if c != label_column]
@@ -765,17 +501,12 @@ def _load_csv(
     labels, label_names = None, None
     if label_column is not None:
         cells = [c.strip() for c in cells_by_column[columns.index(label_column)]]
-        for cell, line in zip(cells, lines, strict=True):
-            if not cell:
-                raise DataError(
-                    f"{path}: empty label in column {label_column!r} at line {line}; "
-                    "fill it in or drop the row"
-                )
+        check_labels(np.array(cells, dtype=str), len(cells), str(path), row_numbers=lines)
         numbers = [float(c) if _is_number(c) else None for c in cells]
         if all(v is not None and abs(v) < 2**53 and v == round(v) for v in numbers):
             labels = np.array([int(v) for v in numbers], dtype=np.int64)
         else:
-            labels, label_names = _encode_labels(np.array(cells, dtype=str))
+            labels, label_names = encode_labels(np.array(cells, dtype=str))
     return x, labels, feature_names, label_names, lines
 
 
@@ -818,28 +549,29 @@ def load_data(
         digits = load_digits()
         # Grey levels 0..16; dividing here (not by 255) keeps them in the full [0, 1] range.
         images = (digits.images / 16.0).astype(np.float32)
-        return _from_array(images, digits.target, "digits", kind=kind, scaler=scaler)
+        return from_array(images, digits.target, "digits", kind=kind, scaler=scaler)
 
     path = Path(spec).expanduser()
     if not path.exists():
         raise DataError(f"no such file or directory: {spec}; {SUPPORTED}")
+    _refuse_special_file(path, allow_directory=True)
     if path.is_dir():
         _no_label_column(label_column, spec)
         x, labels = _load_idx_dir(path)
-        return _from_array(x, labels, spec, kind=kind, scaler=scaler)
+        return from_array(x, labels, spec, kind=kind, scaler=scaler)
 
     suffix = path.suffix.lower()
     if suffix == ".npz":
         _no_label_column(label_column, spec)
         x, labels = _load_npz(path)
-        return _from_array(x, labels, spec, kind=kind, scaler=scaler)
+        return from_array(x, labels, spec, kind=kind, scaler=scaler)
     if suffix == ".npy":
         _no_label_column(label_column, spec)
-        return _from_array(_load_npy(path), None, spec, kind=kind, scaler=scaler)
+        return from_array(_load_npy(path), None, spec, kind=kind, scaler=scaler)
     if suffix == ".csv":
         x, labels, feature_names, label_names, lines = _load_csv(path, label_column)
-        _check_finite(x, spec, feature_names, lines)
-        return _from_array(
+        check_finite(x, spec, feature_names, lines)
+        return from_array(
             x,
             labels,
             spec,
@@ -852,7 +584,7 @@ def load_data(
     if base.endswith("ubyte") or "idx" in base:
         _no_label_column(label_column, spec)
         x, labels = _load_idx_pair(path, _sibling_labels(path), spec)
-        return _from_array(x, labels, spec, kind=kind, scaler=scaler)
+        return from_array(x, labels, spec, kind=kind, scaler=scaler)
     raise DataError(f"{spec}: unknown file type {path.suffix or '(no extension)'!r}; {SUPPORTED}")
 
 
@@ -862,18 +594,3 @@ def _no_label_column(label_column: str | None, spec: str) -> None:
             f"{spec}: label_column (--label-column) applies only to CSV files; drop it "
             "(labels of .npz files are read from 'labels' or 'y', of IDX files from the labels file)"
         )
-
-
-def resolve_mnist8k() -> Path | None:
-    """Path of the shared 8,000-digit MNIST file (``images`` (8000, 784) uint8, ``labels``).
-
-    ``$PYRO_GMVAE_MNIST8K`` if set, else ``../shared/data/mnist8k.npz`` from the repository
-    root; None when the file does not exist.
-    """
-    env = os.environ.get("PYRO_GMVAE_MNIST8K")
-    path = (
-        Path(env).expanduser()
-        if env
-        else Path(__file__).resolve().parents[2] / "shared/data/mnist8k.npz"
-    )
-    return path if path.is_file() else None

@@ -1,2 +1,553 @@
-# Temporary: replaced by the split of data.py.
-from .data import Dataset, Scaler, check_min_rows, validate_array  # noqa: F401
+"""The data a GMVAE trains on, whatever file it came from: :class:`Dataset`, :class:`Scaler` and
+their checks.
+
+A :class:`Dataset` is a float32 matrix ``x`` of shape ``(N, D)`` plus optional labels (used only for
+evaluation). Images are scaled to ``[0, 1]`` so a Bernoulli likelihood fits them; tables are
+standardized with a :class:`Scaler` that travels with the data, so held-out data can be scaled
+exactly like the training data and samples mapped back to the original units.
+
+:func:`from_array` turns an array into a Dataset (validated, image or table decided, scaled);
+:func:`validate_array`, :func:`check_labels` and :func:`check_finite` are the checks every source
+goes through, and :func:`check_fits_in_memory` the memory guard every loader calls before it
+allocates. Reading files is :mod:`pyro_gmvae.data`'s business: this module imports none of it.
+
+Every problem raises :class:`~pyro_gmvae.errors.DataError`, whose message names the problem and
+the fix.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from .errors import DataError
+
+__all__ = [
+    "Dataset",
+    "Scaler",
+    "available_memory_bytes",
+    "check_finite",
+    "check_fits_in_memory",
+    "check_labels",
+    "check_min_rows",
+    "encode_labels",
+    "from_array",
+    "validate_array",
+]
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+@dataclass
+class Scaler:
+    """Per-feature standardization ``(x - mean) / std``, fitted on training data.
+
+    Attributes:
+        mean: ``(D,)`` float64 column means.
+        std: ``(D,)`` float64 column standard deviations; 1 for constant columns, so they map
+            to 0 instead of dividing by zero.
+    """
+
+    mean: np.ndarray
+    std: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.mean = np.asarray(self.mean, dtype=np.float64)
+        self.std = np.asarray(self.std, dtype=np.float64)
+        if self.mean.ndim != 1 or self.mean.shape != self.std.shape:
+            raise DataError(
+                f"scaler: mean {self.mean.shape} and std {self.std.shape} must be 1-D of the "
+                "same length; refit the scaler on the training data"
+            )
+        if not (np.all(np.isfinite(self.mean)) and np.all(np.isfinite(self.std))):
+            raise DataError("scaler: mean or std is not finite; refit it on the training data")
+        if np.any(self.std <= 0):
+            raise DataError("scaler: std must be positive; refit it on the training data")
+
+    @classmethod
+    def fit(cls, x: np.ndarray) -> Scaler:
+        """Fit to the columns of ``x`` of shape ``(N, D)`` (finite values, N >= 1)."""
+        x = np.asarray(x, dtype=np.float64)
+        mean = x.mean(axis=0)
+        centered = x - mean
+        # Squaring underflows for columns on a tiny scale (and overflows for huge ones), so take
+        # the standard deviation of the columns divided by their largest deviation.
+        largest = np.abs(centered).max(axis=0)
+        largest[largest == 0] = 1.0
+        std = largest * np.sqrt(np.mean((centered / largest) ** 2, axis=0))
+        # A constant column can get a tiny nonzero std from rounding in the mean; compare the
+        # column's range instead, and use its exact value as the mean so it maps to exactly 0.
+        constant = np.ptp(x, axis=0) == 0
+        mean[constant] = x[0, constant]
+        std[constant | (std == 0)] = 1.0
+        return cls(mean=mean, std=std)
+
+    @property
+    def n_features(self) -> int:
+        """Number of columns D the scaler was fitted on."""
+        return int(self.mean.shape[0])
+
+    def _check_width(self, x: np.ndarray) -> None:
+        if x.shape[-1] != self.n_features:
+            raise DataError(
+                f"data has {x.shape[-1]} features but the scaler was fitted on "
+                f"{self.n_features}; load held-out data with the same columns as the training data"
+            )
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        """Standardize ``x`` of shape ``(..., D)``; returns float32 (the model's dtype)."""
+        x = np.asarray(x, dtype=np.float64)
+        self._check_width(x)
+        z = (x - self.mean) / self.std
+        if np.any(np.abs(z) > _FLOAT32_MAX):
+            raise DataError(
+                "standardized values overflow float32: the data lies far outside the range of "
+                "the data the scaler was fitted on; check that it has the same columns and units"
+            )
+        return z.astype(np.float32)
+
+    def inverse_transform(self, x: np.ndarray) -> np.ndarray:
+        """Map standardized ``x`` of shape ``(..., D)`` back to original units; returns float64."""
+        x = np.asarray(x, dtype=np.float64)
+        self._check_width(x)
+        return x * self.std + self.mean
+
+    def to_dict(self) -> dict[str, list[float]]:
+        """JSON-serialisable form: ``{"mean": [...], "std": [...]}``."""
+        return {"mean": self.mean.tolist(), "std": self.std.tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Scaler:
+        """Inverse of :meth:`to_dict`."""
+        try:
+            return cls(mean=d["mean"], std=d["std"])
+        except DataError:
+            raise
+        except (KeyError, TypeError, ValueError) as err:
+            raise DataError(
+                f"scaler: expected a dict with 'mean' and 'std' lists, got {d!r:.80}; "
+                "use the scaler saved by the training run"
+            ) from err
+
+
+@dataclass
+class Dataset:
+    """Preprocessed data ready for training.
+
+    Attributes:
+        x: ``(N, D)`` float32; images scaled to ``[0, 1]``, tables standardized.
+        labels: ``(N,)`` int64 or None; for evaluation only, training is unsupervised.
+        kind: ``"image"`` or ``"table"``.
+        image_shape: ``(H, W)`` with ``H * W == D`` for images; None for tables.
+        name: human-readable source, e.g. ``"digits"`` or the file path.
+        scaler: for tables, the standardization applied to ``x``; None for images.
+        feature_names: CSV column names for tables loaded from CSV, else None.
+        label_names: original label values when they were strings (``labels`` index into it),
+            else None.
+    """
+
+    x: np.ndarray
+    labels: np.ndarray | None
+    kind: str
+    image_shape: tuple[int, int] | None
+    name: str
+    scaler: Scaler | None = None
+    feature_names: list[str] | None = None
+    label_names: list[str] | None = None
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    @property
+    def n_features(self) -> int:
+        """Number of features D (pixels for images)."""
+        return int(self.x.shape[1])
+
+    def subset(self, indices: np.ndarray | list[int]) -> Dataset:
+        """Rows ``indices`` (integer indices or a boolean mask of length N) as a new Dataset.
+
+        The scaler and names are shared, so the subset stays in the same units.
+        """
+        indices = np.asarray(indices)
+        labels = None if self.labels is None else self.labels[indices]
+        return replace(self, x=self.x[indices], labels=labels)
+
+    def split(self, fraction: float, seed: int = 0) -> tuple[Dataset, Dataset]:
+        """Split into ``(train, heldout)`` with ``fraction`` of the rows held out at random.
+
+        Deterministic given ``seed``; both parts keep the original row order and are non-empty.
+        The scaler is not refitted: both parts stay in the units ``x`` was loaded in.
+        """
+        if not 0 < fraction < 1:
+            raise DataError(f"split fraction must be in (0, 1), got {fraction}")
+        n = len(self)
+        if n < 2:
+            raise DataError(f"{self.name}: cannot split {n} row(s); give at least 2 rows")
+        n_heldout = min(max(round(fraction * n), 1), n - 1)
+        order = np.random.default_rng(seed).permutation(n)
+        return self.subset(np.sort(order[n_heldout:])), self.subset(np.sort(order[:n_heldout]))
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation
+
+
+def validate_array(x: Any, labels: Any = None, name: str = "data") -> None:
+    """Check an array handed in from Python before it is used for training.
+
+    Args:
+        x: ``(N, D)`` table or images, or ``(N, H, W)`` images; any numeric dtype.
+        labels: optional ``(N,)`` integer (or string) labels.
+        name: what to call the data in error messages.
+
+    Raises:
+        DataError: on a non-numeric dtype, rank other than 2 or 3, zero rows or features,
+            NaN or infinite values, or labels that are not 1-D of length N.
+    """
+    x = _as_array(x, name)
+    if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_) or np.iscomplexobj(x):
+        raise DataError(
+            f"{name}: values are not real numbers (dtype {x.dtype}); convert the data to a "
+            "numeric array, e.g. np.asarray(x, dtype=np.float32)"
+        )
+    if x.ndim == 1:
+        raise DataError(
+            f"{name}: data is 1-D (shape {x.shape}); pass a 2-D array (rows, features), "
+            "e.g. x.reshape(-1, 1) for a single feature"
+        )
+    if x.ndim not in (2, 3):
+        raise DataError(
+            f"{name}: data is {x.ndim}-D (shape {x.shape}); pass (N, D) rows of features or "
+            "(N, H, W) grey images; flatten other shapes with x.reshape(len(x), -1)"
+        )
+    if x.shape[0] == 0:
+        raise DataError(f"{name}: data has 0 rows (shape {x.shape}); give at least 2 rows")
+    if math.prod(x.shape[1:]) == 0:
+        raise DataError(f"{name}: data has 0 features (shape {x.shape}); give at least 1 column")
+    check_finite(x, name)
+    if labels is not None:
+        check_labels(labels, len(x), name)
+
+
+def _as_array(x: Any, name: str) -> np.ndarray:
+    try:
+        return np.asarray(x)
+    except (ValueError, TypeError) as err:  # ragged nested lists, unconvertible objects
+        raise DataError(
+            f"{name}: cannot convert to an array ({err}); pass a rectangular numeric array"
+        ) from err
+
+
+def check_finite(
+    x: np.ndarray,
+    name: str,
+    feature_names: list[str] | None = None,
+    row_numbers: list[int] | None = None,
+) -> None:
+    """Raise if ``x`` holds NaN or inf, naming how many and the first position.
+
+    Args:
+        x: ``(N, D)`` or ``(N, H, W)`` array.
+        name: what to call the data in the message.
+        feature_names: the ``D`` column names, to name the column instead of its index.
+        row_numbers: the ``N`` rows' line numbers in the source file, to name the line.
+    """
+    if not np.issubdtype(x.dtype, np.inexact):
+        return  # integer and bool arrays cannot hold NaN or inf
+    bad = ~np.isfinite(x)
+    if not bad.any():
+        return
+    n_nan = int(np.isnan(x).sum())
+    n_inf = int(bad.sum()) - n_nan
+    first = np.unravel_index(int(np.argmax(bad)), x.shape)
+    row = f"line {row_numbers[first[0]]}" if row_numbers else f"row {first[0]}"
+    if x.ndim == 2:
+        col = repr(feature_names[first[1]]) if feature_names else str(first[1])
+        where = f"{row}, column {col}"
+    else:
+        where = f"{row}, pixel {tuple(int(i) for i in first[1:])}"
+    raise DataError(
+        f"{name}: {n_nan} NaN and {n_inf} infinite (inf) value(s), the first at {where}; "
+        "drop or impute the rows with missing or infinite values before loading"
+    )
+
+
+def check_labels(
+    labels: Any, n: int, name: str, row_numbers: list[int] | None = None
+) -> np.ndarray:
+    """Check ``labels`` for ``n`` rows of data; returns them as an ``(n,)`` array.
+
+    Labels are integers, whole floats, bools or strings, one a row. Every source of labels comes
+    through here, so a missing label (NaN, or an empty or "nan" string) is refused alike whether
+    it came from a CSV cell, an .npz array or Python.
+
+    Args:
+        labels: ``(n,)`` labels.
+        n: number of rows of the data they label.
+        name: what to call the data in messages.
+        row_numbers: the ``n`` rows' line numbers in the source file, to name the line.
+    """
+    labels = _as_array(labels, f"{name} labels")
+    if labels.ndim != 1:
+        raise DataError(
+            f"{name}: labels must be 1-D with one label a row, got shape {labels.shape}; "
+            "pass labels.reshape(-1)"
+        )
+    if len(labels) != n:
+        raise DataError(
+            f"{name}: {len(labels)} labels for {n} rows of data; pass one label per row "
+            "(or no labels)"
+        )
+    strings = labels.dtype.kind in "US"
+    if not (strings or np.issubdtype(labels.dtype, np.number) or labels.dtype == np.bool_):
+        raise DataError(f"{name}: labels have dtype {labels.dtype}; pass integer or string labels")
+    if np.iscomplexobj(labels):
+        raise DataError(f"{name}: labels hold complex values; pass integer labels")
+    _refuse_missing_labels(labels, name, row_numbers)
+    if strings:
+        return labels
+    if not np.all(np.isfinite(labels)):
+        raise DataError(f"{name}: labels hold infinite values; pass integer labels")
+    if np.issubdtype(labels.dtype, np.floating) and np.any(labels != np.round(labels)):
+        raise DataError(
+            f"{name}: labels are not whole numbers; pass integer class labels (they are for "
+            "evaluation, not regression targets)"
+        )
+    return labels
+
+
+def _refuse_missing_labels(labels: np.ndarray, name: str, row_numbers: list[int] | None) -> None:
+    """Missing labels must not become a class of their own: NaN, or a string empty or "nan"."""
+    if labels.dtype.kind in "US":
+        text = np.char.lower(np.char.strip(labels.astype(str)))
+        # float() reads these as NaN: a spreadsheet's or pandas' missing value, written out.
+        missing = np.isin(text, ["", "nan", "+nan", "-nan"])
+    elif np.issubdtype(labels.dtype, np.floating):
+        missing = np.isnan(labels)
+    else:
+        return  # integers and bools cannot be missing
+    if not missing.any():
+        return
+    first = int(np.argmax(missing))
+    where = f"line {row_numbers[first]}" if row_numbers else f"row {first}"
+    raise DataError(
+        f"{name}: {int(missing.sum())} missing label(s) (empty or NaN), the first at {where}; "
+        "label those rows or drop them (labels only score the clustering: a missing one would "
+        "count as a class of its own)"
+    )
+
+
+def check_min_rows(dataset: Dataset | np.ndarray, n_clusters: int) -> None:
+    """Raise :class:`DataError` if there are fewer than 2 rows or fewer rows than clusters."""
+    n = len(dataset)
+    if n < 2:
+        raise DataError(f"only {n} row(s) of data; give at least 2 rows")
+    if n < n_clusters:
+        raise DataError(
+            f"fewer rows ({n}) than clusters ({n_clusters}); lower --clusters or give more data"
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# Memory
+
+
+def available_memory_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo, or None where that is not readable (non-Linux)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+# Measured peak of `gmvae train` (README, "Memory"): about 470 MiB of interpreter and torch,
+# plus the source array and the float32 copy the model trains on, plus the network.
+_BASE_MEMORY_BYTES = 0.6 * 2**30
+
+
+def check_fits_in_memory(
+    n_values: int,
+    name: str,
+    source_itemsize: float = 1,
+    *,
+    available: int | None = None,
+    what: str = "",
+) -> int | None:
+    """Refuse data that cannot be loaded and trained on in the memory available.
+
+    Every loader calls this before it allocates, from the size a file's header claims or an
+    estimate, so that it fails early, naming the sizes, rather than being killed half-way.
+
+    Args:
+        n_values: number of values ``N * D`` to be loaded.
+        name: what to call the data in the message.
+        source_itemsize: bytes a value takes as read, before the float32 copy the model trains on.
+        available: bytes of memory available, measured before loading began (so a loader that
+            checks again as it reads does not count its own allocations against itself); by
+            default measured now.
+        what: where ``n_values`` comes from, for the message (e.g. "its header says shape ...").
+
+    Returns:
+        The bytes available it compared with (None where unknown), to pass back as
+        ``available`` when checking again.
+    """
+    if available is None:
+        available = available_memory_bytes()
+    need = (source_itemsize + 4) * n_values + _BASE_MEMORY_BYTES
+    if available is not None and need > 0.8 * available:
+        source = f" ({what})" if what else ""
+        raise DataError(
+            f"{name}: loading and training on {n_values:,} values{source} needs about "
+            f"{need / 2**30:.1f} GiB but only {available / 2**30:.1f} GiB of memory is available; "
+            "train on a subset of the rows (save x[:n] to a smaller file) or use a machine with "
+            "more memory"
+        )
+    return available
+
+
+# ----------------------------------------------------------------------------------------------
+# Array -> Dataset
+
+
+def _is_image_range(x: np.ndarray, require_integers: bool) -> bool:
+    lo, hi = x.min(), x.max()
+    if lo < 0 or hi > 255:
+        return False
+    if hi <= 1:
+        return True
+    if not require_integers or np.issubdtype(x.dtype, np.integer):
+        return True
+    return bool(np.all(x == np.round(x)))
+
+
+def _square_side(d: int) -> int | None:
+    side = math.isqrt(d)
+    return side if side * side == d else None
+
+
+def encode_labels(labels: np.ndarray) -> tuple[np.ndarray, list[str] | None]:
+    """``(N,)`` integer labels as int64; string labels as indices into their sorted unique values.
+
+    Returns the ``(N,)`` int64 codes and, for string labels, the names they index (else None).
+    """
+    if labels.dtype.kind in "US":
+        names, codes = np.unique(labels.astype(str), return_inverse=True)
+        return codes.astype(np.int64).reshape(-1), [str(n) for n in names]
+    return labels.astype(np.int64), None
+
+
+def _to_image(x: np.ndarray, name: str) -> np.ndarray:
+    """Scale to [0, 1] as float32: values in [0, 1] are kept, 0..255 grey levels divided."""
+    if not _is_image_range(x, require_integers=False):
+        raise DataError(
+            f"{name}: images must hold values in [0, 1] or grey levels 0..255, found "
+            f"{float(x.min()):g}..{float(x.max()):g}; rescale them, or pass kind='table' "
+            "(--kind table) to standardize the data as a table"
+        )
+    scale = 255.0 if x.max() > 1 else 1.0
+    out = x.astype(np.float32)
+    if scale != 1.0:
+        out /= np.float32(scale)
+    return out
+
+
+def from_array(
+    x: Any,
+    labels: Any,
+    name: str,
+    *,
+    kind: str | None,
+    scaler: Scaler | None,
+    feature_names: list[str] | None = None,
+    label_names: list[str] | None = None,
+) -> Dataset:
+    """Validate, decide image vs table (unless ``kind`` says), and preprocess into a Dataset.
+
+    Args:
+        x: ``(N, D)`` rows or ``(N, H, W)`` images, any real dtype.
+        labels: ``(N,)`` integer or string labels, or None.
+        name: what to call the data in messages, and the Dataset's ``name``.
+        kind: ``"image"``, ``"table"``, or None to guess: 3-D arrays are images, and so are 2-D
+            ones with a square number D >= 16 of features all in ``[0, 1]`` or whole numbers
+            0..255; the rest are tables.
+        scaler: for tables, a scaler fitted on training data; None fits one on ``x``.
+        feature_names: the ``D`` column names of a table, kept on the Dataset.
+        label_names: the original values of string labels that ``labels`` index into.
+    """
+    validate_array(x, labels, name)
+    x = np.asarray(x)
+    if x.dtype == np.bool_:
+        x = x.astype(np.uint8)
+    if labels is not None:
+        labels, names = encode_labels(check_labels(labels, len(x), name))
+        label_names = label_names or names
+
+    image_shape = (int(x.shape[1]), int(x.shape[2])) if x.ndim == 3 else None
+    if kind is None:
+        side = _square_side(x.shape[1]) if x.ndim == 2 else None
+        if image_shape is not None:
+            kind = "image"
+        elif side is not None and side >= 4 and _is_image_range(x, require_integers=True):
+            kind, image_shape = "image", (side, side)
+        else:
+            kind = "table"
+    elif kind == "image" and image_shape is None:
+        side = _square_side(x.shape[1])
+        if side is None:
+            # The model takes any H x W; only a flat row leaves the shape to be guessed. A 0/1
+            # table of D columns is fine as 1 x D images, if nothing moves its columns about.
+            d = x.shape[1]
+            raise DataError(
+                f"{name}: kind='image' (--kind image) but {d} features is not a square image, and "
+                "a flat row does not say its height and width; save the data as (N, H, W) images "
+                f"in a .npy or .npz (a 0/1 table as x.reshape(len(x), 1, {d}), trained with "
+                "--augment-rotation 0 --augment-shift 0 as its columns are not pixels to move), "
+                "or load it as a table (kind='table') and pass --likelihood gaussian"
+            )
+        image_shape = (side, side)
+
+    x = x.reshape(len(x), -1)
+    if kind == "image":
+        if scaler is not None:
+            raise DataError(
+                f"{name}: a scaler was given but the data is images, which are not standardized; "
+                "pass kind='table' if it is a table, or drop the scaler"
+            )
+        return Dataset(
+            x=_to_image(x, name),
+            labels=labels,
+            kind="image",
+            image_shape=image_shape,
+            name=name,
+            label_names=label_names,
+        )
+
+    x = x.astype(np.float64)
+    if np.abs(x).max() > _FLOAT32_MAX:
+        raise DataError(
+            f"{name}: values up to {np.abs(x).max():g} overflow float32; rescale the columns "
+            "(e.g. change units) before loading"
+        )
+    if scaler is None:
+        scaler = Scaler.fit(x)
+    try:
+        z = scaler.transform(x)
+    except DataError as err:
+        raise DataError(f"{name}: {err}") from err
+    return Dataset(
+        x=z,
+        labels=labels,
+        kind="table",
+        image_shape=None,
+        name=name,
+        scaler=scaler,
+        feature_names=feature_names,
+        label_names=label_names,
+    )

@@ -15,7 +15,7 @@ from torch.nn import functional as F
 
 from .checkpoints import CHECKPOINT_FILE, CONFIG_FILE, load_checkpoint, save_checkpoint
 from .config import ModelConfig, RunConfig
-from .data import validate_array
+from .dataset import validate_array
 from .errors import CheckpointError, DataError
 from .likelihoods import Likelihood, make_likelihood
 from .networks import ClusterEncoder, Decoder, Encoder

@@ -22,7 +22,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from scipy.optimize import linear_sum_assignment
 
-from .data import Dataset
+from .dataset import Dataset
 from .files import atomic_write_bytes
 from .metrics import cluster_accuracy, contingency
 from .model import GMVAE

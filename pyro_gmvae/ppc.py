@@ -44,7 +44,7 @@ from pyro.infer import Predictive
 from sklearn.neighbors import NearestNeighbors
 from tqdm.auto import tqdm
 
-from .data import Dataset
+from .dataset import Dataset
 from .evaluate import checked_input, log_likelihood
 from .files import atomic_write_text
 from .model import GMVAE

@@ -1,11 +1,25 @@
 """Shared fixtures for the test suite."""
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
-from pyro_gmvae.data import resolve_mnist8k
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def resolve_mnist8k(root: Path = REPO_ROOT) -> Path | None:
+    """Path of the shared 8,000-digit MNIST file (``images`` (8000, 784) uint8, ``labels``).
+
+    ``$PYRO_GMVAE_MNIST8K`` if set, else ``../shared/data/mnist8k.npz`` from the repository
+    ``root``; None when the file does not exist. Here and not in the library, which has no
+    business knowing where this repository's shared files lie; ``benchmarks/_paths.py`` is the
+    benchmarks' copy of the same rule.
+    """
+    env = os.environ.get("PYRO_GMVAE_MNIST8K")
+    path = Path(env).expanduser() if env else root.parent / "shared/data/mnist8k.npz"
+    return path if path.is_file() else None
 
 
 @pytest.fixture(scope="session")

@@ -1,13 +1,19 @@
-"""Tests for pyro_gmvae.data: each loader on tiny files, every documented error, and properties."""
+"""Tests for pyro_gmvae.data: each loader on tiny files, every documented error, and properties.
+
+The format-independent checks and types (Dataset, Scaler, validate_array) are in test_dataset.py.
+"""
 
 from __future__ import annotations
 
 import gzip
 import io
-import json
+import os
 import pickle
+import re
+import signal
 import struct
 import tempfile
+import tracemalloc
 import zipfile
 from pathlib import Path
 
@@ -17,16 +23,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from pyro_gmvae import data
-from pyro_gmvae.data import (
-    DataError,
-    Dataset,
-    Scaler,
-    check_min_rows,
-    load_data,
-    resolve_mnist8k,
-    validate_array,
-)
+from pyro_gmvae import dataset
+from pyro_gmvae.data import load_data
+from pyro_gmvae.dataset import Dataset, Scaler, validate_array
+from pyro_gmvae.errors import DataError
 
 PROPERTY = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -93,14 +93,6 @@ def test_mnist8k_loads_as_28x28_images(mnist8k_path):
     assert np.bincount(ds.labels).tolist() == [806, 895, 802, 833, 778, 710, 800, 850, 743, 783]
 
 
-def test_resolve_mnist8k_follows_the_environment_variable(tmp_path, monkeypatch):
-    target = tmp_path / "m.npz"
-    monkeypatch.setenv("PYRO_GMVAE_MNIST8K", str(target))
-    assert resolve_mnist8k() is None
-    np.savez(target, images=np.zeros((2, 4), np.uint8))
-    assert resolve_mnist8k() == target
-
-
 # ----------------------------------------------------------------------------------------------
 # IDX
 
@@ -154,6 +146,18 @@ def test_idx_truncated_data(tmp_path, images, cut):
         load_data(tmp_path)
 
 
+@pytest.mark.parametrize("gz", ["", ".gz"])
+def test_idx_with_more_data_than_its_header_says(tmp_path, images, gz):
+    raw = idx_bytes(images) + b"extra"
+    path = tmp_path / f"train-images-idx3-ubyte{gz}"
+    path.write_bytes(gzip.compress(raw) if gz else raw)
+    held = "215" if not gz else "more than 210"
+    with pytest.raises(
+        DataError, match=rf"\(6, 5, 7\) \(210 bytes of data\) but the file holds {held}"
+    ):
+        load_data(path)
+
+
 def test_idx_truncated_header_and_corrupt_gzip(tmp_path, images):
     path = tmp_path / "train-images-idx3-ubyte"
     path.write_bytes(idx_bytes(images)[:9])
@@ -162,6 +166,64 @@ def test_idx_truncated_header_and_corrupt_gzip(tmp_path, images):
     path.write_bytes(gzip.compress(idx_bytes(images))[:30])
     with pytest.raises(DataError, match="cannot read.*re-download"):
         load_data(path)
+
+
+def idx_header(shape: tuple[int, ...]) -> bytes:
+    return struct.pack(f">I{len(shape)}I", 0x800 | len(shape), *shape)
+
+
+def peak_bytes_of(call) -> tuple[int, str]:
+    """Peak of the memory Python and numpy allocate while ``call()`` runs, and the message of
+    the DataError it must raise."""
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError) as info:
+            call()
+        return tracemalloc.get_traced_memory()[1], str(info.value)
+    finally:
+        tracemalloc.stop()
+
+
+def test_gz_idx_claiming_more_than_gzip_can_hold_is_refused_before_decompressing(tmp_path):
+    """Issue 15 (#19): 20 MiB of zeros gzip to about 20 KB; the header claims 2**31 images."""
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    path.write_bytes(gzip.compress(idx_header((2**31, 28, 28)) + bytes(20 * 2**20)))
+    peak, message = peak_bytes_of(lambda: load_data(path))
+    assert re.search(r"truncated or corrupt IDX.*\(2147483648, 28, 28\).*gzip file of", message)
+    assert peak < 2**20
+
+
+def test_gz_idx_larger_than_memory_is_refused_before_decompressing(tmp_path, monkeypatch):
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    path.write_bytes(gzip.compress(idx_header((20_000, 28, 28)) + bytes(20_000 * 28 * 28)))
+    monkeypatch.setattr(dataset, "available_memory_bytes", lambda: 2**20)
+    peak, message = peak_bytes_of(lambda: load_data(path))
+    assert re.search(
+        r"15,680,000 values \(its header says shape \(20000, 28, 28\)\) needs", message
+    )
+    assert peak < 2**20
+
+
+def test_raw_idx_claiming_more_than_the_file_holds_is_refused_before_reading(tmp_path):
+    path = tmp_path / "train-images-idx3-ubyte"
+    with open(path, "wb") as f:
+        f.write(idx_header((2**31, 28, 28)))
+        f.truncate(16 + 20 * 2**20)  # 20 MiB of (sparse) zeros
+    peak, message = peak_bytes_of(lambda: load_data(path))
+    assert "truncated or corrupt IDX file: the header says shape (2147483648, 28, 28)" in message
+    assert f"but the file holds {20 * 2**20}" in message
+    assert peak < 2**20
+
+
+def test_raw_idx_larger_than_memory_is_refused_before_reading(tmp_path, monkeypatch):
+    path = tmp_path / "train-images-idx3-ubyte"
+    with open(path, "wb") as f:
+        f.write(idx_header((20_000, 28, 28)))
+        f.truncate(16 + 20_000 * 28 * 28)
+    monkeypatch.setattr(dataset, "available_memory_bytes", lambda: 2**20)
+    peak, message = peak_bytes_of(lambda: load_data(path))
+    assert "needs about" in message and "subset of the rows" in message
+    assert peak < 2**20
 
 
 def test_idx_labels_count_must_match_images(tmp_path, images, labels):
@@ -257,9 +319,38 @@ def test_pickles_are_never_loaded(tmp_path, suffix):
         np.savez(path, X=np.array([_Payload(), _Payload()], dtype=object))
     else:
         path.write_bytes(pickle.dumps(_Payload()))
-    with pytest.raises(DataError, match="pickled"):
+    with pytest.raises(DataError, match="pickle"):
         load_data(path)
     assert _unpickled == []
+
+
+@pytest.mark.parametrize("where", ["npz labels", "npz data", "npy", "npy named .npz"])
+def test_object_arrays_are_refused_saying_why_not_called_corrupt(tmp_path, where):
+    """Issue 15 (#23): an .npz with object-dtype labels was called corrupt."""
+    objects = np.array([_Payload(), "b", None], dtype=object)
+    path = tmp_path / ("d.npy" if where == "npy" else "d.npz")
+    if where == "npz labels":
+        np.savez(path, X=np.zeros((3, 2)), y=objects)
+    elif where == "npz data":
+        np.savez(path, X=objects, y=np.arange(3))
+    else:
+        with open(path, "wb") as f:
+            np.save(f, objects)
+    with pytest.raises(DataError) as info:
+        load_data(path)
+    message = str(info.value)
+    member = {"npz labels": "array 'y' ", "npz data": "array 'X' "}.get(where, "the array ")
+    assert f"{path}: {member}holds Python objects (dtype object)" in message
+    assert "loading them would need pickle, which can run code" in message
+    assert "numbers or fixed-width strings" in message and "corrupt" not in message
+    assert _unpickled == []
+
+
+def test_npz_named_npy_is_named_for_what_it_is(tmp_path):
+    np.savez(tmp_path / "a.npz", X=np.zeros((2, 2)))
+    (tmp_path / "a.npz").rename(tmp_path / "a.npy")
+    with pytest.raises(DataError, match=r"holds several arrays \(an \.npz archive\)"):
+        load_data(tmp_path / "a.npy")
 
 
 def test_npy_uint8_square_rows_are_images(tmp_path):
@@ -320,19 +411,13 @@ def test_npy_shape_and_dtype_errors(tmp_path, array, match):
 def test_memory_check_refuses_arrays_larger_than_ram(tmp_path, monkeypatch):
     np.save(tmp_path / "big.npy", np.zeros((100, 10)))
     np.savez(tmp_path / "big.npz", X=np.zeros((100, 10)))
-    monkeypatch.setattr(data, "_BASE_MEMORY_BYTES", 0)
-    monkeypatch.setattr(data, "_available_memory_bytes", lambda: 1000)  # 1000 float64 need 12,000
+    monkeypatch.setattr(dataset, "_BASE_MEMORY_BYTES", 0)
+    monkeypatch.setattr(dataset, "available_memory_bytes", lambda: 1000)  # 1000 float64 need 12,000
     for name in ("big.npy", "big.npz"):
         with pytest.raises(DataError, match="needs about 0.0 GiB but only.*subset of the rows"):
             load_data(tmp_path / name)
-    monkeypatch.setattr(data, "_available_memory_bytes", lambda: None)
+    monkeypatch.setattr(dataset, "available_memory_bytes", lambda: None)
     assert len(load_data(tmp_path / "big.npy")) == 100
-
-
-def test_available_memory_reads_meminfo():
-    available = data._available_memory_bytes()
-    if Path("/proc/meminfo").exists():
-        assert available is not None and available > 0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -374,10 +459,10 @@ def test_csv_string_labels(tmp_path):
         ),
         (["a,b", "1,2", "3,"], None, "empty cell in column 'b' at line 3"),
         (["a,b", "1,2", "3,4,5"], None, "line 3 has 3 fields but the header has 2"),
-        (["a,b", "1,2"], "c", r"label column 'c' is not in the header \(columns: a, b\)"),
+        (["a,b", "1,2"], "c", r"label column 'c' is not in the header \(columns: 'a', 'b'\)"),
         (["a,b", "1,nan", "inf,2", "3,nan"], None, r"2 NaN and 1 infinite.*line 2, column 'b'"),
         (["a,b"], None, "0 rows"),
-        (["a,b", "1,"], "b", "empty label in column 'b' at line 2"),
+        (["a,b", "1,"], "b", r"1 missing label\(s\) \(empty or NaN\), the first at line 2"),
         (["y", "1", "2"], "y", "0 features"),
         (["a,a", "1,2"], None, "duplicate column name"),
         ([], None, "the file is empty"),
@@ -387,6 +472,81 @@ def test_csv_errors(tmp_path, lines, label_column, match):
     path = write_csv(tmp_path / "e.csv", lines)
     with pytest.raises(DataError, match=match):
         load_data(path, label_column=label_column)
+
+
+def test_csv_header_of_200000_columns_names_its_duplicates(tmp_path):
+    """Issue 15 (#18): the duplicate check was quadratic in the columns (40,000 took 12.8 s)."""
+    columns = [f"c{j}" for j in range(200_000)]
+    columns[-3:] = ["c7", "c5", "c7"]
+    path = write_csv(tmp_path / "wide.csv", [",".join(columns), ",".join(["0"] * len(columns))])
+    with pytest.raises(DataError, match=r"duplicate column name\(s\) 'c5', 'c7' in the header"):
+        load_data(path)
+
+
+def test_csv_many_duplicate_names_are_counted_not_all_listed(tmp_path):
+    columns = [f"c{j % 50}" for j in range(100)]
+    path = write_csv(tmp_path / "dup.csv", [",".join(columns), ",".join(["0"] * 100)])
+    with pytest.raises(DataError, match=r"'c0', 'c1', .*'c17', \.\.\. \(50 in all\)") as info:
+        load_data(path)
+    assert "'c49'" not in str(info.value)
+
+
+def test_csv_larger_than_memory_is_refused_before_parsing(tmp_path, monkeypatch):
+    """Issue 15 (#19): CSV had no memory guard, and parsing costs about 100 bytes a value."""
+    row = ",".join(["0.123456"] * 10)
+    path = write_csv(tmp_path / "big.csv", [",".join(f"c{j}" for j in range(10))] + [row] * 20_000)
+    monkeypatch.setattr(dataset, "_BASE_MEMORY_BYTES", 0)
+    # 200,010 values at about 100 bytes need about 20 MB, against 80% of 10 MB.
+    monkeypatch.setattr(dataset, "available_memory_bytes", lambda: 10 * 2**20)
+    peak, message = peak_bytes_of(lambda: load_data(path))
+    assert re.search(
+        r"big\.csv: loading and training on 2\d\d,\d{3} values \(estimated from", message
+    )
+    assert f"{path.stat().st_size:,} bytes" in message and "GiB of memory is available" in message
+    assert peak < 2**20  # parsing would have taken about 20 MB
+    monkeypatch.setattr(dataset, "available_memory_bytes", lambda: 100 * 2**20)
+    assert load_data(path).x.shape == (20_000, 10)
+
+
+def test_csv_guard_keeps_counting_past_a_misleading_start(tmp_path, monkeypatch):
+    """Long cells at the top make the estimate from the first lines low; the parse stops anyway."""
+    long = ",".join(["1." + "0" * 60] * 2)
+    path = write_csv(tmp_path / "m.csv", ["a,b"] + [long] * 1_000 + ["1,2"] * 200_000)
+    monkeypatch.setattr(dataset, "_BASE_MEMORY_BYTES", 0)
+    monkeypatch.setattr(dataset, "available_memory_bytes", lambda: 12 * 2**20)
+    with pytest.raises(
+        DataError, match=r"m\.csv: loading and training on [\d,]+ values \(read so far"
+    ):
+        load_data(path)
+
+
+MISSING_LABELS = {
+    "csv nan": lambda d: write_csv(d / "l.csv", ["a,y", "1,0", "2,nan", "3,1"]),
+    "csv empty": lambda d: write_csv(d / "l.csv", ["a,y", "1,0", "2, ", "3,1"]),
+    "csv nan among strings": lambda d: write_csv(d / "l.csv", ["a,y", "1,cat", "2,NaN", "3,dog"]),
+    "npz float nan": lambda d: _savez(d, np.array([0.0, np.nan, 1.0])),
+    "npz string empty": lambda d: _savez(d, np.array(["cat", "", "dog"])),
+    "npz string nan": lambda d: _savez(d, np.array(["cat", "nan", "dog"])),
+}
+
+
+def _savez(directory: Path, y: np.ndarray) -> Path:
+    np.savez(directory / "l.npz", X=np.arange(6.0).reshape(3, 2), y=y)
+    return directory / "l.npz"
+
+
+def test_missing_labels_are_refused_alike_from_csv_and_npz(tmp_path):
+    """Issue 15 (#24): CSV labels `nan` became a class while .npz refused NaN labels."""
+    messages = {}
+    for source, make in MISSING_LABELS.items():
+        path = make(tmp_path)
+        with pytest.raises(DataError) as info:
+            load_data(path, label_column="y" if path.suffix == ".csv" else None)
+        where = "line 3" if path.suffix == ".csv" else "row 1"
+        prefix = f"{path}: 1 missing label(s) (empty or NaN), the first at {where}; "
+        assert str(info.value).startswith(prefix), (source, str(info.value))
+        messages[source] = str(info.value).removeprefix(prefix)
+    assert len(set(messages.values())) == 1, messages
 
 
 def test_csv_not_utf8(tmp_path):
@@ -421,6 +581,59 @@ def test_missing_path_and_unknown_extension(tmp_path):
         load_data(tmp_path / "d.txt")
 
 
+@pytest.fixture
+def fails_instead_of_hanging():
+    """Opening a FIFO that has no writer blocks: turn a hang into a failure after 20 s."""
+    if not hasattr(os, "mkfifo") or not hasattr(signal, "SIGALRM"):
+        pytest.skip("needs os.mkfifo and SIGALRM (POSIX)")
+
+    def hung(signum, frame):
+        raise TimeoutError("load_data blocked on a FIFO")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(20)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.parametrize("name", ["d.csv", "d.npz", "d.npy", "train-images-idx3-ubyte.gz"])
+def test_a_fifo_is_refused_before_it_is_opened(tmp_path, name, fails_instead_of_hanging):
+    """Issue 15: --data naming a FIFO with no writer blocked forever with no message."""
+    os.mkfifo(tmp_path / name)
+    with pytest.raises(
+        DataError, match=rf"{re.escape(name)}: is a FIFO \(named pipe\), not a regular"
+    ):
+        load_data(tmp_path / name)
+
+
+def test_fifos_in_an_idx_directory_are_refused(tmp_path, images, fails_instead_of_hanging):
+    os.mkfifo(tmp_path / "train-images-idx3-ubyte")
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte: is a FIFO"):
+        load_data(tmp_path)
+    (tmp_path / "train-images-idx3-ubyte").unlink()
+    write_idx(tmp_path / "train-images-idx3-ubyte", images)
+    os.mkfifo(tmp_path / "train-labels-idx1-ubyte")
+    for spec in (tmp_path, tmp_path / "train-images-idx3-ubyte"):  # the directory, or the file
+        with pytest.raises(DataError, match=r"train-labels-idx1-ubyte: is a FIFO"):
+            load_data(spec)
+
+
+def test_a_directory_named_like_an_idx_file_is_named_as_such(tmp_path):
+    (tmp_path / "train-images-idx3-ubyte").mkdir()
+    with pytest.raises(
+        DataError, match=r"train-images-idx3-ubyte: is a directory, not a regular file; pass"
+    ):
+        load_data(tmp_path)
+
+
+@pytest.mark.skipif(not Path("/dev/null").exists(), reason="needs /dev/null")
+def test_a_device_is_refused(tmp_path):
+    (tmp_path / "d.csv").symlink_to("/dev/null")
+    with pytest.raises(DataError, match=r"d\.csv: is a character device, not a regular file"):
+        load_data(tmp_path / "d.csv")
+
+
 def test_label_column_only_for_csv():
     with pytest.raises(DataError, match="applies only to CSV"):
         load_data("digits", label_column="y")
@@ -429,103 +642,6 @@ def test_label_column_only_for_csv():
 def test_scaler_with_images_is_refused():
     with pytest.raises(DataError, match="images, which are not standardized"):
         load_data("digits", scaler=Scaler.fit(np.zeros((2, 64))))
-
-
-# ----------------------------------------------------------------------------------------------
-# validate_array and check_min_rows
-
-
-def test_validate_array_accepts_good_data():
-    validate_array(np.zeros((3, 2)), labels=[0, 1, 1])
-    validate_array(np.zeros((3, 4, 4), np.uint8), labels=np.array(["a", "b", "c"]))
-
-
-@pytest.mark.parametrize(
-    ("x", "labels", "match"),
-    [
-        (np.zeros(3), None, "my: data is 1-D"),
-        (np.zeros((1, 1, 1, 1)), None, "my: data is 4-D"),
-        (np.zeros((0, 3)), None, "0 rows"),
-        (np.zeros((2, 0)), None, "0 features"),
-        (np.array([[1.0, np.nan], [np.nan, 0]]), None, r"2 NaN and 0 infinite.*row 0, column 1"),
-        (np.array([[[0.0, 0], [0, -np.inf]]]), None, r"1 infinite.*row 0, pixel \(1, 1\)"),
-        (np.zeros((3, 2)), [0, 1], "2 labels for 3 rows"),
-        (np.zeros((2, 2)), [[0], [1]], "labels must be 1-D"),
-        (np.zeros((2, 2)), [0.5, 1], "not whole numbers"),
-        (np.zeros((2, 2)), [np.nan, 1], "NaN"),
-        (np.zeros((2, 2), complex), None, "not real numbers"),
-        ([[1, 2], [3]], None, "rectangular"),
-    ],
-)
-def test_validate_array_errors(x, labels, match):
-    with pytest.raises(DataError, match=match):
-        validate_array(x, labels=labels, name="my")
-
-
-def test_check_min_rows():
-    ds = load_data("digits").subset(np.arange(5))
-    check_min_rows(ds, 5)
-    with pytest.raises(DataError, match=r"fewer rows \(5\) than clusters \(10\); lower --clusters"):
-        check_min_rows(ds, 10)
-    with pytest.raises(DataError, match="at least 2 rows"):
-        check_min_rows(ds.subset([0]), 1)
-
-
-# ----------------------------------------------------------------------------------------------
-# Scaler and Dataset methods
-
-
-def test_scaler_round_trip_and_constant_columns():
-    x = np.column_stack([np.linspace(-5, 5, 7), np.full(7, 0.1), np.arange(7.0) ** 2])
-    scaler = Scaler.fit(x)
-    z = scaler.transform(x)
-    assert z.dtype == np.float32
-    assert np.all(z[:, 1] == 0) and scaler.std[1] == 1.0
-    np.testing.assert_allclose(scaler.inverse_transform(z), x, rtol=1e-6, atol=1e-6)
-    restored = Scaler.from_dict(json.loads(json.dumps(scaler.to_dict())))
-    np.testing.assert_array_equal(restored.mean, scaler.mean)
-    np.testing.assert_array_equal(restored.std, scaler.std)
-
-
-@pytest.mark.parametrize(
-    "d", [{"mean": [0.0]}, {"mean": [0.0], "std": [0.0]}, {"mean": ["a"], "std": [1]}, None]
-)
-def test_scaler_from_bad_dict(d):
-    with pytest.raises(DataError, match="scaler"):
-        Scaler.from_dict(d)
-
-
-def test_split_is_deterministic_disjoint_and_complete():
-    ds = load_data("digits")
-    train, heldout = ds.split(0.2, seed=7)
-    again_train, again_heldout = ds.split(0.2, seed=7)
-    assert len(heldout) == round(0.2 * len(ds)) and len(train) + len(heldout) == len(ds)
-    np.testing.assert_array_equal(train.x, again_train.x)
-    np.testing.assert_array_equal(heldout.labels, again_heldout.labels)
-    # Digits has duplicate images, so check disjointness on a copy whose rows are their indices.
-    tagged = Dataset(
-        x=np.arange(len(ds), dtype=np.float32)[:, None],
-        labels=np.arange(len(ds)),
-        kind="table",
-        image_shape=None,
-        name="tags",
-    )
-    t, h = tagged.split(0.2, seed=7)
-    assert set(t.labels) & set(h.labels) == set()
-    assert set(t.labels) | set(h.labels) == set(range(len(ds)))
-    assert np.all(np.diff(t.labels) > 0)  # original order kept
-    assert tagged.split(0.2, seed=8)[1].labels.tolist() != h.labels.tolist()
-    with pytest.raises(DataError, match="fraction"):
-        ds.split(1.0)
-    with pytest.raises(DataError, match="at least 2 rows"):
-        tagged.subset([0]).split(0.5)
-
-
-def test_split_keeps_both_parts_nonempty():
-    ds = load_data("digits").subset([0, 1, 2])
-    for fraction in (0.01, 0.99):
-        train, heldout = ds.split(fraction)
-        assert len(train) >= 1 and len(heldout) >= 1
 
 
 # ----------------------------------------------------------------------------------------------

@@ -15,7 +15,9 @@ from pyro.infer import TraceEnum_ELBO
 
 from pyro_gmvae import GMVAE, ModelConfig
 from pyro_gmvae.cli import main
-from pyro_gmvae.data import DataError, Dataset, Scaler, load_data
+from pyro_gmvae.data import load_data
+from pyro_gmvae.dataset import Dataset, Scaler
+from pyro_gmvae.errors import DataError
 from pyro_gmvae.evaluate import (
     elbo_per_example,
     evaluate,

@@ -9,7 +9,7 @@ import pytest
 
 from pyro_gmvae import GMVAE, ModelConfig
 from pyro_gmvae.cli import main
-from pyro_gmvae.data import Dataset, Scaler
+from pyro_gmvae.dataset import Dataset, Scaler
 from pyro_gmvae.plots import (
     DPI,
     confusion_figure,

@@ -14,7 +14,9 @@ import torch
 
 from pyro_gmvae import GMVAE, ModelConfig, TrainConfig, fit
 from pyro_gmvae.cli import main
-from pyro_gmvae.data import DataError, Dataset, Scaler, load_data
+from pyro_gmvae.data import load_data
+from pyro_gmvae.dataset import Dataset, Scaler
+from pyro_gmvae.errors import DataError
 from pyro_gmvae.ppc import (
     PPC_FILE,
     REPORT_FILE,

@@ -24,12 +24,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from pyro_gmvae import cli, data
+from pyro_gmvae import cli, dataset
 from pyro_gmvae import train as training
 from pyro_gmvae.checkpoints import CHECKPOINT_FILE, load_checkpoint
 from pyro_gmvae.config import ConfigError, ModelConfig, RunConfig, TrainConfig
-from pyro_gmvae.data import DataError, load_data
-from pyro_gmvae.errors import CheckpointError
+from pyro_gmvae.data import load_data
+from pyro_gmvae.errors import CheckpointError, DataError
 from pyro_gmvae.model import GMVAE
 from pyro_gmvae.runs import METRICS_FILE, read_metrics
 from pyro_gmvae.train import MixtureStart, Trainer, TrainingDiverged, TrainingInterrupted, fit
@@ -561,6 +561,25 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys, make_data, extra, ma
     assert stdout == ""
 
 
+def test_cli_a_binary_table_that_is_not_square_trains_the_way_the_messages_say(tmp_path, capsys):
+    """Issue 15 (#24): 0/1 data of 10 columns is a table, which the Bernoulli likelihood refuses,
+    and --kind image refused it as not square without saying what would work."""
+    binary = (X[:, :10] > 0.5).astype(np.uint8)
+    argv = gmvae_train(tmp_path, "--out", str(tmp_path / "run"))
+    argv[argv.index("--data") + 1] = bad_npy(tmp_path, binary)
+    assert_user_error(*run_cli(argv, capsys)[::2], "bernoulli likelihood.*--kind image")
+    code, _, err = run_cli([*argv, "--kind", "image"], capsys)
+    assert_user_error(code, err, r"not a square image.*reshape\(len\(x\), 1, 10\)")
+    assert "--augment-rotation 0 --augment-shift 0" in err and "--likelihood gaussian" in err
+    np.save(tmp_path / "strips.npy", binary.reshape(len(binary), 1, 10))
+    argv[argv.index("--data") + 1] = str(tmp_path / "strips.npy")
+    code, _, err = run_cli(argv, capsys)  # gmvae_train already turns augmentation off
+    assert code == 0, err
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["model"]["likelihood"] == (
+        "bernoulli"
+    )
+
+
 def test_cli_labels_of_another_length(tmp_path, capsys):
     path = tmp_path / "d.npz"
     np.savez(path, images=X.reshape(-1, 8, 8), labels=LABELS[:-1])
@@ -571,13 +590,13 @@ def test_cli_labels_of_another_length(tmp_path, capsys):
 
 def test_cli_refuses_data_larger_than_memory(tmp_path, capsys, monkeypatch):
     """The loader compares the source and its float32 copy with MemAvailable before allocating."""
-    monkeypatch.setattr(data, "_BASE_MEMORY_BYTES", 0)
+    monkeypatch.setattr(dataset, "_BASE_MEMORY_BYTES", 0)
     # X: 15,360 float32 values need (4 + 4) bytes each = 122,880 bytes, against 80% of available
-    monkeypatch.setattr(data, "_available_memory_bytes", lambda: 120_000)
+    monkeypatch.setattr(dataset, "available_memory_bytes", lambda: 120_000)
     argv = gmvae_train(tmp_path, "--out", str(tmp_path / "run"))
     code, _, err = run_cli(argv, capsys)
     assert_user_error(code, err, "needs about 0.0 GiB but only 0.0 GiB .*subset of the rows")
-    monkeypatch.setattr(data, "_available_memory_bytes", lambda: 200_000)
+    monkeypatch.setattr(dataset, "available_memory_bytes", lambda: 200_000)
     assert len(load_data(argv[argv.index("--data") + 1])) == len(X)
 
 

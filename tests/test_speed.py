@@ -25,6 +25,9 @@ N, D, K, Z = 6, 16, 3, 2
 
 
 def _load_speed():
+    # As `python benchmarks/speed.py` does, so that the script finds its _paths module.
+    if str(SCRIPT.parent) not in sys.path:
+        sys.path.append(str(SCRIPT.parent))
     spec = importlib.util.spec_from_file_location("speed", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     sys.modules["speed"] = module  # dataclasses look their module up by name

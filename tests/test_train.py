@@ -14,7 +14,8 @@ from helpers import blobs, small_model, small_train
 from pyro_gmvae import GMVAE, RunConfig, clustering_scores, fit
 from pyro_gmvae.checkpoints import load_checkpoint
 from pyro_gmvae.config import DataConfig
-from pyro_gmvae.data import Scaler, load_data
+from pyro_gmvae.data import load_data
+from pyro_gmvae.dataset import Scaler
 from pyro_gmvae.errors import RunDirectoryError
 from pyro_gmvae.runs import read_metrics, train_run
 from pyro_gmvae.start import Start
