@@ -13,22 +13,19 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from scipy.optimize import linear_sum_assignment
 
 from .data import Dataset
 from .files import atomic_write_bytes
-from .metrics import cluster_accuracy, contingency
+from .metrics import match_clusters, matched_confusion
 from .model import GMVAE
-
-if TYPE_CHECKING:
-    from .ppc import PPCReport, Statistic
+from .ppc import ALPHA, PPCReport, Statistic
 
 FIGURES_DIR = "figures"
 #: pixels per inch of saved figures: a figure of size (w, h) inches is (100 w, 100 h) pixels
@@ -315,27 +312,6 @@ def _scatter_by_group(ax, points, groups, colours, names) -> None:
 
 
 # ----------------------------------------------------------------------------- confusion matrix
-def matched_confusion(
-    labels: np.ndarray, clusters: np.ndarray, n_clusters: int | None = None
-) -> tuple[np.ndarray, list[int]]:
-    """Counts ``M[label, j]`` of each label in cluster ``order[j]``, shape ``(L, K)``, with the
-    clusters ordered by the best one-to-one matching to labels (Hungarian): the cluster matched
-    to label 0 first, and so on, unmatched clusters last. With K >= L the matched counts are the
-    diagonal, and a perfect clustering is diagonal."""
-    labels, clusters = np.asarray(labels), np.asarray(clusters)
-    if labels.ndim != 1 or clusters.ndim != 1 or len(labels) != len(clusters) or len(labels) == 0:
-        raise ValueError(
-            f"labels {labels.shape} and clusters {clusters.shape} must be 1-D of the same, "
-            "nonzero length"
-        )
-    C = contingency(labels, clusters, n_clusters)  # (K, L)
-    rows, cols = linear_sum_assignment(-C)
-    matched = dict(zip(cols, rows, strict=True))  # label -> its cluster
-    order = [int(matched[c]) for c in range(C.shape[1]) if c in matched]
-    order += [k for k in range(C.shape[0]) if k not in order]
-    return C[order].T, order
-
-
 def confusion_figure(
     labels: np.ndarray,
     clusters: np.ndarray,
@@ -346,7 +322,8 @@ def confusion_figure(
     """Counts of each label (rows) in each cluster (columns), the columns ordered by the best
     one-to-one matching of clusters to labels (:func:`matched_confusion`)."""
     M, order = matched_confusion(labels, clusters, n_clusters)
-    accuracy = cluster_accuracy(labels, clusters)
+    matched = match_clusters(labels, clusters, n_clusters)  # the matching that ordered M
+    accuracy = sum(M[c, order.index(k)] for k, c in matched.items()) / len(labels)
     L, K = M.shape
     fig = _figure(2.0 + 0.5 * K, 1.6 + 0.45 * L)
     ax = fig.subplots()
@@ -445,7 +422,7 @@ def statistic_figure(stat: Statistic) -> Figure:
         fig.suptitle(stat.title, fontsize=10)
         return fig
 
-    extreme = stat.p_values < 0.05
+    extreme = stat.p_values < ALPHA
     rep_median = np.median(stat.replicated, axis=0)
     lo, hi = np.quantile(stat.replicated, [0.025, 0.975], axis=0)
     if stat.image_shape is not None or stat.n_components > 50:
@@ -462,17 +439,21 @@ def statistic_figure(stat: Statistic) -> Figure:
             elinewidth=0.6,
         )
         ax.scatter(
-            rep_median[~extreme], stat.observed[~extreme], s=6, color="tab:blue", label="p >= 0.05"
+            rep_median[~extreme],
+            stat.observed[~extreme],
+            s=6,
+            color="tab:blue",
+            label=f"p >= {ALPHA}",
         )
         ax.scatter(
-            rep_median[extreme], stat.observed[extreme], s=8, color="tab:red", label="p < 0.05"
+            rep_median[extreme], stat.observed[extreme], s=8, color="tab:red", label=f"p < {ALPHA}"
         )
         edges = [min(lo.min(), stat.observed.min()), max(hi.max(), stat.observed.max())]
         ax.plot(edges, edges, "k:", linewidth=1, label="observed = replicated")
         ax.set(
             xlabel="replicated (median, 95% interval)",
             ylabel="observed",
-            title=f"{100 * extreme.mean():.1f}% of {stat.n_components} with p < 0.05",
+            title=f"{100 * extreme.mean():.1f}% of {stat.n_components} with p < {ALPHA}",
         )
         ax.legend(fontsize=8)
         if image:
@@ -493,7 +474,7 @@ def statistic_figure(stat: Statistic) -> Figure:
     )
     if "pi" in stat.details:
         ax.plot(index, stat.details["pi"], "x", color="tab:green", label="pi")
-    ax.set(xlabel=stat.component, ylabel="statistic", xticks=index, title="red: p < 0.05")
+    ax.set(xlabel=stat.component, ylabel="statistic", xticks=index, title=f"red: p < {ALPHA}")
     ax.legend(fontsize=8)
     fig.suptitle(f"{stat.title} ({stat.predictive} predictive)", fontsize=10)
     return fig

@@ -15,7 +15,6 @@ from pyro_gmvae.plots import (
     confusion_figure,
     image_mosaic,
     latent_figure,
-    matched_confusion,
     reconstructions_figure,
     samples_figure,
     save_figure,
@@ -181,18 +180,6 @@ def test_latent_view_refuses_labels_of_another_length():
     data = _images()
     with pytest.raises(ValueError, match="labels for"):
         latent_figure(_model(), data.x, data.labels[:-1])
-
-
-def test_matched_confusion_puts_a_permuted_clustering_on_the_diagonal():
-    labels = np.repeat(np.arange(4), 5)
-    clusters = np.array([2, 0, 3, 1])[labels]
-    M, order = matched_confusion(labels, clusters)
-    assert order == [2, 0, 3, 1]
-    assert np.array_equal(M, 5 * np.eye(4, dtype=int))
-    # more clusters than labels: unmatched clusters come last, with their counts
-    clusters[:2] = 4
-    M, order = matched_confusion(labels, clusters, n_clusters=5)
-    assert M.shape == (4, 5) and order[-1] == 4 and M[0, 4] == 2
 
 
 def test_confusion_figure_refuses_mismatched_inputs():
