@@ -221,8 +221,8 @@ def _add_ppc(subparsers) -> None:
 
 def cmd_ppc(args: argparse.Namespace) -> int:
     from .model import GMVAE
-    from .ppc import REPORT_FILE, posterior_predictive_checks, write_report
-    from .runs import CONFIG_FILE
+    from .ppc import REPORT_FILE, posterior_predictive_checks
+    from .runs import CONFIG_FILE, write_ppc_report
 
     if args.num_samples < 2:
         raise ConfigError(f"--num-samples must be at least 2, not {args.num_samples}")
@@ -251,7 +251,7 @@ def cmd_ppc(args: argparse.Namespace) -> int:
         max_examples=args.max_examples or None,
         progress=not args.no_progress,
     )
-    write_report(report, args.out)
+    write_ppc_report(report, args.out)
     print(report.to_table())
     print(f"\nreport: {args.out / REPORT_FILE}")
     return 0

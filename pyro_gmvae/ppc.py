@@ -27,14 +27,13 @@ The checks (:func:`posterior_predictive_checks`):
 - distance from generated examples to their nearest training example against that of real unseen
   examples (a memorisation check).
 
-:func:`write_report` writes ``report.md``, ``ppc.json`` and the figures into a directory.
+:func:`pyro_gmvae.runs.write_ppc_report` writes a report, ``report.md``, ``ppc.json`` and the figures,
+into a directory; this module draws no figures and writes no files.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -46,9 +45,9 @@ from tqdm.auto import tqdm
 
 from .data import DataError, Dataset
 from .evaluate import log_likelihood
-from .files import atomic_write_text
 from .model import GMVAE
 
+#: the files of a report directory (:func:`pyro_gmvae.runs.write_ppc_report`)
 REPORT_FILE = "report.md"
 PPC_FILE = "ppc.json"
 
@@ -596,16 +595,3 @@ def _memorisation_check(
         np.median(d_generated.reshape(num_samples, g), axis=1),
         details={"unseen": d_unseen, "generated": d_generated},
     )
-
-
-# --------------------------------------------------------------------------------------- report
-def write_report(report: PPCReport, out_dir: str | Path) -> list[Path]:
-    """Write ``report.md``, ``ppc.json`` and ``figures/`` into ``out_dir``; returns the paths."""
-    from .plots import ppc_figures
-
-    out_dir = Path(out_dir)
-    figures = ppc_figures(report, out_dir)
-    links = {key: path.relative_to(out_dir).as_posix() for key, path in figures.items()}
-    atomic_write_text(out_dir / REPORT_FILE, report.to_markdown(links))
-    atomic_write_text(out_dir / PPC_FILE, json.dumps(report.to_dict(), indent=1) + "\n")
-    return [out_dir / REPORT_FILE, out_dir / PPC_FILE, *figures.values()]

@@ -15,7 +15,7 @@ import pickle
 import re
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -162,3 +162,24 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 
 def write_metrics(path: str | Path, records: list[dict[str, Any]]) -> None:
     atomic_write_text(Path(path), "".join(json.dumps(r) + "\n" for r in records))
+
+
+# ---- posterior predictive check reports
+if TYPE_CHECKING:
+    from .ppc import PPCReport
+
+
+def write_ppc_report(report: PPCReport, out_dir: str | Path) -> list[Path]:
+    """Write a report of posterior predictive checks into directory ``out_dir``: ``report.md``
+    (the report's Markdown, figures embedded), ``ppc.json`` (the numbers) and ``figures/``, each
+    file atomically. Returns the paths written."""
+    # Imported here: plots and ppc import the model, which imports this module.
+    from .plots import ppc_figures
+    from .ppc import PPC_FILE, REPORT_FILE
+
+    out_dir = Path(out_dir)
+    figures = ppc_figures(report, out_dir)
+    links = {key: path.relative_to(out_dir).as_posix() for key, path in figures.items()}
+    atomic_write_text(out_dir / REPORT_FILE, report.to_markdown(links))
+    atomic_write_text(out_dir / PPC_FILE, json.dumps(report.to_dict(), indent=1) + "\n")
+    return [out_dir / REPORT_FILE, out_dir / PPC_FILE, *figures.values()]

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pyro
@@ -22,6 +24,7 @@ from pyro_gmvae.ppc import (
     replicate,
     two_sided_p_values,
 )
+from pyro_gmvae.runs import write_ppc_report
 
 SHAPE = (4, 4)
 
@@ -312,6 +315,23 @@ def test_report_table_markdown_and_json(report):
     assert markdown.count("![") == 1  # only the figures given
 
 
+def test_write_ppc_report_writes_the_report_json_and_one_figure_per_statistic(report, tmp_path):
+    paths = write_ppc_report(report, tmp_path / "out")
+    assert paths[:2] == [tmp_path / "out" / REPORT_FILE, tmp_path / "out" / PPC_FILE]
+    assert len(paths) == 2 + len(report.statistics)
+    assert all(p.exists() for p in paths)
+    assert json.loads(paths[1].read_text()) == report.to_dict()
+    leftovers = [p.name for p in (tmp_path / "out").rglob(".*.tmp")]
+    assert not leftovers  # every file written atomically, no temporary file left
+
+
+def test_ppc_imports_without_the_figures():
+    """Checks come before figures: ppc must not import plots (plots may import ppc)."""
+    code = "import sys, pyro_gmvae.ppc; print('pyro_gmvae.plots' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
+
+
 def test_tables_get_per_feature_checks():
     pyro.set_rng_seed(0)
     rng = np.random.default_rng(0)
@@ -340,7 +360,7 @@ def test_gmvae_ppc_end_to_end(fitted, teacher_data, tmp_path, capsys):
     assert "log-likelihood per example" in printed and "p-value" in printed
     saved = json.loads((out / PPC_FILE).read_text())
     assert saved["n_heldout"] == 200 and saved["n"] == 600 and saved["num_samples"] == 10
-    # write_report: one figure per statistic, each linked from report.md
+    # write_ppc_report: one figure per statistic, each linked from report.md
     markdown = (out / REPORT_FILE).read_text()
     figures = sorted((out / "figures").glob("*.png"))
     assert len(figures) == len(saved["statistics"])
