@@ -24,8 +24,9 @@ The checks (:func:`posterior_predictive_checks`):
   (:meth:`GMVAE.predict`) against the counts of y in prior replicates (multinomial draws from pi);
 - log-likelihood of held-out data against random splits of training and held-out data pooled
   (an overfitting check, as a permutation test);
-- distance from generated examples to their nearest training example against that of real unseen
-  examples (a memorisation check).
+- distance from generated examples to their nearest training example against that of real
+  examples, held out or (without held-out data) training ones to their nearest other one (a
+  memorisation check).
 
 :func:`pyro_gmvae.runs.write_ppc_report` writes a report, ``report.md``, ``ppc.json`` and the figures,
 into a directory; this module draws no figures and writes no files.
@@ -131,6 +132,9 @@ class Statistic:
         component: what one of the F components is (``"pixel"``, ``"cluster"``, ...).
         image_shape: ``(H, W)`` when the F components are the pixels of an image.
         details: named arrays for figures (e.g. per-example values behind a scalar summary).
+        detail_names: what each array of ``details`` holds, in words, for legends.
+        detail_label: what one value of those arrays is, for axis labels.
+        value_label: what one value of the statistic is, for axis labels (default: the title).
     """
 
     name: str
@@ -142,6 +146,14 @@ class Statistic:
     component: str = "value"
     image_shape: tuple[int, int] | None = None
     details: dict[str, np.ndarray] = field(default_factory=dict)
+    detail_names: dict[str, str] = field(default_factory=dict)
+    detail_label: str = "value per example"
+    value_label: str = ""
+
+    @property
+    def axis_label(self) -> str:
+        """What one value is: ``value_label``, or the title when that is empty."""
+        return self.value_label or self.title
 
     @property
     def n_components(self) -> int:
@@ -377,7 +389,7 @@ def posterior_predictive_checks(
         model: a fitted GMVAE.
         dataset: its training data (images in [0, 1], tables standardized as for training).
         heldout: data of the same kind the model never saw; enables the log-likelihood check and
-            serves as the real unseen examples of the memorisation check (otherwise each training
+            serves as the real examples of the memorisation check (otherwise each training
             example's distance to its nearest *other* training example is used).
         num_samples: S, replicated data sets per predictive (p-values resolve to 2/S).
         seed: seeds every draw; the caller's random state is left as it was.
@@ -413,6 +425,7 @@ def posterior_predictive_checks(
         x_heldout = _subset(x_heldout, max_examples, rng, "held-out", notes)
     image_shape = model.config.image_shape
     per_example = "mean intensity per image" if image_shape else "mean value per example"
+    unit = "image" if image_shape else "example"
     feature = "pixel" if image_shape else "feature"
     x_np = x.double().cpu().numpy()
     observed = {
@@ -441,6 +454,12 @@ def posterior_predictive_checks(
                         obs_means.mean(),
                         rep_means.mean(1),
                         details={"observed": obs_means, "replicated": rep_means.reshape(-1)},
+                        detail_names={
+                            "observed": f"observed {unit}s",
+                            "replicated": f"replicated {unit}s",
+                        },
+                        value_label=f"{per_example}, averaged over the {unit}s",
+                        detail_label=per_example,
                     ),
                     _statistic(
                         "intensity_sd",
@@ -448,6 +467,7 @@ def posterior_predictive_checks(
                         predictive,
                         obs_means.std(),
                         rep_means.std(1),
+                        value_label=f"standard deviation over the {unit}s of their {per_example}",
                     ),
                 ]
                 if predictive == "posterior":  # only the posterior pairs replicates with examples
@@ -459,6 +479,7 @@ def posterior_predictive_checks(
                             obs_means,
                             rep_means,
                             component="example",
+                            value_label="mean intensity" if image_shape else "mean value",
                         )
                     )
                 for name, what in (("feature_means", "mean"), ("feature_variances", "variance")):
@@ -483,6 +504,7 @@ def posterior_predictive_checks(
                             rep["cluster_proportions"],
                             component="cluster",
                             details={"pi": model.mixture_weights()},
+                            value_label="fraction of the examples",
                         )
                     )
             if x_heldout is None:
@@ -557,6 +579,9 @@ def _loglik_check(
         heldout_ll.mean(),
         permuted,
         details={"training": train_ll, "heldout": heldout_ll},
+        detail_names={"training": "training examples", "heldout": "held-out examples"},
+        value_label="mean log p(x) of the held-out examples (nats)",
+        detail_label="log p(x) of one example (nats)",
     )
 
 
@@ -569,29 +594,32 @@ def _memorisation_check(
     rng: np.random.Generator,
 ) -> Statistic:
     """Median distance to the nearest training example (among all of ``x_all``) of a set of real
-    unseen examples, against that of sets of the same size generated by the model (prior
-    predictive draws, not the likelihood's mean: a mean lacks the observation noise that real
-    data has, and would sit closer to the training set than any real example). Generated sets
-    much closer than real ones suggest memorised training examples; much farther, samples unlike
-    the data. Without held-out data, the unseen examples are training examples (``x_np``) and
-    their own row does not count."""
-    n_unseen = len(x_np) if x_heldout is None else len(x_heldout)
+    examples the search does not count, against that of sets of the same size generated by the
+    model (prior predictive draws, not the likelihood's mean: a mean lacks the observation noise
+    that real data has, and would sit closer to the training set than any real example). Generated
+    sets much closer than real ones suggest memorised training examples; much farther, samples
+    unlike the data. The real examples are held-out ones when given; otherwise training examples
+    (``x_np``), each to its nearest *other* training example."""
+    n_real = len(x_np) if x_heldout is None else len(x_heldout)
     # Sets of g examples, R of them, at most ~5000 generated examples in all to bound the cost.
-    g = max(1, min(n_unseen, 500, max(20, 5000 // num_samples)))
+    g = max(1, min(n_real, 500, max(20, 5000 // num_samples)))
     generated, _ = model.sample(g * num_samples, mean=False)
     d_generated = _nearest_distances(x_all, generated.astype(np.float64))
-    pick = rng.choice(n_unseen, g, replace=False)
+    pick = rng.choice(n_real, g, replace=False)
     if x_heldout is None:
-        d_unseen = _nearest_distances(x_all, x_np[pick], leave_one_out=True)
-        reference = "training examples (to their nearest other training example)"
+        d_real = _nearest_distances(x_all, x_np[pick], leave_one_out=True)
+        real = "training examples (each to its nearest other one)"
     else:
-        d_unseen = _nearest_distances(x_all, x_heldout.double().cpu().numpy()[pick])
-        reference = "held-out examples"
+        d_real = _nearest_distances(x_all, x_heldout.double().cpu().numpy()[pick])
+        real = "held-out examples"
     return _statistic(
         "nearest_training_distance",
-        f"median distance to nearest training example, {reference} vs generated",
+        f"median distance to the nearest training example, {real} vs generated",
         "prior",
-        np.median(d_unseen),
+        np.median(d_real),
         np.median(d_generated.reshape(num_samples, g), axis=1),
-        details={"unseen": d_unseen, "generated": d_generated},
+        details={"real": d_real, "generated": d_generated},
+        detail_names={"real": real, "generated": "generated examples"},
+        value_label="median distance to the nearest training example",
+        detail_label="distance of one example to its nearest training example",
     )

@@ -243,7 +243,7 @@ def test_memorised_training_examples_are_flagged(monkeypatch):
     distance = checks["nearest_training_distance"]
     assert distance.flagged and distance.direction() == "above"  # real data farther than samples
     assert np.all(distance.details["generated"] == 0)
-    assert np.all(distance.details["unseen"] > 0)
+    assert np.all(distance.details["real"] > 0)
 
 
 # ----------------------------------------------------------------------------- API and report
