@@ -749,10 +749,6 @@ class _Facts:
         return "image" if self.images else "example"
 
     @property
-    def ink(self) -> str:
-        return "ink" if self.images else "value"
-
-    @property
     def pixel(self) -> str:
         return "pixel" if self.images else "feature"
 
@@ -779,7 +775,10 @@ class _Facts:
 def _explain(stat: Statistic, f: _Facts) -> None:
     """Give ``stat`` its short name, and its sentences on what a misfit in each direction means
     and what to try (``{size}`` stands for the discrepancy's size)."""
-    u, ink, px = f.unit, f.ink, f.pixel
+    u, px = f.unit, f.pixel
+    # (images, tables): how much ink an image holds is what a table's example's mean value is
+    more, less = ("more ink", "less ink") if f.images else ("higher values", "lower values")
+    amount = "amount of ink" if f.images else "mean value"
     codes = f"more latent dimensions (--latent-dim, now {f.latent_dim})"
     prior_mass = f"the mixture prior p(z) puts mass where the codes of real {u}s do not lie"
     key = (stat.name, stat.predictive)
@@ -787,48 +786,49 @@ def _explain(stat: Statistic, f: _Facts) -> None:
         stat.label = f"mean {'intensity' if f.images else 'value'}: average"
         if stat.predictive == "posterior":
             stat.meanings = {
-                d: f"the data hold {less} {ink} on average than their own replicates ({{size}}): "
-                "the reconstructions are biased; train longer, or give the decoder more "
-                "capacity (--hidden)"
-                for d, less in (("below", "less"), ("above", "more"))
+                d: f"the data have {than} on average than their own replicates ({{size}}): the "
+                "reconstructions are biased; train longer, or give the decoder more capacity "
+                "(--hidden)"
+                for d, than in (("below", less), ("above", more))
             }
         else:
             stat.meanings = {
-                d: f"{u}s generated from scratch hold {more} {ink} than the data ({{size}}): "
+                d: f"{u}s generated from scratch have {than} than the data ({{size}}): "
                 f"{prior_mass}; train longer{f.weights()}"
-                for d, more in (("below", "more"), ("above", "less"))
+                for d, than in (("below", more), ("above", less))
             }
     elif stat.name == "intensity_sd":
         stat.label = f"mean {'intensity' if f.images else 'value'}: sd"
         more_clusters = "" if stat.predictive == "posterior" else f" or clusters ({f.clusters} now)"
         stat.meanings = {
-            "above": f"the data vary more from {u} to {u} in their {ink} than the replicates "
+            "above": f"the data vary more from {u} to {u} in their {amount} than the replicates "
             f"({{size}}): the model makes {u}s too alike; try {codes}{more_clusters}",
-            "below": f"the replicates vary more in their {ink} than the data ({{size}}): the "
+            "below": f"the replicates vary more in their {amount} than the data ({{size}}): the "
             f"likelihood adds noise the data do not have; {f.noise()}",
         }
     elif stat.name == "intensity":
         stat.label = "intensity per image" if f.images else "mean per example"
-        lost = f"their codes lose how much {ink} they hold; try {codes}, or train longer"
+        lost = f"their codes lose their {amount}; try {codes}, or train longer"
         stat.meanings = {
-            "below": f"{{size}}, most holding less {ink} than their replicates: {lost}",
-            "above": f"{{size}}, most holding more {ink} than their replicates: {lost}",
-            "both": f"{{size}}, at both ends (the faintest and the heaviest): {lost}",
+            "below": f"{{size}}, most with {less} than their replicates: {lost}",
+            "above": f"{{size}}, most with {more} than their replicates: {lost}",
+            "both": f"{{size}}, at both ends (the lowest and the highest {amount}): {lost}",
         }
     elif key == ("feature_mean", "posterior"):
         stat.label = f"per-{px} mean"
-        fix = f"the decoder does not reproduce where the {ink} is; train longer, or try {codes}"
+        what = "where the ink is" if f.images else "the features' means"
+        fix = f"the decoder does not reproduce {what}; train longer, or try {codes}"
         stat.meanings = {
-            "below": f"{{size}}, the replicates putting more {ink} on them than the data: {fix}",
-            "above": f"{{size}}, the replicates putting less {ink} on them than the data: {fix}",
-            "both": f"{{size}}, the replicates putting too much {ink} on some, too little on "
-            f"others: {fix}",
+            "below": f"{{size}}, the replicates having {more} there than the data: {fix}",
+            "above": f"{{size}}, the replicates having {less} there than the data: {fix}",
+            "both": f"{{size}}, the replicates having {more} on some, {less} on others: {fix}",
         }
     elif key == ("feature_mean", "prior"):
         stat.label = f"per-{px} mean"
+        unlike = "put their ink elsewhere than the data do" if f.images else "have other means"
         text = (
-            f"{{size}}: {u}s generated from scratch put their {ink} elsewhere than the data do, "
-            f"as {prior_mass}; train longer{f.weights()}, or try more clusters ({f.clusters} now)"
+            f"{{size}}: {u}s generated from scratch {unlike}, as {prior_mass}; train "
+            f"longer{f.weights()}, or try more clusters ({f.clusters} now)"
         )
         stat.meanings = dict.fromkeys(("below", "above", "both"), text)
     elif stat.name == "feature_variance":
