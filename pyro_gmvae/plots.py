@@ -94,6 +94,17 @@ def _fit_contents(fig: Figure, margin: float = 0.08) -> Figure:
     return fig
 
 
+def _legend_below(fig: Figure, axes) -> None:
+    """One legend for all of ``axes``, in a row below them: beside the axes it would squeeze two
+    panels, inside it would cover bars."""
+    handles, labels = [], []
+    for ax in axes:
+        h, lab = ax.get_legend_handles_labels()
+        handles += h
+        labels += lab
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 4), fontsize=8)
+
+
 def save_figure(fig: Figure, path: str | Path) -> Path:
     """Write ``fig`` to ``path`` as a PNG of ``figsize * DPI`` pixels, atomically."""
     buffer = io.BytesIO()
@@ -277,7 +288,7 @@ def samples_figure(
     assigned = None if dataset is None else model.predict(dataset.x)
     ncols = min(K, 4)
     nrows = -(-K // ncols)
-    fig = _figure(3.2 * ncols, 2.4 * nrows + 0.6)
+    fig = _figure(3.2 * ncols, 2.4 * nrows + 0.6 + _names_height(dataset, K, ncols))
     axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True, sharey=True)
     features = np.arange(samples.shape[-1])
     colours = cluster_colours(K)
@@ -291,20 +302,46 @@ def samples_figure(
             data_mean = dataset.x[assigned == k].mean(0)
             ax.plot(features, data_mean, "k--", linewidth=1.5, label="data in cluster")
         ax.set_title(f"cluster {k} (pi={weights[k]:.2f})", fontsize=9)
-    axes[0, 0].legend(fontsize=8)
-    _feature_ticks(axes[-1], dataset)
-    fig.supxlabel("feature")
-    fig.supylabel("standardized value")
-    fig.suptitle("Samples per cluster: feature profiles")
-    return _fit_contents(fig)
+    return _finish_profiles(fig, axes, K, dataset, "Samples per cluster: feature profiles")
 
 
-def _feature_ticks(axes, dataset: Dataset | None) -> None:
+def _tick_names(dataset: Dataset | None) -> list[str] | None:
+    """Feature names to label the x axis with: up to 20 of them, else None (indices)."""
     names = None if dataset is None else dataset.feature_names
-    if names and len(names) <= 20:
-        for ax in axes:
+    return names if names and len(names) <= 20 else None
+
+
+def _lowest(n_panels: int, ncols: int) -> list[int]:
+    """The panels (of ``n_panels`` filled row by row) with no panel below them."""
+    return [k for k in range(n_panels) if k + ncols >= n_panels]
+
+
+def _names_height(dataset: Dataset | None, n_panels: int, ncols: int) -> float:
+    """Inches that the rows of upright feature names take (one under each column's lowest panel),
+    added to the figure so that long names do not squeeze the profiles."""
+    names = _tick_names(dataset)
+    if names is None:
+        return 0.0
+    rows = len({k // ncols for k in _lowest(n_panels, ncols)})
+    return rows * 0.075 * max(len(str(n)) for n in names)
+
+
+def _finish_profiles(fig: Figure, axes, n_panels: int, dataset: Dataset | None, title: str):
+    """The common end of the table figures: feature names (or indices) under each column's
+    lowest panel, one legend beside all the panels (inside one it would cover its profiles)."""
+    names = _tick_names(dataset)
+    for k in _lowest(n_panels, axes.shape[1]):
+        ax = axes.flat[k]
+        ax.tick_params(labelbottom=True)  # shared x: only the bottom row labels by default
+        if names:
             ax.set_xticks(np.arange(len(names)))
             ax.set_xticklabels(names, rotation=90, fontsize=7)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right upper", fontsize=8)
+    fig.supxlabel("feature")
+    fig.supylabel("standardized value")
+    fig.suptitle(title)
+    return _fit_contents(fig)
 
 
 # ------------------------------------------------------------------------------- reconstructions
@@ -338,7 +375,7 @@ def reconstructions_figure(
 
     ncols = min(len(rows), 5)
     nrows = -(-len(rows) // ncols)
-    fig = _figure(3.0 * ncols, 2.3 * nrows + 0.6)
+    fig = _figure(3.0 * ncols, 2.3 * nrows + 0.6 + _names_height(dataset, len(rows), ncols))
     axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True, sharey=True)
     features = np.arange(x.shape[1])
     for i, ax in enumerate(axes.flat):
@@ -348,12 +385,7 @@ def reconstructions_figure(
         ax.plot(features, originals[i], "ko", markersize=3, label="original")
         ax.plot(features, recon[i], "-", color="tab:orange", label="reconstruction")
         ax.set_title(f"example {rows[i]}", fontsize=9)
-    axes[0, 0].legend(fontsize=8)
-    _feature_ticks(axes[-1], dataset)
-    fig.supxlabel("feature")
-    fig.supylabel("standardized value")
-    fig.suptitle("Reconstructions")
-    return _fit_contents(fig)
+    return _finish_profiles(fig, axes, len(rows), dataset, "Reconstructions")
 
 
 # ----------------------------------------------------------------------------------- latent space
@@ -668,17 +700,6 @@ def _scalar_figure(stat: Statistic) -> Figure:
     _legend_below(fig, axes)
     fig.suptitle(f"{stat.title} ({stat.predictive} predictive)", fontsize=10)
     return _fit_contents(fig)
-
-
-def _legend_below(fig: Figure, axes) -> None:
-    """One legend for all of ``axes``, in a row below them: beside the axes it would squeeze two
-    panels, inside it would cover bars."""
-    handles, labels = [], []
-    for ax in axes:
-        h, lab = ax.get_legend_handles_labels()
-        handles += h
-        labels += lab
-    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 4), fontsize=8)
 
 
 def _per_example_figure(stat: Statistic) -> Figure:
