@@ -241,6 +241,22 @@ def test_training_figures_for_tables(tmp_path):
     assert {p.name for p in paths} >= {"samples.png", "reconstructions.png", "latent.png"}
 
 
+@pytest.mark.parametrize("clusters", [2, 5])
+def test_table_figures_keep_their_legend_off_the_profiles(clusters):
+    model, data = _model(clusters=clusters, image_shape=None, likelihood="gaussian"), _table()
+    for fig in (samples_figure(model, 5, dataset=data), reconstructions_figure(model, data.x, 6)):
+        _assert_all_inside(fig)
+        renderer = fig.canvas.get_renderer()
+        legend = fig.legends[0].get_window_extent(renderer)
+        assert not any(_overlap(legend, ax.get_window_extent(renderer)) for ax in fig.axes)
+    # every column's lowest panel names the features, also above an empty panel
+    fig = samples_figure(model, 5, dataset=data)
+    named = [ax for ax in fig.axes if ax.axison and ax.xaxis.get_tick_params()["labelbottom"]]
+    lowest = {k for k in range(clusters) if k + min(clusters, 4) >= clusters}
+    assert len(named) == len(lowest)
+    assert all([t.get_text() for t in ax.get_xticklabels()] == ["a", "b", "c", "d"] for ax in named)
+
+
 def test_samples_grid_has_one_row_per_cluster(tmp_path):
     small, large = _model(clusters=2), _model(clusters=6)
     h2, w2 = _pixels(samples_figure(small, 4))
