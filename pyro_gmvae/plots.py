@@ -326,7 +326,9 @@ def _names_height(dataset: Dataset | None, n_panels: int, ncols: int) -> float:
     return rows * 0.075 * max(len(str(n)) for n in names)
 
 
-def _finish_profiles(fig: Figure, axes, n_panels: int, dataset: Dataset | None, title: str):
+def _finish_profiles(
+    fig: Figure, axes, n_panels: int, dataset: Dataset | None, title: str
+) -> Figure:
     """The common end of the table figures: feature names (or indices) under each column's
     lowest panel, one legend beside all the panels (inside one it would cover its profiles)."""
     names = _tick_names(dataset)

@@ -28,6 +28,10 @@ The checks (:func:`posterior_predictive_checks`):
   examples, held out or (without held-out data) training ones to their nearest other one (a
   memorisation check).
 
+A flagged statistic comes with a verdict and one sentence on what the misfit means and what to
+try (:meth:`Statistic.meaning`); the memorisation check's two tails have verdicts of their own,
+MEMORISATION (samples closer to the training data than real data are) and OFF THE DATA (farther).
+
 :func:`pyro_gmvae.runs.write_ppc_report` writes a report, ``report.md``, ``ppc.json`` and the figures,
 into a directory; this module draws no figures and writes no files.
 """
