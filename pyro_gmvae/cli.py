@@ -213,8 +213,8 @@ def _add_ppc(subparsers) -> None:
 
 
 def cmd_ppc(args: argparse.Namespace) -> int:
-    from .ppc import REPORT_FILE, posterior_predictive_checks, write_report
-    from .runs import heldout_split
+    from .ppc import REPORT_FILE, posterior_predictive_checks
+    from .runs import heldout_split, write_ppc_report
 
     if args.num_samples < 2:
         raise ConfigError(f"--num-samples must be at least 2, not {args.num_samples}")
@@ -244,7 +244,7 @@ def cmd_ppc(args: argparse.Namespace) -> int:
         max_examples=args.max_examples or None,
         progress=not args.no_progress,
     )
-    write_report(report, args.out)
+    write_ppc_report(report, args.out)
     print(report.to_table())
     print(f"\nreport: {args.out / REPORT_FILE}")
     return 0

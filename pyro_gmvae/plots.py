@@ -4,6 +4,8 @@ Every function ``*_figure`` returns a matplotlib :class:`~matplotlib.figure.Figu
 shows inline) built without pyplot, so no global figure state is left behind and nothing needs
 closing; :func:`save_figure` writes one as a PNG, atomically. Images are shown as grey images,
 tables as per-feature profiles (feature index on the x axis, standardized value on the y axis).
+Each figure is grown, where its text needs it, until every label lies inside it; legends sit
+beside the axes, never over the data.
 
 - :func:`training_figures`: everything ``gmvae train`` writes into ``RUN_DIR/figures``;
 - :func:`ppc_figures`: the figures of a :class:`~pyro_gmvae.ppc.PPCReport`.
@@ -13,22 +15,22 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from matplotlib import colormaps
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
-from scipy.optimize import linear_sum_assignment
+from matplotlib.patches import Rectangle
 
 from .dataset import Dataset
 from .files import atomic_write_bytes
-from .metrics import cluster_accuracy, contingency
+from .metrics import contingency, match_clusters, matched_confusion
 from .model import GMVAE
-
-if TYPE_CHECKING:
-    from .ppc import PPCReport, Statistic
+from .ppc import ALPHA, PPCReport, Statistic
 
 FIGURES_DIR = "figures"
 #: pixels per inch of saved figures: a figure of size (w, h) inches is (100 w, 100 h) pixels
@@ -36,12 +38,29 @@ DPI = 100
 #: at most this many points in a scatter plot (a random subset beyond it)
 MAX_POINTS = 5000
 
-_PHASE_STYLE = {
-    "pretrain": ("tab:grey", "pretraining: reconstruction loss"),
-    "anchor": ("tab:orange", "anchor: negative ELBO given y, KL weighted"),
-    "svi": ("tab:blue", "SVI: negative ELBO"),
+#: one palette for the phases of training, in the order they first appear in the records
+_PHASE_PALETTE = "tab10"
+_PHASE_MARKERS = "os^Dv<>pPX"
+# Accuracy on top, solid, and many-to-one dashed with open markers beneath it: the two coincide
+# whenever each cluster's majority label is its matched one, and neither may hide the other.
+_SCORE_STYLE = {
+    "accuracy": dict(
+        label="accuracy (one-to-one)", color="tab:blue", ls="-", lw=2, marker="o", ms=3, zorder=5
+    ),
+    "many_to_one_accuracy": dict(
+        label="many-to-one accuracy",
+        color="tab:orange",
+        ls="--",
+        lw=1.5,
+        marker="s",
+        ms=6,
+        mfc="none",
+        zorder=4,
+    ),
+    "nmi": dict(label="NMI", color="tab:green", ls="-.", lw=1.2, marker="^", ms=3, zorder=3),
+    "ari": dict(label="ARI", color="tab:purple", ls=":", lw=1.2, marker="v", ms=3, zorder=3),
 }
-_SCORES = ("accuracy", "many_to_one_accuracy", "nmi", "ari")
+_BESIDE = dict(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)  # legend placement
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -50,6 +69,40 @@ def _figure(width: float, height: float) -> Figure:
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
     return fig
+
+
+def _fit_contents(fig: Figure, margin: float = 0.08) -> Figure:
+    """Grow ``fig`` until everything it draws lies inside it, and return it.
+
+    Constrained layout shrinks axes to make room for labels, but it cannot make a figure wider
+    than a title or a column of tick labels that is wider itself: a few images of fixed aspect,
+    a matrix of three columns. Then the figure grows by the overflow, and is laid out again.
+    """
+    for _ in range(4):
+        fig.draw_without_rendering()
+        box = fig.get_tightbbox(fig.canvas.get_renderer())  # inches
+        width, height = fig.get_size_inches()
+        grow_x = max(0.0, -box.x0) + max(0.0, box.x1 - width)
+        grow_y = max(0.0, -box.y0) + max(0.0, box.y1 - height)
+        if grow_x < 0.01 and grow_y < 0.01:
+            break
+        # Whole pixels, so that a saved PNG is exactly figsize * DPI.
+        fig.set_size_inches(
+            np.ceil(DPI * (width + (grow_x + margin if grow_x >= 0.01 else 0.0))) / DPI,
+            np.ceil(DPI * (height + (grow_y + margin if grow_y >= 0.01 else 0.0))) / DPI,
+        )
+    return fig
+
+
+def _legend_below(fig: Figure, axes) -> None:
+    """One legend for all of ``axes``, in a row below them: beside the axes it would squeeze two
+    panels, inside it would cover bars."""
+    handles, labels = [], []
+    for ax in axes:
+        h, lab = ax.get_legend_handles_labels()
+        handles += h
+        labels += lab
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 4), fontsize=8)
 
 
 def save_figure(fig: Figure, path: str | Path) -> Path:
@@ -75,6 +128,13 @@ def cluster_colours(n_clusters: int) -> np.ndarray:
     return colormaps["turbo"](np.linspace(0.05, 0.95, n_clusters))
 
 
+def _lighter(colour: Any, amount: float = 0.55) -> np.ndarray:
+    """``colour`` mixed with white, ``amount`` of the way."""
+    rgba = np.array(to_rgba(colour))
+    rgba[:3] += amount * (1.0 - rgba[:3])
+    return rgba
+
+
 def _grey() -> Any:
     return colormaps["gray"].with_extremes(bad="white")  # NaN: the gaps between images
 
@@ -98,42 +158,96 @@ def _as_images(x: np.ndarray, image_shape: tuple[int, int]) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------- training
+def _phase_runs(history: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:
+    """The records split into runs of consecutive epochs of one phase, in order."""
+    runs: list[tuple[str, list[dict[str, Any]]]] = []
+    for record in history:
+        phase = str(record.get("phase", "training"))  # records written before phases existed
+        if runs and runs[-1][0] == phase:
+            runs[-1][1].append(record)
+        else:
+            runs.append((phase, [record]))
+    return runs
+
+
+def _mixture_start(history: list[dict[str, Any]]) -> tuple[int, str] | None:
+    """Where the mixture prior was started, as ``(index of the first record after it, label)``.
+
+    The trainer stamps the first epoch after pretraining with ``start``, the t-SNE map it started
+    from (``"codes"`` or ``"data"``); a start of another kind leaves no stamp, and is then the end
+    of pretraining. None when there is neither.
+    """
+    for i, record in enumerate(history):
+        start = record.get("start")
+        if start:
+            where = {"codes": "the codes", "data": "the data"}.get(start)
+            return (
+                i,
+                f"mixture start (t-SNE map of {where})" if where else f"mixture start ({start})",
+            )
+    for i in range(1, len(history)):
+        if history[i - 1].get("phase") == "pretrain" and history[i].get("phase") != "pretrain":
+            return i, "mixture start"
+    return None
+
+
 def training_curves_figure(history: list[dict[str, Any]]) -> Figure:
-    """Loss per epoch, the pretraining, anchor and SVI phases in their own colours, and the clustering
-    scores per epoch when the records have them (``accuracy``, ``nmi``, ...)."""
+    """Loss per epoch, one curve per phase of training, and the clustering scores per epoch when
+    the records have them (``accuracy``, ``many_to_one_accuracy``, ``nmi``, ``ari``).
+
+    The phases are the records' ``phase`` names in the order they first appear, whatever the
+    recipe calls them, each in its own colour of one palette; each phase boundary is marked, and
+    the start of the mixture prior too (:func:`_mixture_start`). Each phase's loss is its own
+    objective, and no common scale is claimed for them.
+    """
     if not history:
         raise ValueError("history is empty: no epochs to plot (train for at least one epoch)")
     missing = [i for i, r in enumerate(history) if "loss" not in r or "epoch" not in r]
     if missing:
         raise ValueError(f"history records {missing[:5]} lack 'epoch' or 'loss'")
-    scores = [k for k in _SCORES if any(k in r for r in history)]
-    fig = _figure(11 if scores else 6, 4)
+    runs = _phase_runs(history)
+    phases = list(dict.fromkeys(phase for phase, _ in runs))
+    palette = colormaps[_PHASE_PALETTE]
+    scores = [k for k in _SCORE_STYLE if any(k in r for r in history)]
+    fig = _figure(12.5 if scores else 7.5, 4.2)
     axes = fig.subplots(1, 2 if scores else 1, squeeze=False)[0]
     ax = axes[0]
-    for phase, (colour, label) in _PHASE_STYLE.items():
-        records = [r for r in history if r.get("phase", "svi") == phase]
-        if records:
-            ax.plot(
-                [r["epoch"] for r in records],
-                [r["loss"] for r in records],
-                "o-",
-                color=colour,
-                markersize=3,
-                label=label,
-            )
-    boundary = [r["epoch"] for r in history if r.get("phase") == "pretrain"]
-    if boundary and len(boundary) < len(history):
-        ax.axvline(max(boundary) + 0.5, color="k", linestyle=":", label="mixture fitted to codes")
-    ax.set(xlabel="epoch", ylabel="loss per example (nats)", title="Training loss")
-    ax.legend()
+    for phase, records in runs:
+        i = phases.index(phase)
+        first_run = next(r for p, r in runs if p == phase) is records
+        ax.plot(
+            [r["epoch"] for r in records],
+            [r["loss"] for r in records],
+            "-",
+            marker=_PHASE_MARKERS[i % len(_PHASE_MARKERS)],
+            color=palette(i % palette.N),
+            markersize=3,
+            label=phase if first_run else None,
+        )
+    start = _mixture_start(history)
+    start_at = None if start is None else history[start[0]]["epoch"] - 0.5
+    boundaries = [
+        (before[-1]["epoch"] + after[0]["epoch"]) / 2
+        for (_, before), (_, after) in zip(runs, runs[1:], strict=False)
+    ]
+    boundaries = [at for at in boundaries if at != start_at]  # the start's own line marks it
+    for ax_ in axes:
+        for j, at in enumerate(boundaries):
+            label = "phase boundary" if j == 0 and ax_ is ax else None
+            ax_.axvline(at, color="0.55", linestyle=":", linewidth=1, label=label)
+        if start is not None:
+            label = start[1] if ax_ is ax else None
+            ax_.axvline(start_at, color="k", linestyle="--", linewidth=1.2, label=label)
+    ax.set(xlabel="epoch", ylabel="loss per example (nats)", title="Training loss, by phase")
+    ax.legend(title="phase", fontsize=8, title_fontsize=8, **_BESIDE)
     if scores:
         ax = axes[1]
         for key in scores:
             records = [r for r in history if key in r]
-            ax.plot([r["epoch"] for r in records], [r[key] for r in records], "o-", ms=3, label=key)
+            ax.plot([r["epoch"] for r in records], [r[key] for r in records], **_SCORE_STYLE[key])
         ax.set(xlabel="epoch", ylabel="score", ylim=(0, 1.02), title="Clustering vs labels")
-        ax.legend()
-    return fig
+        ax.legend(fontsize=8, **_BESIDE)
+    return _fit_contents(fig)
 
 
 # -------------------------------------------------------------------------------------- samples
@@ -164,13 +278,17 @@ def samples_figure(
         ax.set_yticks([k * (h + 1) + h / 2 for k in range(K)])
         ax.set_yticklabels([f"cluster {k}  (pi={weights[k]:.2f})" for k in range(K)])
         ax.set_xticks([])
-        ax.set_title(f"Samples per cluster (mean of p(x|z), z ~ p(z|y); {per_cluster} per row)")
-        return fig
+        # A figure title, centred on the figure, rather than the axes' (which would stick out to
+        # the right of a narrow grid); two short lines rather than one long one.
+        fig.suptitle(
+            f"Samples per cluster, {per_cluster} per row\nmean of p(x|z), z ~ p(z|y)", fontsize=10
+        )
+        return _fit_contents(fig)
 
     assigned = None if dataset is None else model.predict(dataset.x)
     ncols = min(K, 4)
     nrows = -(-K // ncols)
-    fig = _figure(3.2 * ncols, 2.4 * nrows + 0.6)
+    fig = _figure(3.2 * ncols, 2.4 * nrows + 0.6 + _names_height(dataset, K, ncols))
     axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True, sharey=True)
     features = np.arange(samples.shape[-1])
     colours = cluster_colours(K)
@@ -184,20 +302,48 @@ def samples_figure(
             data_mean = dataset.x[assigned == k].mean(0)
             ax.plot(features, data_mean, "k--", linewidth=1.5, label="data in cluster")
         ax.set_title(f"cluster {k} (pi={weights[k]:.2f})", fontsize=9)
-    axes[0, 0].legend(fontsize=8)
-    _feature_ticks(axes[-1], dataset)
-    fig.supxlabel("feature")
-    fig.supylabel("standardized value")
-    fig.suptitle("Samples per cluster: feature profiles")
-    return fig
+    return _finish_profiles(fig, axes, K, dataset, "Samples per cluster: feature profiles")
 
 
-def _feature_ticks(axes, dataset: Dataset | None) -> None:
+def _tick_names(dataset: Dataset | None) -> list[str] | None:
+    """Feature names to label the x axis with: up to 20 of them, else None (indices)."""
     names = None if dataset is None else dataset.feature_names
-    if names and len(names) <= 20:
-        for ax in axes:
+    return names if names and len(names) <= 20 else None
+
+
+def _lowest(n_panels: int, ncols: int) -> list[int]:
+    """The panels (of ``n_panels`` filled row by row) with no panel below them."""
+    return [k for k in range(n_panels) if k + ncols >= n_panels]
+
+
+def _names_height(dataset: Dataset | None, n_panels: int, ncols: int) -> float:
+    """Inches that the rows of upright feature names take (one under each column's lowest panel),
+    added to the figure so that long names do not squeeze the profiles."""
+    names = _tick_names(dataset)
+    if names is None:
+        return 0.0
+    rows = len({k // ncols for k in _lowest(n_panels, ncols)})
+    return rows * 0.075 * max(len(str(n)) for n in names)
+
+
+def _finish_profiles(
+    fig: Figure, axes, n_panels: int, dataset: Dataset | None, title: str
+) -> Figure:
+    """The common end of the table figures: feature names (or indices) under each column's
+    lowest panel, one legend beside all the panels (inside one it would cover its profiles)."""
+    names = _tick_names(dataset)
+    for k in _lowest(n_panels, axes.shape[1]):
+        ax = axes.flat[k]
+        ax.tick_params(labelbottom=True)  # shared x: only the bottom row labels by default
+        if names:
             ax.set_xticks(np.arange(len(names)))
             ax.set_xticklabels(names, rotation=90, fontsize=7)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right upper", fontsize=8)
+    fig.supxlabel("feature")
+    fig.supylabel("standardized value")
+    fig.suptitle(title)
+    return _fit_contents(fig)
 
 
 # ------------------------------------------------------------------------------- reconstructions
@@ -219,19 +365,19 @@ def reconstructions_figure(
     image_shape = model.config.image_shape
     if image_shape is not None:
         h, w = image_shape
-        fig = _figure(1.6 + 0.6 * len(rows), 1.0 + 1.2 * h / w)
+        fig = _figure(1.6 + 0.6 * len(rows), 0.65 + 1.2 * h / w)
         ax = fig.subplots()
         pair = _as_images(np.stack([originals, recon]), image_shape)
         ax.imshow(image_mosaic(pair), cmap=_grey(), vmin=0, vmax=1)
         ax.set_yticks([h / 2, h + 1 + h / 2])
         ax.set_yticklabels(["original", "reconstruction"])
         ax.set_xticks([])
-        ax.set_title("Reconstructions: x and E[x | z = mean of q(z|x)]")
-        return fig
+        fig.suptitle("Reconstructions: x and E[x | z = mean of q(z|x)]", fontsize=10)
+        return _fit_contents(fig)
 
     ncols = min(len(rows), 5)
     nrows = -(-len(rows) // ncols)
-    fig = _figure(3.0 * ncols, 2.3 * nrows + 0.6)
+    fig = _figure(3.0 * ncols, 2.3 * nrows + 0.6 + _names_height(dataset, len(rows), ncols))
     axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True, sharey=True)
     features = np.arange(x.shape[1])
     for i, ax in enumerate(axes.flat):
@@ -241,15 +387,37 @@ def reconstructions_figure(
         ax.plot(features, originals[i], "ko", markersize=3, label="original")
         ax.plot(features, recon[i], "-", color="tab:orange", label="reconstruction")
         ax.set_title(f"example {rows[i]}", fontsize=9)
-    axes[0, 0].legend(fontsize=8)
-    _feature_ticks(axes[-1], dataset)
-    fig.supxlabel("feature")
-    fig.supylabel("standardized value")
-    fig.suptitle("Reconstructions")
-    return fig
+    return _finish_profiles(fig, axes, len(rows), dataset, "Reconstructions")
 
 
 # ----------------------------------------------------------------------------------- latent space
+def cluster_colours_by_label(
+    labels: np.ndarray, clusters: np.ndarray, n_clusters: int
+) -> tuple[np.ndarray, np.ndarray, dict[int, int]]:
+    """Colours in which cluster ids and label ids can be compared, though they are unrelated.
+
+    Labels take :func:`cluster_colours` of the number of labels, by label value; a cluster takes
+    the colour of the label :func:`~pyro_gmvae.metrics.match_clusters` matches it to, and a
+    cluster left unmatched (more clusters than labels) a lighter shade of its most frequent
+    label's colour (light grey when empty).
+
+    Returns ``(cluster colours (K, 4), label colours (L, 4), {cluster: label} matching)``.
+    """
+    labels, clusters = np.asarray(labels), np.asarray(clusters)
+    label_colours = cluster_colours(int(labels.max()) + 1)
+    matched = match_clusters(labels, clusters, n_clusters)
+    counts = contingency(labels, clusters, n_clusters)  # (K, L)
+    colours = np.empty((n_clusters, 4))
+    for k in range(n_clusters):
+        if k in matched:
+            colours[k] = label_colours[matched[k]]
+        elif counts[k].any():
+            colours[k] = _lighter(label_colours[counts[k].argmax()])
+        else:
+            colours[k] = to_rgba("0.85")
+    return colours, label_colours, matched
+
+
 def latent_figure(
     model: GMVAE,
     x: np.ndarray,
@@ -259,7 +427,11 @@ def latent_figure(
     seed: int = 0,
 ) -> Figure:
     """The posterior means of z in 2-D (PCA when Z > 2), coloured by predicted cluster and, when
-    ``labels (N,)`` are given, in a second panel by label. The cluster means mu_y are marked."""
+    ``labels (N,)`` are given, in a second panel by label. The cluster means mu_y are marked.
+
+    With labels, each cluster takes the colour of the label it is matched to
+    (:func:`cluster_colours_by_label`), so that the two panels can be compared colour for colour.
+    """
     from sklearn.decomposition import PCA
 
     x = np.asarray(x)
@@ -286,56 +458,61 @@ def latent_figure(
         centres = np.hstack([centres, np.zeros((len(centres), 1))])
         axis_labels = ["z", "(random jitter)"]
 
-    fig = _figure(12 if labels is not None else 6.5, 5.5)
-    axes = fig.subplots(1, 2 if labels is not None else 1, squeeze=False)[0]
     K = model.n_clusters
-    _scatter_by_group(
-        axes[0], codes, clusters, cluster_colours(K), [f"cluster {k}" for k in range(K)]
-    )
-    axes[0].scatter(*centres.T, marker="X", s=50, c="k", edgecolors="w", label="cluster means")
-    axes[0].set_title("Latent codes by predicted cluster")
-    if labels is not None:
+    # Beyond 16 clusters their legend takes two columns: widen the figure rather than the panels.
+    fig = _figure((13 if labels is not None else 7.5) + (3 if K > 16 else 0), 5.5)
+    axes = fig.subplots(1, 2 if labels is not None else 1, squeeze=False)[0]
+    if labels is None:
+        colours = cluster_colours(K)
+        names = [f"cluster {k}" for k in range(K)]
+        title = "Latent codes by predicted cluster"
+    else:
         labels = np.asarray(labels)
-        values = np.unique(labels)
-        names = [str(label_names[v]) if label_names is not None else f"label {v}" for v in values]
-        codes_of = np.searchsorted(values, labels)
-        _scatter_by_group(axes[1], codes, codes_of, cluster_colours(len(values)), names)
+        colours, label_colours, matched = cluster_colours_by_label(labels, clusters, K)
+        present = np.unique(labels)
+        name_of = {
+            int(v): str(label_names[v]) if label_names is not None else f"label {v}"
+            for v in present
+        }
+        counts = contingency(labels, clusters, K)
+        names = [
+            f"cluster {k} = {name_of[matched[k]]}"
+            if k in matched
+            else f"cluster {k}: mostly {name_of[int(counts[k].argmax())]} (unmatched)"
+            for k in range(K)
+        ]
+        title = "Latent codes by predicted cluster\n(in the colour of the label it is matched to)"
+    _scatter_by_group(axes[0], codes, clusters, colours, names)
+    axes[0].scatter(*centres.T, marker="X", s=50, c="k", edgecolors="w", label="cluster means")
+    axes[0].set_title(title)
+    if labels is not None:
+        values = [int(v) for v in present]
+        _scatter_by_group(
+            axes[1],
+            codes,
+            labels,
+            {v: label_colours[v] for v in values},
+            {v: name_of[v] for v in values},
+        )
         axes[1].set_title("Latent codes by label")
     for ax in axes:
         ax.set(xlabel=axis_labels[0], ylabel=axis_labels[1])
-        ax.legend(fontsize=7, markerscale=2, loc="best", ncols=2 if K > 10 else 1)
-    return fig
+        entries = len(ax.get_legend_handles_labels()[1])
+        ax.legend(fontsize=7, markerscale=2, ncols=1 if entries <= 16 else 2, **_BESIDE)
+    return _fit_contents(fig)
 
 
-def _scatter_by_group(ax, points, groups, colours, names) -> None:
-    for g, name in enumerate(names):
+def _scatter_by_group(ax: Axes, points, groups, colours, names) -> None:
+    """One scatter per group ``g`` (``groups == g``) with ``colours[g]`` and label ``names[g]``;
+    ``colours`` and ``names`` are sequences indexed by group or dicts keyed by it."""
+    keys = names.keys() if isinstance(names, dict) else range(len(names))
+    for g in keys:
         mine = groups == g
         if mine.any():
-            ax.scatter(*points[mine].T, s=4, color=colours[g], alpha=0.6, label=name)
+            ax.scatter(*points[mine].T, s=4, color=colours[g], alpha=0.6, label=names[g])
 
 
 # ----------------------------------------------------------------------------- confusion matrix
-def matched_confusion(
-    labels: np.ndarray, clusters: np.ndarray, n_clusters: int | None = None
-) -> tuple[np.ndarray, list[int]]:
-    """Counts ``M[label, j]`` of each label in cluster ``order[j]``, shape ``(L, K)``, with the
-    clusters ordered by the best one-to-one matching to labels (Hungarian): the cluster matched
-    to label 0 first, and so on, unmatched clusters last. With K >= L the matched counts are the
-    diagonal, and a perfect clustering is diagonal."""
-    labels, clusters = np.asarray(labels), np.asarray(clusters)
-    if labels.ndim != 1 or clusters.ndim != 1 or len(labels) != len(clusters) or len(labels) == 0:
-        raise ValueError(
-            f"labels {labels.shape} and clusters {clusters.shape} must be 1-D of the same, "
-            "nonzero length"
-        )
-    C = contingency(labels, clusters, n_clusters)  # (K, L)
-    rows, cols = linear_sum_assignment(-C)
-    matched = dict(zip(cols, rows, strict=True))  # label -> its cluster
-    order = [int(matched[c]) for c in range(C.shape[1]) if c in matched]
-    order += [k for k in range(C.shape[0]) if k not in order]
-    return C[order].T, order
-
-
 def confusion_figure(
     labels: np.ndarray,
     clusters: np.ndarray,
@@ -344,13 +521,18 @@ def confusion_figure(
     label_names: list[str] | None = None,
 ) -> Figure:
     """Counts of each label (rows) in each cluster (columns), the columns ordered by the best
-    one-to-one matching of clusters to labels (:func:`matched_confusion`)."""
+    one-to-one matching of clusters to labels (:func:`~pyro_gmvae.metrics.matched_confusion`),
+    the matched pairs outlined; the accuracy in the title is that of those pairs."""
     M, order = matched_confusion(labels, clusters, n_clusters)
-    accuracy = cluster_accuracy(labels, clusters)
+    matched = match_clusters(labels, clusters, n_clusters)  # the matching that ordered M
+    pairs = [(c, order.index(k)) for k, c in matched.items()]  # (row, column) of matched cells
+    accuracy = sum(M[i, j] for i, j in pairs) / len(labels)
     L, K = M.shape
-    fig = _figure(2.0 + 0.5 * K, 1.6 + 0.45 * L)
+    fig = _figure(2.6 + 0.5 * K, 1.9 + 0.45 * L)
     ax = fig.subplots()
-    image = ax.imshow(M, cmap="Blues")
+    # Cells of free aspect, made near square by the figure's size: a fixed aspect would leave
+    # constrained layout to guess where the shrunk matrix's labels end up.
+    image = ax.imshow(M, cmap="Blues", aspect="auto")
     fig.colorbar(image, ax=ax, label="examples")
     if K * L <= 400:
         for i in range(L):
@@ -359,15 +541,17 @@ def confusion_figure(
                 ax.text(
                     j, i, M[i, j], ha="center", va="center", fontsize=7, color="w" if dark else "k"
                 )
+    for i, j in pairs:
+        ax.add_patch(
+            Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="tab:red", linewidth=1.5)
+        )
     ax.set_xticks(range(K), [str(k) for k in order])
     names = label_names if label_names is not None else [str(v) for v in range(L)]
     ax.set_yticks(range(L), [str(names[v]) for v in range(L)])
-    ax.set(
-        xlabel="cluster (ordered by the matching)",
-        ylabel="label",
-        title=f"Clusters vs labels (matched accuracy {accuracy:.3f})",
-    )
-    return fig
+    ax.set(xlabel="cluster (ordered by the matching;\nmatched pairs outlined)", ylabel="label")
+    # A figure title sits above the colour bar as well as the matrix, never across it.
+    fig.suptitle(f"Clusters vs labels\nmatched accuracy {accuracy:.3f}", fontsize=10)
+    return _fit_contents(fig)
 
 
 # ------------------------------------------------------------------------------------ after train
@@ -412,45 +596,35 @@ def training_figures(
 
 
 # ------------------------------------------------------------------------------------------ PPC
+_REPLICATES = {
+    "posterior": "posterior predictive replicates",
+    "prior": "prior predictive replicates",
+    "permutation": "random splits of training and held-out pooled",
+}
+
+
 def statistic_figure(stat: Statistic) -> Figure:
     """A posterior predictive check as a picture.
 
     Scalar statistic: the replicated distribution (histogram) and the observed value (line), with
-    the distributions behind it when the statistic summarises per-example values. Per-pixel
-    statistic: observed against replicated values, extreme pixels in red, and the map of
-    p-values over the image. Other per-component statistics: each component's observed value
-    against the replicates' 95% interval.
+    the distributions behind it when the statistic summarises per-example values. Per-example
+    statistic: each example's observed value against its replicates' 95% interval, the examples
+    sorted by their replicated median, and the histogram of the examples' p-values. Per-pixel
+    statistic: observed against replicated values and the map of p-values over the image. Other
+    per-component statistics: each component's observed value against the replicates' 95%
+    interval. Values with p < :data:`~pyro_gmvae.ppc.ALPHA` are drawn in red.
     """
-    extra = [k for k in stat.details if k not in ("pi",)]
     if stat.is_scalar:
-        fig = _figure(11 if len(extra) >= 2 else 6, 4)
-        axes = fig.subplots(1, 2 if len(extra) >= 2 else 1, squeeze=False)[0]
-        ax = axes[0]
-        ax.hist(stat.replicated[:, 0], bins=30, color="tab:blue", alpha=0.7, label="replicated")
-        ax.axvline(stat.observed[0], color="tab:red", linewidth=2, label="observed")
-        ax.set(
-            xlabel="statistic",
-            ylabel="replicates",
-            title=f"{stat.predictive}: p = {stat.p_value:.3f}",
-        )
-        ax.legend()
-        if len(extra) >= 2:
-            ax = axes[1]
-            values = [stat.details[key] for key in extra[:2]]
-            bins = np.histogram_bin_edges(np.concatenate(values), bins=40)
-            for key, v, colour in zip(extra, values, ("tab:red", "tab:blue"), strict=False):
-                ax.hist(v, bins=bins, density=True, alpha=0.5, color=colour, label=key)
-            ax.set(xlabel="value per example", ylabel="density", title="Per-example values")
-            ax.legend()
-        fig.suptitle(stat.title, fontsize=10)
-        return fig
-
-    extreme = stat.p_values < 0.05
+        return _scalar_figure(stat)
+    if stat.component == "example":
+        return _per_example_figure(stat)
+    extreme = stat.p_values < ALPHA
+    share = f"{int(extreme.sum())} of {stat.n_components} {stat.component}s with p < {ALPHA}"
     rep_median = np.median(stat.replicated, axis=0)
     lo, hi = np.quantile(stat.replicated, [0.025, 0.975], axis=0)
     if stat.image_shape is not None or stat.n_components > 50:
         image = stat.image_shape is not None
-        fig = _figure(11 if image else 6, 4.6)
+        fig = _figure(12 if image else 7.5, 4.6)
         axes = fig.subplots(1, 2 if image else 1, squeeze=False)[0]
         ax = axes[0]
         ax.errorbar(
@@ -461,42 +635,113 @@ def statistic_figure(stat: Statistic) -> Figure:
             ecolor="0.8",
             elinewidth=0.6,
         )
-        ax.scatter(
-            rep_median[~extreme], stat.observed[~extreme], s=6, color="tab:blue", label="p >= 0.05"
-        )
-        ax.scatter(
-            rep_median[extreme], stat.observed[extreme], s=8, color="tab:red", label="p < 0.05"
-        )
+        for mine, size, colour, label in (
+            (~extreme, 6, "tab:blue", f"p >= {ALPHA}"),
+            (extreme, 8, "tab:red", f"p < {ALPHA}"),
+        ):
+            if mine.any():  # no legend entry for what is not drawn
+                ax.scatter(rep_median[mine], stat.observed[mine], s=size, color=colour, label=label)
         edges = [min(lo.min(), stat.observed.min()), max(hi.max(), stat.observed.max())]
         ax.plot(edges, edges, "k:", linewidth=1, label="observed = replicated")
         ax.set(
-            xlabel="replicated (median, 95% interval)",
-            ylabel="observed",
-            title=f"{100 * extreme.mean():.1f}% of {stat.n_components} with p < 0.05",
+            xlabel=f"replicated {stat.axis_label}\n(median and 95% interval per {stat.component})",
+            ylabel=f"observed {stat.axis_label}",
+            title=share,
         )
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, **_BESIDE)
         if image:
             ax = axes[1]
             shown = ax.imshow(stat.p_values.reshape(stat.image_shape), cmap="magma", vmin=0, vmax=1)
             fig.colorbar(shown, ax=ax, label="p-value")
             ax.set(title="p-value per pixel (dark: not reproduced)", xticks=[], yticks=[])
         fig.suptitle(f"{stat.title} ({stat.predictive} predictive)", fontsize=10)
-        return fig
+        return _fit_contents(fig)
 
-    fig = _figure(max(6, 0.45 * stat.n_components + 2), 4)
+    fig = _figure(max(6.5, 0.45 * stat.n_components + 3.5), 4)
     ax = fig.subplots()
     index = np.arange(stat.n_components)
-    ax.fill_between(index, lo, hi, color="tab:blue", alpha=0.25, step="mid", label="replicated 95%")
-    ax.plot(index, rep_median, "_", color="tab:blue", markersize=14, label="replicated median")
-    ax.scatter(
-        index, stat.observed, c=np.where(extreme, "tab:red", "k"), zorder=3, label="observed"
+    ax.fill_between(
+        index, lo, hi, color="tab:blue", alpha=0.25, step="mid", label="replicated 95% interval"
     )
+    ax.plot(index, rep_median, "_", color="tab:blue", markersize=14, label="replicated median")
+    for mine, colour, label in (
+        (~extreme, "k", "observed"),
+        (extreme, "tab:red", f"observed, p < {ALPHA}"),
+    ):
+        if mine.any():  # no legend entry for what is not drawn
+            ax.scatter(index[mine], stat.observed[mine], color=colour, zorder=3, label=label)
     if "pi" in stat.details:
-        ax.plot(index, stat.details["pi"], "x", color="tab:green", label="pi")
-    ax.set(xlabel=stat.component, ylabel="statistic", xticks=index, title="red: p < 0.05")
-    ax.legend(fontsize=8)
+        ax.plot(index, stat.details["pi"], "x", color="tab:green", label="pi (mixture weights)")
+    ax.set(xlabel=stat.component, ylabel=stat.axis_label, xticks=index, title=share)
+    ax.legend(fontsize=8, **_BESIDE)
     fig.suptitle(f"{stat.title} ({stat.predictive} predictive)", fontsize=10)
-    return fig
+    return _fit_contents(fig)
+
+
+def _scalar_figure(stat: Statistic) -> Figure:
+    extra = [k for k in stat.details if k != "pi"][:2]
+    fig = _figure(11 if len(extra) == 2 else 6.5, 4.3)
+    axes = fig.subplots(1, 2 if len(extra) == 2 else 1, squeeze=False)[0]
+    ax = axes[0]
+    replicates = _REPLICATES.get(stat.predictive, f"{stat.predictive} replicates")
+    ax.hist(stat.replicated[:, 0], bins=30, color="tab:blue", alpha=0.7, label=replicates)
+    ax.axvline(stat.observed[0], color="tab:red", linewidth=2, label="observed")
+    ax.set(
+        xlabel=stat.axis_label,
+        ylabel="replicates",
+        title=f"p = {stat.p_value:.3f} ({stat.replicated.shape[0]} replicates)",
+    )
+    if len(extra) == 2:
+        ax = axes[1]
+        values = [stat.details[key] for key in extra]
+        bins = np.histogram_bin_edges(np.concatenate(values), bins=40)
+        for key, v, colour in zip(extra, values, ("tab:red", "tab:blue"), strict=True):
+            name = stat.detail_names.get(key, key)
+            ax.hist(v, bins=bins, density=True, alpha=0.5, color=colour, label=name)
+        ax.set(xlabel=stat.detail_label, ylabel="density", title="The values behind it")
+    _legend_below(fig, axes)
+    fig.suptitle(f"{stat.title} ({stat.predictive} predictive)", fontsize=10)
+    return _fit_contents(fig)
+
+
+def _per_example_figure(stat: Statistic) -> Figure:
+    """Examples sorted by their replicated median: a band of replicated intervals with the
+    observed values on it (a scatter of observed against replicated would stack thousands of
+    examples into stripes), and the histogram of the examples' p-values."""
+    extreme = stat.p_values < ALPHA
+    rep_median = np.median(stat.replicated, axis=0)
+    lo, hi = np.quantile(stat.replicated, [0.025, 0.975], axis=0)
+    order = np.argsort(rep_median, kind="stable")
+    rank = np.arange(stat.n_components)
+    fig = _figure(13, 4.4)
+    ax, hist_ax = fig.subplots(1, 2, width_ratios=[1.6, 1])
+    ax.fill_between(
+        rank, lo[order], hi[order], color="tab:blue", alpha=0.25, label="replicated 95% interval"
+    )
+    ax.plot(rank, rep_median[order], color="tab:blue", linewidth=1, label="replicated median")
+    for mine, size, colour, label in (
+        (~extreme[order], 3, "k", "observed"),
+        (extreme[order], 8, "tab:red", f"observed, p < {ALPHA}"),
+    ):
+        if mine.any():  # no legend entry for what is not drawn
+            ax.scatter(rank[mine], stat.observed[order][mine], s=size, color=colour, label=label)
+    ax.set(
+        xlabel=f"{stat.component}s, sorted by their replicated median",
+        ylabel=stat.axis_label,
+        title=f"Each {stat.component} against its own replicates",
+    )
+    ax.legend(fontsize=8, **_BESIDE)
+    hist_ax.hist(stat.p_values, bins=np.linspace(0, 1, 21), color="0.6", edgecolor="w")
+    hist_ax.axvline(ALPHA, color="tab:red", linestyle="--", label=f"p = {ALPHA}")
+    hist_ax.set(
+        xlabel=f"p-value of the {stat.component}",
+        ylabel=f"{stat.component}s",
+        title=f"{int(extreme.sum())} of {stat.n_components} with p < {ALPHA} "
+        f"({100 * extreme.mean():.1f}%)",
+    )
+    hist_ax.legend(fontsize=8, **_BESIDE)
+    fig.suptitle(f"{stat.title} ({stat.predictive} predictive)", fontsize=10)
+    return _fit_contents(fig)
 
 
 def ppc_figures(report: PPCReport, out_dir: str | Path) -> dict[str, Path]:

@@ -24,17 +24,22 @@ The checks (:func:`posterior_predictive_checks`):
   (:meth:`GMVAE.predict`) against the counts of y in prior replicates (multinomial draws from pi);
 - log-likelihood of held-out data against random splits of training and held-out data pooled
   (an overfitting check, as a permutation test);
-- distance from generated examples to their nearest training example against that of real unseen
-  examples (a memorisation check).
+- distance from generated examples to their nearest training example against that of real
+  examples, held out or (without held-out data) training ones to their nearest other one (a
+  memorisation check).
 
-:func:`write_report` writes ``report.md``, ``ppc.json`` and the figures into a directory.
+A flagged statistic comes with a verdict and one sentence on what the misfit means and what to
+try (:meth:`Statistic.meaning`); the memorisation check's two tails have verdicts of their own,
+MEMORISATION (samples closer to the training data than real data are) and OFF THE DATA (farther).
+
+:func:`pyro_gmvae.runs.write_ppc_report` writes a report, ``report.md``, ``ppc.json`` and the figures,
+into a directory; this module draws no figures and writes no files.
 """
 
 from __future__ import annotations
 
-import json
+import textwrap
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -46,9 +51,9 @@ from tqdm.auto import tqdm
 
 from .dataset import Dataset
 from .evaluate import checked_input, log_likelihood
-from .files import atomic_write_text
 from .model import GMVAE
 
+#: the files of a report directory (:func:`pyro_gmvae.runs.write_ppc_report`)
 REPORT_FILE = "report.md"
 PPC_FILE = "ppc.json"
 
@@ -132,6 +137,14 @@ class Statistic:
         component: what one of the F components is (``"pixel"``, ``"cluster"``, ...).
         image_shape: ``(H, W)`` when the F components are the pixels of an image.
         details: named arrays for figures (e.g. per-example values behind a scalar summary).
+        detail_names: what each array of ``details`` holds, in words, for legends.
+        detail_label: what one value of those arrays is, for axis labels.
+        value_label: what one value of the statistic is, for axis labels (default: the title).
+        label: a short name for narrow tables (default: the title).
+        verdicts: the verdict for each direction of a misfit, where its two tails mean different
+            things (default ``"MISFIT (direction)"``).
+        meanings: for each direction of a misfit (``"below"``, ``"above"``, ``"both"``), what
+            it means and what to try, one sentence; ``{size}`` in it becomes :meth:`size`.
     """
 
     name: str
@@ -143,6 +156,22 @@ class Statistic:
     component: str = "value"
     image_shape: tuple[int, int] | None = None
     details: dict[str, np.ndarray] = field(default_factory=dict)
+    detail_names: dict[str, str] = field(default_factory=dict)
+    detail_label: str = "value per example"
+    value_label: str = ""
+    label: str = ""
+    verdicts: dict[str, str] = field(default_factory=dict)
+    meanings: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def short_title(self) -> str:
+        """``label``, or the title when that is empty."""
+        return self.label or self.title
+
+    @property
+    def axis_label(self) -> str:
+        """What one value is: ``value_label``, or the title when that is empty."""
+        return self.value_label or self.title
 
     @property
     def n_components(self) -> int:
@@ -183,6 +212,37 @@ class Statistic:
             return "above"
         return "both"
 
+    @property
+    def verdict(self) -> str:
+        """``"ok"``, or the misfit's verdict: ``"MISFIT (below)"`` and so on, or this check's own
+        word for that direction (``verdicts``; e.g. memorisation is one tail only)."""
+        if not self.flagged:
+            return "ok"
+        direction = self.direction()
+        return self.verdicts.get(direction, f"MISFIT ({direction})")
+
+    def size(self) -> str:
+        """How large the discrepancy is, in words: the observed value against the replicates'
+        median, or the share of components with p < ALPHA."""
+        if self.is_scalar:
+            median = float(np.median(self.replicated[:, 0]))
+            return f"observed {self.observed[0]:.4g}, replicated median {median:.4g}"
+        return (
+            f"{100 * self.extreme_fraction():.0f}% of {self.n_components} {self.component}s with "
+            f"p < {ALPHA}"
+        )
+
+    def meaning(self) -> str | None:
+        """What a misfit means and what to try, one sentence; None when there is no misfit."""
+        if not self.flagged:
+            return None
+        direction = self.direction()
+        text = self.meanings.get(direction) or (
+            f"the observed values lie {direction} the replicates ({{size}}): the model does not "
+            "reproduce this statistic"
+        )
+        return text.format(size=self.size())
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary: replicates as mean, sd and the 2.5% and 97.5% quantiles."""
         lo, hi = np.quantile(self.replicated, [0.025, 0.975], axis=0)
@@ -201,6 +261,8 @@ class Statistic:
             "extreme_fraction": self.extreme_fraction(),
             "flagged": bool(self.flagged),
             "direction": self.direction(),
+            "verdict": self.verdict,
+            "meaning": self.meaning(),
         }
 
 
@@ -249,40 +311,83 @@ class PPCReport:
     def flagged(self) -> list[Statistic]:
         return [s for s in self.statistics if s.flagged]
 
-    def rows(self) -> list[list[str]]:
-        """Table rows: statistic, predictive, observed, replicated, p-value, verdict."""
+    def rows(self, short: bool = False) -> list[list[str]]:
+        """Table rows: statistic, predictive, observed, replicated, p-value, verdict; ``short``:
+        short names, and the interval's bounds to three digits, for the terminal."""
         rows = []
         for s in self.statistics:
             if s.is_scalar:
                 lo, hi = np.quantile(s.replicated[:, 0], [0.025, 0.975])
+                bound = ".3g" if short else ".4g"
                 observed = f"{s.observed[0]:.4g}"
-                replicated = f"{s.replicated[:, 0].mean():.4g} [{lo:.4g}, {hi:.4g}]"
+                replicated = f"{s.replicated[:, 0].mean():.4g} [{lo:{bound}}, {hi:{bound}}]"
                 p = f"{s.p_value:.3f}"
             else:
                 observed = f"{s.n_components} {s.component}s"
                 replicated = f"{s.replicated.shape[0]} replicates"
                 p = f"{100 * s.extreme_fraction():.1f}% < {ALPHA}"
-            verdict = f"MISFIT ({s.direction()})" if s.flagged else "ok"
-            rows.append([s.title, s.predictive, observed, replicated, p, verdict])
+            title = s.short_title if short else s.title
+            rows.append([title, s.predictive, observed, replicated, p, s.verdict])
         return rows
 
     _HEADER = ["statistic", "replicates", "observed", "replicated mean [95%]", "p-value", "verdict"]
+    #: what each kind of replicate is, in the table's section headings
+    _PREDICTIVES = {
+        "posterior": "posterior predictive: replicated from each example's own code",
+        "prior": "prior predictive: generated from scratch",
+        "permutation": "permutation: random splits of training and held-out examples pooled",
+    }
+    _MISFITS = (
+        "A misfit names an aspect of the data that the model does not reproduce; it is no verdict "
+        "on the clustering. With thousands of examples the checks see small discrepancies: weigh "
+        "each by its size. For clustering the posterior checks and the cluster proportions matter "
+        "most; for generating data, the prior checks."
+    )
 
-    def to_table(self) -> str:
-        """A fixed-width table for the terminal."""
-        rows = [self._HEADER, *self.rows()]
-        widths = [max(len(r[i]) for r in rows) for i in range(len(self._HEADER))]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-        lines.insert(1, "  ".join("-" * w for w in widths))
-        return "\n".join(lines + [f"note: {n}" for n in self.notes])
+    def misfits(self) -> list[tuple[Statistic, str]]:
+        """Each flagged statistic with what its misfit means and what to try."""
+        return [(s, s.meaning()) for s in self.statistics if s.flagged]
+
+    def to_table(self, width: int = 100) -> str:
+        """A fixed-width table for the terminal, its rows grouped by the kind of replicate, then
+        one sentence per misfit and the notes, wrapped to ``width`` columns. The table's short
+        names and numbers keep it within 100 columns."""
+        header = ["check", "observed", "replicated mean [95%]", "p-value", "verdict"]
+        rows = [[r[0], *r[2:]] for r in self.rows(short=True)]
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+        widths[0] += 2  # rows are indented under their section heading
+
+        def line(cells: list[str]) -> str:
+            return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+
+        def wrap(text: str) -> list[str]:  # flags such as --heldout-fraction stay whole
+            return textwrap.wrap(text, width, subsequent_indent="  ", break_on_hyphens=False)
+
+        lines = [line(header), line(["-" * w for w in widths])]
+        for section in dict.fromkeys(s.predictive for s in self.statistics):
+            lines.append(self._PREDICTIVES.get(section, section))
+            lines += [
+                line(["  " + row[0], *row[1:]])
+                for s, row in zip(self.statistics, rows, strict=True)
+                if s.predictive == section
+            ]
+        misfits = self.misfits()
+        if misfits:
+            lines += ["", *textwrap.wrap(self._MISFITS, width)]
+            for s, meaning in misfits:
+                lines += wrap(f"- {s.short_title} ({s.predictive}): {meaning}.")
+        for note in self.notes:
+            lines += wrap(f"note: {note}")
+        return "\n".join(lines)
 
     def to_markdown(self, figures: dict[str, str] | None = None) -> str:
         """The report as Markdown; ``figures`` maps statistic keys (``name/predictive``) to
         relative image paths to embed."""
+        held_out = f"{self.n_heldout} held out" if self.n_heldout else "none held out"
         out = [
             f"# Posterior predictive checks: {self.data}",
             "",
-            f"{self.n} examples, {self.n_heldout} held out; {self.num_samples} replicated data "
+            f"{self.n} examples checked, {held_out}; {self.num_samples} replicated data "
             f"sets per predictive; seed {self.seed}.",
             "",
             "p-values are two-sided, `min(1, 2 min(P(T_rep >= T_obs), P(T_rep <= T_obs)))`: small "
@@ -297,6 +402,11 @@ class PPCReport:
             *("| " + " | ".join(r) + " |" for r in self.rows()),
             "",
         ]
+        misfits = self.misfits()
+        if misfits:
+            out += ["## What the misfits mean", "", self._MISFITS, ""]
+            out += [f"- **{s.title}** ({s.predictive}): {meaning}." for s, meaning in misfits]
+            out += [""]
         out += [f"- {n}" for n in self.notes]
         for s in self.statistics:
             key = f"{s.name}/{s.predictive}"
@@ -378,7 +488,7 @@ def posterior_predictive_checks(
         model: a fitted GMVAE.
         dataset: its training data (images in [0, 1], tables standardized as for training).
         heldout: data of the same kind the model never saw; enables the log-likelihood check and
-            serves as the real unseen examples of the memorisation check (otherwise each training
+            serves as the real examples of the memorisation check (otherwise each training
             example's distance to its nearest *other* training example is used).
         num_samples: S, replicated data sets per predictive (p-values resolve to 2/S).
         seed: seeds every draw; the caller's random state is left as it was.
@@ -414,6 +524,7 @@ def posterior_predictive_checks(
         x_heldout = _subset(x_heldout, max_examples, rng, "held-out", notes)
     image_shape = model.config.image_shape
     per_example = "mean intensity per image" if image_shape else "mean value per example"
+    unit = "image" if image_shape else "example"
     feature = "pixel" if image_shape else "feature"
     x_np = x.double().cpu().numpy()
     observed = {
@@ -442,6 +553,12 @@ def posterior_predictive_checks(
                         obs_means.mean(),
                         rep_means.mean(1),
                         details={"observed": obs_means, "replicated": rep_means.reshape(-1)},
+                        detail_names={
+                            "observed": f"observed {unit}s",
+                            "replicated": f"replicated {unit}s",
+                        },
+                        value_label=f"{per_example}, averaged over the {unit}s",
+                        detail_label=per_example,
                     ),
                     _statistic(
                         "intensity_sd",
@@ -449,6 +566,7 @@ def posterior_predictive_checks(
                         predictive,
                         obs_means.std(),
                         rep_means.std(1),
+                        value_label=f"standard deviation over the {unit}s of their {per_example}",
                     ),
                 ]
                 if predictive == "posterior":  # only the posterior pairs replicates with examples
@@ -460,6 +578,7 @@ def posterior_predictive_checks(
                             obs_means,
                             rep_means,
                             component="example",
+                            value_label="mean intensity" if image_shape else "mean value",
                         )
                     )
                 for name, what in (("feature_means", "mean"), ("feature_variances", "variance")):
@@ -484,6 +603,7 @@ def posterior_predictive_checks(
                             rep["cluster_proportions"],
                             component="cluster",
                             details={"pi": model.mixture_weights()},
+                            value_label="fraction of the examples",
                         )
                     )
             if x_heldout is None:
@@ -500,6 +620,17 @@ def posterior_predictive_checks(
             )
     finally:
         model.train(was_training)
+    facts = _Facts(
+        images=image_shape is not None,
+        likelihood=getattr(model.likelihood, "label", type(model.likelihood).__name__),
+        grey_levels=bool(((x_np > 0) & (x_np < 1)).any()),
+        latent_dim=model.config.latent_dim,
+        clusters=model.n_clusters,
+        learn_weights=model.config.learn_weights,
+        heldout=x_heldout is not None,
+    )
+    for stat in stats:
+        _explain(stat, facts)
     return PPCReport(
         statistics=stats,
         data=dataset.name,
@@ -547,6 +678,9 @@ def _loglik_check(
         heldout_ll.mean(),
         permuted,
         details={"training": train_ll, "heldout": heldout_ll},
+        detail_names={"training": "training examples", "heldout": "held-out examples"},
+        value_label="mean log p(x) of the held-out examples (nats)",
+        detail_label="log p(x) of one example (nats)",
     )
 
 
@@ -559,42 +693,184 @@ def _memorisation_check(
     rng: np.random.Generator,
 ) -> Statistic:
     """Median distance to the nearest training example (among all of ``x_all``) of a set of real
-    unseen examples, against that of sets of the same size generated by the model (prior
-    predictive draws, not the likelihood's mean: a mean lacks the observation noise that real
-    data has, and would sit closer to the training set than any real example). Generated sets
-    much closer than real ones suggest memorised training examples; much farther, samples unlike
-    the data. Without held-out data, the unseen examples are training examples (``x_np``) and
-    their own row does not count."""
-    n_unseen = len(x_np) if x_heldout is None else len(x_heldout)
+    examples the search does not count, against that of sets of the same size generated by the
+    model (prior predictive draws, not the likelihood's mean: a mean lacks the observation noise
+    that real data has, and would sit closer to the training set than any real example). Generated
+    sets much closer than real ones suggest memorised training examples; much farther, samples
+    unlike the data. The real examples are held-out ones when given; otherwise training examples
+    (``x_np``), each to its nearest *other* training example."""
+    n_real = len(x_np) if x_heldout is None else len(x_heldout)
     # Sets of g examples, R of them, at most ~5000 generated examples in all to bound the cost.
-    g = max(1, min(n_unseen, 500, max(20, 5000 // num_samples)))
+    g = max(1, min(n_real, 500, max(20, 5000 // num_samples)))
     generated, _ = model.sample(g * num_samples, mean=False)
     d_generated = _nearest_distances(x_all, generated.astype(np.float64))
-    pick = rng.choice(n_unseen, g, replace=False)
+    pick = rng.choice(n_real, g, replace=False)
     if x_heldout is None:
-        d_unseen = _nearest_distances(x_all, x_np[pick], leave_one_out=True)
-        reference = "training examples (to their nearest other training example)"
+        d_real = _nearest_distances(x_all, x_np[pick], leave_one_out=True)
+        real = "training examples (each to its nearest other one)"
     else:
-        d_unseen = _nearest_distances(x_all, x_heldout.double().cpu().numpy()[pick])
-        reference = "held-out examples"
+        d_real = _nearest_distances(x_all, x_heldout.double().cpu().numpy()[pick])
+        real = "held-out examples"
     return _statistic(
         "nearest_training_distance",
-        f"median distance to nearest training example, {reference} vs generated",
+        f"median distance to the nearest training example, {real} vs generated",
         "prior",
-        np.median(d_unseen),
+        np.median(d_real),
         np.median(d_generated.reshape(num_samples, g), axis=1),
-        details={"unseen": d_unseen, "generated": d_generated},
+        details={"real": d_real, "generated": d_generated},
+        detail_names={"real": real, "generated": "generated examples"},
+        value_label="median distance to the nearest training example",
+        detail_label="distance of one example to its nearest training example",
     )
 
 
-# --------------------------------------------------------------------------------------- report
-def write_report(report: PPCReport, out_dir: str | Path) -> list[Path]:
-    """Write ``report.md``, ``ppc.json`` and ``figures/`` into ``out_dir``; returns the paths."""
-    from .plots import ppc_figures
+# ------------------------------------------------------------------------- what a misfit means
+@dataclass
+class _Facts:
+    """What the advice on a misfit depends on: the kind of data and the model's settings."""
 
-    out_dir = Path(out_dir)
-    figures = ppc_figures(report, out_dir)
-    links = {key: path.relative_to(out_dir).as_posix() for key, path in figures.items()}
-    atomic_write_text(out_dir / REPORT_FILE, report.to_markdown(links))
-    atomic_write_text(out_dir / PPC_FILE, json.dumps(report.to_dict(), indent=1) + "\n")
-    return [out_dir / REPORT_FILE, out_dir / PPC_FILE, *figures.values()]
+    images: bool
+    likelihood: str  # the likelihood's label, e.g. "bernoulli"
+    grey_levels: bool  # values strictly between 0 and 1
+    latent_dim: int
+    clusters: int
+    learn_weights: bool
+    heldout: bool
+
+    @property
+    def unit(self) -> str:
+        return "image" if self.images else "example"
+
+    @property
+    def pixel(self) -> str:
+        return "pixel" if self.images else "feature"
+
+    def noise(self) -> str:
+        """What to try when replicates vary more (or less) than the data: the likelihood."""
+        if self.likelihood == "bernoulli" and self.grey_levels:
+            return (
+                "Bernoulli draws are black or white where the data are grey: try --likelihood "
+                "continuous_bernoulli, or binarise the data"
+            )
+        if self.likelihood == "bernoulli":
+            return (
+                f"for binary data a {self.pixel}'s variance follows from its mean, so see the "
+                f"per-{self.pixel} mean; train longer"
+            )
+        if self.likelihood == "gaussian":
+            return "the Gaussian's learned scale does not match the data's spread; train longer"
+        return f"the {self.likelihood} likelihood's noise does not match the data's; try another"
+
+    def weights(self) -> str:
+        return "" if self.learn_weights else ", or learn the weights pi (--learn-weights)"
+
+
+def _explain(stat: Statistic, f: _Facts) -> None:
+    """Give ``stat`` its short name, and its sentences on what a misfit in each direction means
+    and what to try (``{size}`` stands for the discrepancy's size)."""
+    u, px = f.unit, f.pixel
+    # (images, tables): how much ink an image holds is what a table's example's mean value is
+    more, less = ("more ink", "less ink") if f.images else ("higher values", "lower values")
+    amount = "amount of ink" if f.images else "mean value"
+    codes = f"more latent dimensions (--latent-dim, now {f.latent_dim})"
+    prior_mass = f"the mixture prior p(z) puts mass where the codes of real {u}s do not lie"
+    key = (stat.name, stat.predictive)
+    if stat.name == "intensity_mean":
+        stat.label = f"mean {'intensity' if f.images else 'value'}: average"
+        if stat.predictive == "posterior":
+            stat.meanings = {
+                d: f"the data have {than} on average than their own replicates ({{size}}): the "
+                "reconstructions are biased; train longer, or give the decoder more capacity "
+                "(--hidden)"
+                for d, than in (("below", less), ("above", more))
+            }
+        else:
+            stat.meanings = {
+                d: f"{u}s generated from scratch have {than} than the data ({{size}}): "
+                f"{prior_mass}; train longer{f.weights()}"
+                for d, than in (("below", more), ("above", less))
+            }
+    elif stat.name == "intensity_sd":
+        stat.label = f"mean {'intensity' if f.images else 'value'}: sd"
+        more_clusters = "" if stat.predictive == "posterior" else f" or clusters ({f.clusters} now)"
+        stat.meanings = {
+            "above": f"the data vary more from {u} to {u} in their {amount} than the replicates "
+            f"({{size}}): the model makes {u}s too alike; try {codes}{more_clusters}",
+            "below": f"the replicates vary more in their {amount} than the data ({{size}}): the "
+            f"likelihood adds noise the data do not have; {f.noise()}",
+        }
+    elif stat.name == "intensity":
+        stat.label = "intensity per image" if f.images else "mean per example"
+        lost = f"their codes lose their {amount}; try {codes}, or train longer"
+        stat.meanings = {
+            "below": f"{{size}}, most with {less} than their replicates: {lost}",
+            "above": f"{{size}}, most with {more} than their replicates: {lost}",
+            "both": f"{{size}}, at both ends (the lowest and the highest {amount}): {lost}",
+        }
+    elif key == ("feature_mean", "posterior"):
+        stat.label = f"per-{px} mean"
+        what = "where the ink is" if f.images else "the features' means"
+        fix = f"the decoder does not reproduce {what}; train longer, or try {codes}"
+        stat.meanings = {
+            "below": f"{{size}}, the replicates having {more} there than the data: {fix}",
+            "above": f"{{size}}, the replicates having {less} there than the data: {fix}",
+            "both": f"{{size}}, the replicates having {more} on some, {less} on others: {fix}",
+        }
+    elif key == ("feature_mean", "prior"):
+        stat.label = f"per-{px} mean"
+        unlike = "put their ink elsewhere than the data do" if f.images else "have other means"
+        text = (
+            f"{{size}}: {u}s generated from scratch {unlike}, as {prior_mass}; train "
+            f"longer{f.weights()}, or try more clusters ({f.clusters} now)"
+        )
+        stat.meanings = dict.fromkeys(("below", "above", "both"), text)
+    elif stat.name == "feature_variance":
+        stat.label = f"per-{px} variance"
+        stat.meanings = {
+            "below": f"{{size}}, the data varying less than the replicates: {f.noise()}",
+            "above": f"{{size}}, the data varying more than the replicates: the model is too "
+            f"smooth (blurry {u}s); try {codes}, or train longer",
+            "both": f"{{size}}, the data varying more on some, less on others: the likelihood's "
+            f"noise does not match the data's; {f.noise()}",
+        }
+    elif stat.name == "cluster_proportions":
+        stat.label = "cluster proportions"
+        if f.learn_weights:
+            why = "the learned weights lag behind the clusters the encoder uses; train longer"
+        else:
+            why = (
+                "with fixed uniform weights this is expected when the data's groups differ in "
+                "size, and the clusters may still be right; --learn-weights lets pi follow them"
+            )
+        unused = (
+            f"; clusters far below their weight are hardly used: fewer may do ({f.clusters} now)"
+        )
+        text = f"{{size}}: the data fall into the clusters in proportions unlike pi; {why}"
+        stat.meanings = {"below": text + unused, "above": text, "both": text + unused}
+    elif stat.name == "loglik":
+        stat.label = "held-out log p(x)"
+        stat.meanings = {
+            "below": f"held-out {u}s are less likely than training ones ({{size}}; nats per {u}): "
+            "the model fits its training data better than new data (overfitting), or the "
+            "held-out data differ from the training data; try fewer epochs, augmentation or a "
+            "smaller network",
+            "above": f"held-out {u}s are more likely than training ones ({{size}}): no sign of "
+            "overfitting; the held-out part happens to be easier than the training part",
+        }
+    elif stat.name == "nearest_training_distance":
+        stat.label = "distance to training"
+        real = (
+            f"held-out {u}s do" if f.heldout else f"training {u}s lie from their nearest other one"
+        )
+        black_white = f.likelihood == "bernoulli" and f.grey_levels
+        samples_off = " (here Bernoulli draws, black or white, of grey data)" if black_white else ""
+
+        stat.verdicts = {"above": "MEMORISATION", "below": "OFF THE DATA"}
+        stat.meanings = {
+            "above": f"generated {u}s lie closer to training {u}s than {real} ({{size}}): the "
+            f"model may be reproducing training {u}s (memorisation); try fewer epochs, more data "
+            "or a smaller decoder",
+            "below": f"generated {u}s lie farther from every training {u} than {real} "
+            f"({{size}}): the samples are noisy or blurry, not copies, so this is no sign of "
+            f"memorisation; the prior predictive checks say how the samples differ{samples_off}",
+        }

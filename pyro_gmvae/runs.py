@@ -35,6 +35,7 @@ from .errors import CheckpointError, ConfigError, DataError, RunDirectoryError
 from .files import atomic_write_text
 from .metrics import clustering_scores
 from .model import GMVAE
+from .ppc import PPC_FILE, REPORT_FILE, PPCReport
 from .rng import seed_everything
 from .train import METRICS_FILE, Trainer, read_metrics, resolve_device
 
@@ -396,3 +397,17 @@ def write_evaluation(run: Run, result: dict[str, Any]) -> Path:
     path = run.path / EVALUATION_FILE
     atomic_write_text(path, json.dumps(result, indent=2) + "\n")
     return path
+
+
+def write_ppc_report(report: PPCReport, out_dir: str | Path) -> list[Path]:
+    """Write a report of posterior predictive checks into directory ``out_dir``: ``report.md``
+    (the report's Markdown, figures embedded), ``ppc.json`` (the numbers) and ``figures/``, each
+    file atomically. Returns the paths written."""
+    from .plots import ppc_figures  # matplotlib: only when a report is written
+
+    out_dir = Path(out_dir)
+    figures = ppc_figures(report, out_dir)
+    links = {key: path.relative_to(out_dir).as_posix() for key, path in figures.items()}
+    atomic_write_text(out_dir / REPORT_FILE, report.to_markdown(links))
+    atomic_write_text(out_dir / PPC_FILE, json.dumps(report.to_dict(), indent=1) + "\n")
+    return [out_dir / REPORT_FILE, out_dir / PPC_FILE, *figures.values()]

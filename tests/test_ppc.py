@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pyro
@@ -24,6 +26,7 @@ from pyro_gmvae.ppc import (
     replicate,
     two_sided_p_values,
 )
+from pyro_gmvae.runs import write_ppc_report
 
 SHAPE = (4, 4)
 
@@ -207,7 +210,10 @@ def test_untrained_decoder_is_flagged(fitted, split):
         ("nearest_training_distance", "prior"),
     ]:
         assert bad[key].flagged, key
-    assert bad["nearest_training_distance"].direction() == "below"  # samples unlike the data
+    # samples unlike the data, farther from it than real data: off the data, not memorised
+    distance = bad["nearest_training_distance"]
+    assert distance.direction() == "below" and distance.verdict == "OFF THE DATA"
+    assert "no sign of memorisation" in distance.meaning()
     assert bad["feature_mean", "posterior"].extreme_fraction() > 0.5
     # train and held-out data are equally badly explained: no sign of overfitting
     assert not bad["loglik"].flagged
@@ -241,8 +247,10 @@ def test_memorised_training_examples_are_flagged(monkeypatch):
     checks = posterior_predictive_checks(memoriser, train, heldout=heldout, num_samples=10)
     distance = checks["nearest_training_distance"]
     assert distance.flagged and distance.direction() == "above"  # real data farther than samples
+    assert distance.verdict == "MEMORISATION"
+    assert "closer to training images than held-out images do" in distance.meaning()
     assert np.all(distance.details["generated"] == 0)
-    assert np.all(distance.details["unseen"] > 0)
+    assert np.all(distance.details["real"] > 0)
 
 
 # ----------------------------------------------------------------------------- API and report
@@ -265,8 +273,13 @@ def test_without_heldout_data_the_loglik_check_is_skipped_and_said_so(fitted, sp
     assert "loglik" not in [s.name for s in checks.statistics]
     assert any("held-out" in n for n in checks.notes)
     assert "no held-out data" in checks.to_table()
-    # the memorisation check falls back on each training example's nearest other one
-    assert "training examples" in checks["nearest_training_distance"].title
+    assert "--heldout-fraction" in checks.to_table()  # a flag is never split over two lines
+    # the memorisation check falls back on each training example's nearest other one, and says so
+    distance = checks["nearest_training_distance"]
+    assert "training examples (each to its nearest other one)" in distance.title
+    assert distance.detail_names["real"] == "training examples (each to its nearest other one)"
+    assert "unseen" not in distance.title + " ".join(distance.detail_names.values())
+    assert "none held out" in checks.to_markdown()
 
 
 def test_max_examples_checks_a_random_subset_and_says_so(fitted, split):
@@ -298,9 +311,11 @@ def test_bad_inputs_raise(fitted, split):
 def test_report_table_markdown_and_json(report):
     table = report.to_table()
     for s in report.statistics:
-        assert s.title in table
-    assert "MISFIT" not in table.split("\n")[2]  # intensity average: ok
+        assert f"  {s.short_title}  " in table
+    row = next(line for line in table.splitlines() if line.startswith("  mean intensity: average"))
+    assert row.endswith("ok")  # the posterior's, the first of its name
     d = report.to_dict()
+    assert [s["verdict"] for s in d["statistics"]] == [s.verdict for s in report.statistics]
     assert json.loads(json.dumps(d)) == d
     stat = d["statistics"][0]
     assert stat["p_value"] == report.statistics[0].p_value
@@ -312,6 +327,76 @@ def test_report_table_markdown_and_json(report):
         and "![loglik/permutation](figures/ll.png)" in markdown
     )
     assert markdown.count("![") == 1  # only the figures given
+
+
+def _grey_digits_checks(likelihood: str = "bernoulli", binarise: bool = False):
+    """Checks of an untrained model on 8x8 digits: its replicates are coin flips."""
+    data = load_data("digits").subset(np.arange(300))
+    if binarise:
+        data = Dataset(x=(data.x > 0.5).astype(np.float32), labels=None, kind="image",
+                       image_shape=(8, 8), name="binary digits")  # fmt: skip
+    pyro.set_rng_seed(0)
+    model = GMVAE(_config(n_features=64, image_shape=(8, 8), likelihood=likelihood))
+    return posterior_predictive_checks(model, data, num_samples=10, max_examples=200)
+
+
+@pytest.fixture(scope="module")
+def grey_checks():
+    return _grey_digits_checks()
+
+
+def test_each_misfit_says_what_it_means_and_what_to_try(grey_checks):
+    misfits = grey_checks.misfits()
+    assert [s for s, _ in misfits] == grey_checks.flagged() and len(misfits) >= 3
+    table, markdown = grey_checks.to_table(), grey_checks.to_markdown()
+    for stat, meaning in misfits:
+        assert meaning and "{" not in meaning  # a sentence, its size filled in
+        sentence = f"- {stat.short_title} ({stat.predictive}): {meaning}."
+        assert " ".join(sentence.split()) in " ".join(table.split())  # wrapped, whole
+        assert f"**{stat.title}** ({stat.predictive}): {meaning}." in markdown
+    assert "## What the misfits mean" in markdown
+    # grey digits under a Bernoulli likelihood: replicates vary more than the data, and the
+    # sentence names the likelihood that draws grey levels
+    variance = grey_checks["feature_variance", "posterior"]
+    assert variance.direction() == "below"
+    assert "--likelihood continuous_bernoulli" in variance.meaning()
+    # fixed uniform weights: the cluster proportions' misfit points at learning them
+    proportions = grey_checks["cluster_proportions"]
+    if proportions.flagged:
+        assert "--learn-weights" in proportions.meaning()
+    assert all(s.meaning() is None for s in grey_checks.statistics if not s.flagged)
+
+
+def test_binary_data_are_not_told_to_change_to_a_grey_level_likelihood():
+    checks = _grey_digits_checks(binarise=True)
+    assert checks.misfits()
+    assert not any("continuous_bernoulli" in meaning for _, meaning in checks.misfits())
+
+
+def test_the_terminal_table_fits_100_columns(report, grey_checks, fitted, split):
+    train, _ = split
+    without_heldout = posterior_predictive_checks(fitted, train, num_samples=5, max_examples=50)
+    for checks in (report, grey_checks, without_heldout):
+        table = checks.to_table()
+        assert max(len(line) for line in table.splitlines()) <= 100, table
+        assert "verdict" in table.splitlines()[0]
+
+
+def test_write_ppc_report_writes_the_report_json_and_one_figure_per_statistic(report, tmp_path):
+    paths = write_ppc_report(report, tmp_path / "out")
+    assert paths[:2] == [tmp_path / "out" / REPORT_FILE, tmp_path / "out" / PPC_FILE]
+    assert len(paths) == 2 + len(report.statistics)
+    assert all(p.exists() for p in paths)
+    assert json.loads(paths[1].read_text()) == report.to_dict()
+    leftovers = [p.name for p in (tmp_path / "out").rglob(".*.tmp")]
+    assert not leftovers  # every file written atomically, no temporary file left
+
+
+def test_ppc_imports_without_the_figures():
+    """Checks come before figures: ppc must not import plots (plots may import ppc)."""
+    code = "import sys, pyro_gmvae.ppc; print('pyro_gmvae.plots' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
 
 
 def test_tables_get_per_feature_checks():
@@ -327,6 +412,9 @@ def test_tables_get_per_feature_checks():
     assert checks["feature_mean"].component == "feature"
     assert checks["feature_mean"].n_components == 5
     assert "mean value per example" in checks.statistics[0].title
+    table = checks.to_table()
+    assert "per-feature mean" in table and "pixel" not in table
+    assert max(len(line) for line in table.splitlines()) <= 100, table
 
 
 # ---------------------------------------------------------------------------------------- CLI
@@ -339,10 +427,10 @@ def test_gmvae_ppc_end_to_end(fitted, teacher_data, tmp_path, capsys):
     argv += ["--num-samples", "10", "--heldout-fraction", "0.25", "--no-progress"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
-    assert "log-likelihood per example" in printed and "p-value" in printed
+    assert "held-out log p(x)" in printed and "p-value" in printed
     saved = json.loads((out / PPC_FILE).read_text())
     assert saved["n_heldout"] == 200 and saved["n"] == 600 and saved["num_samples"] == 10
-    # write_report: one figure per statistic, each linked from report.md
+    # write_ppc_report: one figure per statistic, each linked from report.md
     markdown = (out / REPORT_FILE).read_text()
     figures = sorted((out / "figures").glob("*.png"))
     assert len(figures) == len(saved["statistics"])
