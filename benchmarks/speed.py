@@ -3,16 +3,18 @@
 Three measurements, printed as tables (``python benchmarks/speed.py --help`` for the flags):
 
 1. **One optimizer step** at K clusters and a few batch sizes, for both guides: the trainer's own
-   step (``Trainer.svi_loss`` with ``TraceEnum_ELBO``, then ``Trainer._step``) against one step of
-   :func:`hand_loss`, the same negative ELBO written in plain PyTorch as an explicit, vectorised
-   sum over the K clusters, on the same GMVAE instance, batch and device. Variants of the Pyro
-   step measure candidate fixes for its overhead (validation off, ``pyro.module`` once, no NaN
-   check, JIT, fused Adam). All variants run interleaved in one process, so their ratios share the same
-   machine conditions. Before timing, the Pyro and hand-written losses (and gradients) are
-   checked to agree on the same draws of z.
-2. **Whole training epochs** (``Trainer._run_epoch``, SVI phase, the recipe's own minibatch
-   augmentation) on MNIST for a grid of K and batch sizes: examples per second and peak memory,
-   each configuration in a fresh subprocess so its peak memory is its own.
+   step (the SVI phase's ``loss(trainer, batch)`` with ``TraceEnum_ELBO``, then ``Trainer.step``)
+   against one step of :func:`pyro_gmvae.reference.hand_loss`, the same negative ELBO written in
+   plain PyTorch as an explicit, vectorised sum over the K clusters, on the same GMVAE instance,
+   batch and device. Variants of the Pyro step measure candidate fixes for its overhead
+   (validation off, ``pyro.module`` once, no NaN check, JIT, fused Adam). All variants run
+   interleaved in one process, so their ratios share the same machine conditions. Before timing,
+   the Pyro and hand-written losses (and gradients) are checked to agree on the same draws of z.
+2. **Whole training epochs** (``Trainer.run`` of a recipe of one SVI epoch, with the trainer's own
+   minibatch augmentation) on MNIST for a grid of K and batch sizes: examples per second and peak
+   memory, each configuration in a fresh subprocess so its peak memory is its own. A variant with
+   a loss of its own (hand-written, or a fix) runs it as that one phase (:class:`HandSVI`,
+   :class:`DirectSVI`).
 3. On CUDA, an epoch of 60,000 28x28 examples at K = 10 (mnist8k repeated to 60,000 rows).
 
 Targets (from the issue) are printed as PASS/FAIL, never asserted. ``--profile N`` instead
@@ -47,13 +49,12 @@ import pyro
 import torch
 from pyro.infer import ELBO, JitTraceEnum_ELBO, TraceEnum_ELBO
 from pyro.infer.traceenum_elbo import _compute_dice_elbo
-from torch.nn import functional as F
 
 from pyro_gmvae.config import ModelConfig, TrainConfig
 from pyro_gmvae.data import load_data
-from pyro_gmvae.likelihoods import Bernoulli
 from pyro_gmvae.model import GMVAE
-from pyro_gmvae.train import Trainer
+from pyro_gmvae.reference import draw_like_jit, hand_loss
+from pyro_gmvae.train import SVI, Batch, Recipe, Trainer
 
 from _paths import resolve_mnist8k  # benchmarks/_paths.py, beside this script
 
@@ -87,97 +88,6 @@ GRIDS: dict[str, dict[str, Any]] = {
 
 
 # ----------------------------------------------------------------------------------------------
-# The ELBO by hand
-
-
-_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
-
-
-def _log_normal(z: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """log N(z; loc, diag(scale^2)), summed over the last dimension: ``(..., Z) -> (...)``."""
-    return (-0.5 * ((z - loc) / scale) ** 2 - scale.log() - _HALF_LOG_2PI).sum(-1)
-
-
-def _log_normal_of_draw(eps: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """log N(loc + scale * eps; loc, scale) from the standard draw ``eps``: ``(..., Z) -> (...)``."""
-    return (-0.5 * eps**2 - scale.log() - _HALF_LOG_2PI).sum(-1)
-
-
-def _log_likelihood(model: GMVAE, decoded: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """log p(x|z) from the decoder output ``(..., N, D)`` and ``x (N, D)``: ``-> (..., N)``."""
-    if type(model.likelihood) is Bernoulli:
-        # What one writes by hand; other likelihoods go through the model's own module.
-        target = x.expand_as(decoded)
-        return -F.binary_cross_entropy_with_logits(decoded, target, reduction="none").sum(-1)
-    return model.likelihood(decoded).log_prob(x)
-
-
-def draw_like_pyro(like: torch.Tensor) -> torch.Tensor:
-    """Standard normal draws of ``like``'s shape, as ``Normal.rsample`` makes them."""
-    return torch.empty_like(like).normal_()
-
-
-def draw_like_jit(like: torch.Tensor) -> torch.Tensor:
-    """Standard normal draws as ``Normal.rsample`` makes them under a JIT trace."""
-    return torch.normal(torch.zeros_like(like), torch.ones_like(like))
-
-
-def hand_loss(
-    model: GMVAE,
-    x: torch.Tensor,
-    view: torch.Tensor | None = None,
-    beta: float = 1.0,
-    draw: Callable[[torch.Tensor], torch.Tensor] = draw_like_pyro,
-) -> torch.Tensor:
-    """The negative ELBO per example that ``Trainer.svi_loss`` computes, in plain PyTorch.
-
-    The sum over the K clusters is explicit and vectorised (no Python loop), with the model's own
-    networks. z is drawn exactly as Pyro draws it (one ``normal_`` of the shape of q's location),
-    so under the same seed the two losses see the same z (``draw_like_jit`` for a JIT-compiled loss).
-
-    - marginal guide: ``logsumexp_y [log p(y) + log p(z|y)] + log p(x|z) - log q(z|x)``;
-    - enumerated guide: ``sum_y q(y|x) [log p(y) + log p(z_y|y) + log p(x|z_y) - log q(y|x)
-      - log q(z_y|x,y)]``.
-
-    Args:
-        model: the GMVAE whose networks and prior are used.
-        x: ``(N, D)`` the examples the likelihood scores.
-        view: ``(N, D)`` what the encoders see instead of ``x`` (augmented view), or None.
-        beta: the likelihood term is divided by ``beta`` (the trainer's beta-weighted KL).
-        draw: makes the standard normal noise of z from a tensor of its shape.
-
-    Returns:
-        A scalar: minus the ELBO averaged over the N examples.
-    """
-    seen = x if view is None else view
-    log_pi = F.log_softmax(model.cluster_logits, -1)  # (K,)
-    means, scales = model.cluster_means, model.cluster_scales()  # (K, Z)
-    if model.config.guide == "marginal":
-        loc, scale = model.encoder(seen)  # (N, Z)
-        eps = draw(loc)
-        z = loc + scale * eps
-        # log p(z) = logsumexp_y [log p(y) + log p(z|y)]: (N, 1, Z) against (K, Z) -> (N, K)
-        log_prior = (log_pi + _log_normal(z.unsqueeze(-2), means, scales)).logsumexp(-1)
-        log_lik = _log_likelihood(model, model.decoder(z), x)  # (N,)
-        return -(log_lik / beta + log_prior - _log_normal_of_draw(eps, scale)).mean()
-
-    log_q_y = F.log_softmax(model.cluster_encoder(seen), -1).T  # (K, N)
-    y = torch.arange(model.n_clusters, device=x.device).unsqueeze(-1)  # (K, 1)
-    loc, scale = model.encoder(seen, y)  # (K, N, Z)
-    eps = draw(loc)
-    z = loc + scale * eps
-    log_lik = _log_likelihood(model, model.decoder(z), x)  # (K, N): K decoder passes
-    terms = (
-        log_pi.unsqueeze(-1)
-        + _log_normal(z, means.unsqueeze(-2), scales.unsqueeze(-2))
-        + log_lik / beta
-        - log_q_y
-        - _log_normal_of_draw(eps, scale)
-    )  # (K, N)
-    return -(log_q_y.exp() * terms).sum(0).mean()
-
-
-# ----------------------------------------------------------------------------------------------
 # Variants of the step
 
 
@@ -204,19 +114,46 @@ def pyro_module_noop() -> Iterator[None]:
         yield
 
 
+@dataclass
+class HandSVI(SVI):
+    """The SVI phase with the hand-written loss (:func:`~pyro_gmvae.reference.hand_loss`, KL
+    terms times ``beta``) in the place of Pyro's: what a step or an epoch costs without Pyro."""
+
+    def loss(self, trainer: Trainer, batch: Batch) -> torch.Tensor:
+        return hand_loss(trainer.model, batch.x, batch.view, beta=self.beta)
+
+
+@dataclass
+class DirectSVI(SVI):
+    """The SVI phase calling ``elbo.differentiable_loss(model, guide, *batch.args) / N`` without
+    the ``kl_scale`` keyword at beta 1 (the model's default then).
+
+    Kept from when the trainer's loss passed ``view=None`` to the ELBO, which a JIT trace cannot
+    take, so that the jit:direct rows compare with the earlier tables; the SVI phase now passes
+    ``batch.args`` too, and computes the same loss.
+    """
+
+    def loss(self, trainer: Trainer, batch: Batch) -> torch.Tensor:
+        kwargs = {} if self.beta == 1.0 else {"kl_scale": self.beta}
+        loss = self.elbo.differentiable_loss(
+            trainer.model_fn, trainer.guide_fn, *batch.args, **kwargs
+        )
+        return loss / len(batch.x)
+
+
 @dataclass(frozen=True)
 class Variant:
-    """One way of computing the loss of a step; all share the trainer's ``_step``."""
+    """One way of computing the loss of a step: the SVI phase it runs as (``phase``, with the
+    ELBO ``elbo()``) and the context around it. All share ``Trainer.step``."""
 
     name: str
     note: str
-    elbo: Callable[[], ELBO] | None = None  # None: the hand-written loss
+    elbo: Callable[[], ELBO] | None = None  # None: the phase's default (unused by HandSVI)
+    phase: type[SVI] = SVI
     validation: bool = True
     module_each_call: bool = True
-    # Call elbo.differentiable_loss(model, guide, x) directly instead of Trainer.svi_loss, which
-    # passes view=None positionally (JIT cannot trace a None argument) and scales x by 1/beta.
-    direct: bool = False
     # Adam(fused=True): one kernel over all parameters instead of a Python loop over tensors.
+    # (Trainer.make_optimizer is fused too where torch has the kernel: 2.4 on.)
     fused_adam: bool = False
 
     def context(self) -> contextlib.ExitStack:
@@ -239,8 +176,12 @@ def _jit_trace_enum() -> ELBO:
 VARIANTS = {
     v.name: v
     for v in [
-        Variant("hand", "plain PyTorch, explicit vectorised sum over the K clusters"),
-        Variant("pyro", "Trainer.svi_loss + _step, as the trainer runs them", _trace_enum),
+        Variant(
+            "hand", "plain PyTorch, explicit vectorised sum over the K clusters", phase=HandSVI
+        ),
+        Variant(
+            "pyro", "the SVI phase's loss + Trainer.step, as the trainer runs them", _trace_enum
+        ),
         Variant(
             "pyro:no-validation",
             "inside pyro.validation_enabled(False)",
@@ -270,23 +211,24 @@ VARIANTS = {
             validation=False,
             module_each_call=False,
         ),
-        Variant("jit", "Trainer(elbo=JitTraceEnum_ELBO(max_plate_nesting=1))", _jit_trace_enum),
+        Variant("jit", "SVI(elbo=JitTraceEnum_ELBO(max_plate_nesting=1))", _jit_trace_enum),
         Variant(
             "hand:fused-adam",
             "hand-written loss, torch.optim.Adam(..., fused=True)",
+            phase=HandSVI,
             fused_adam=True,
         ),
         Variant(
             "pyro:fused-adam",
-            "Trainer.svi_loss, torch.optim.Adam(..., fused=True)",
+            "the SVI phase's loss, torch.optim.Adam(..., fused=True)",
             _trace_enum,
             fused_adam=True,
         ),
         Variant(
             "jit:direct",
-            "JitTraceEnum_ELBO's differentiable_loss(model, guide, x) / N, no view argument",
+            "JitTraceEnum_ELBO's differentiable_loss(model, guide, *batch.args) / N (DirectSVI)",
             _jit_trace_enum,
-            direct=True,
+            phase=DirectSVI,
         ),
     ]
 }
@@ -294,47 +236,44 @@ VARIANTS = {
 
 @dataclass
 class Runner:
-    """A variant bound to a trainer: ``loss(xb, view=None)`` as the variant computes it."""
+    """A variant bound to a trainer whose recipe is the variant's one SVI phase."""
 
     variant: Variant
     trainer: Trainer
-    loss: Callable[..., torch.Tensor]
 
-    def step(self, xb: torch.Tensor) -> None:
+    @property
+    def phase(self) -> SVI:
+        return self.trainer.recipe["svi"]
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        """The loss of ``batch`` per example, as the variant's phase computes it in training."""
+        return self.phase.loss(self.trainer, batch)
+
+    def step(self, batch: Batch) -> None:
         with self.variant.context():
-            self.trainer._step(self.loss(xb))
-
-    def replaces_svi_loss(self) -> bool:
-        """True when the trainer's own ``svi_loss`` is not this variant's loss."""
-        return self.variant.elbo is None or self.variant.direct
+            self.trainer.step(self.loss(batch))
 
 
 def make_runner(
     model: GMVAE, x: torch.Tensor | np.ndarray, train_config: TrainConfig, variant: Variant
 ) -> Runner:
-    """A trainer of ``model`` on ``x`` in the SVI phase, its ELBO the variant's, and its loss."""
-    elbo = variant.elbo() if variant.elbo is not None else None
-    trainer = Trainer(model, x, train_config, elbo=elbo, progress=False)
+    """A trainer of ``model`` on ``x`` whose recipe is ``train_config.epochs`` of the variant's
+    SVI phase, its optimizer already made: the steps timed before an epoch need one, and
+    ``Trainer.run`` keeps it (the phase asks for no new one)."""
+    elbo = None if variant.elbo is None else variant.elbo()
+    c = train_config
+    phase = variant.phase(c.epochs, beta=c.beta, lr_decay=c.lr_decay, elbo=elbo)
+    trainer = Trainer(model, x, c, recipe=Recipe([phase]), progress=False)
     if variant.fused_adam:
-        trainer.optimizer = torch.optim.Adam(model.parameters(), lr=train_config.lr, fused=True)
-    if variant.elbo is None:
-        beta = getattr(train_config, "beta", 1.0)
-
-        def loss(xb: torch.Tensor, view: torch.Tensor | None = None) -> torch.Tensor:
-            return hand_loss(model, xb, view, beta=beta)
-
-    elif variant.direct:
-        # Bound once: JitTraceEnum_ELBO keys its compiled graphs on id(model) and id(guide), and
-        # every attribute access to a method makes a new bound-method object (a new id).
-        model_fn, guide_fn = model.model, model.guide
-
-        def loss(xb: torch.Tensor, view: torch.Tensor | None = None) -> torch.Tensor:
-            args = (xb,) if view is None else (xb, view)  # JIT cannot trace a None
-            return trainer.elbo.differentiable_loss(model_fn, guide_fn, *args) / len(xb)
-
+        trainer.optimizer = torch.optim.Adam(model.parameters(), lr=c.lr, fused=True)
     else:
-        loss = trainer.svi_loss
-    return Runner(variant, trainer, loss)
+        trainer.optimizer = trainer.make_optimizer()
+    return Runner(variant, trainer)
+
+
+def whole_batch(trainer: Trainer) -> Batch:
+    """All of the trainer's rows as one batch, without an augmented view."""
+    return Batch(torch.arange(len(trainer.x), device=trainer.device), trainer.x)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -401,9 +340,10 @@ def _short_error(e: Exception) -> str:
 
 
 def check_agreement(
-    model: GMVAE, runners: dict[str, Runner], xb: torch.Tensor, seed: int
+    model: GMVAE, runners: dict[str, Runner], batch: Batch, seed: int
 ) -> dict[str, dict[str, Any]]:
-    """Loss and gradient of each variant against the hand-written loss, on the same draws of z.
+    """Loss and gradient of each variant on ``batch`` against the hand-written loss (called
+    directly, not through :class:`HandSVI`), on the same draws of z.
 
     A JIT-compiled loss draws z with ``torch.normal`` inside its graph, so it is compared with
     the hand-written loss drawing the same way, after the call that compiles it (which draws
@@ -411,7 +351,8 @@ def check_agreement(
     errors are ``|a - b| / |b|`` for the loss and ``||a - b|| / ||b||`` over all gradients.
     """
     params = [p for p in model.parameters() if p.requires_grad]
-    beta = getattr(runners["hand"].trainer.config, "beta", 1.0)
+    beta = runners["hand"].phase.beta
+    x, view = batch.x, batch.view
 
     def loss_and_grads(loss_fn: Callable[[], torch.Tensor]):
         pyro.set_rng_seed(seed)
@@ -423,20 +364,20 @@ def check_agreement(
         return loss.detach(), grads
 
     references = {
-        False: loss_and_grads(lambda: hand_loss(model, xb, beta=beta)),
-        True: loss_and_grads(lambda: hand_loss(model, xb, beta=beta, draw=draw_like_jit)),
+        False: loss_and_grads(lambda: hand_loss(model, x, view, beta=beta)),
+        True: loss_and_grads(lambda: hand_loss(model, x, view, beta=beta, draw=draw_like_jit)),
     }
     results: dict[str, dict[str, Any]] = {"hand": {"loss": float(references[False][0])}}
     for name, runner in runners.items():
         if name == "hand":
             continue
-        jit = isinstance(runner.trainer.elbo, JitTraceEnum_ELBO)
+        jit = isinstance(runner.phase.elbo, JitTraceEnum_ELBO)
         ref_loss, ref_grads = references[jit]
         try:
             with runner.variant.context():
                 if jit:
-                    runner.loss(xb)  # compiles
-                loss, grads = loss_and_grads(lambda r=runner: r.loss(xb))
+                    runner.loss(batch)  # compiles
+                loss, grads = loss_and_grads(lambda r=runner: r.loss(batch))
         except Exception as e:  # JIT has open bugs: report, do not crash
             results[name] = {"error": _short_error(e)}
             continue
@@ -453,20 +394,21 @@ def check_agreement(
 
 
 def time_steps(
-    runners: dict[str, Runner], xb: torch.Tensor, repeats: int, warmup: int
+    runners: dict[str, Runner], batch: Batch, repeats: int, warmup: int
 ) -> dict[str, dict[str, Any]]:
-    """Median forward and whole-step times (seconds) of each variant, interleaved round-robin.
+    """Median forward and whole-step times (seconds) of each variant on ``batch``, interleaved
+    round-robin.
 
     The forward time is the host's time to build the loss (on CUDA the kernels may still run);
     the step time is synchronised at both ends, so it is the device's time for the whole step.
     """
-    device = xb.device
+    device = batch.x.device
     results: dict[str, dict[str, Any]] = {}
     live = []
     for name, runner in runners.items():
         try:
             for _ in range(warmup):
-                runner.step(xb)
+                runner.step(batch)
             _sync(device)
             live.append(name)
             results[name] = {"forward": [], "step": []}
@@ -479,9 +421,9 @@ def time_steps(
             with runner.variant.context():
                 _sync(device)
                 t0 = time.perf_counter()
-                loss = runner.loss(xb)
+                loss = runner.loss(batch)
                 t1 = time.perf_counter()
-                runner.trainer._step(loss)
+                runner.trainer.step(loss)
                 _sync(device)
                 t2 = time.perf_counter()
             results[name]["forward"].append(t1 - t0)
@@ -507,9 +449,9 @@ def run_steps(args: argparse.Namespace, x: np.ndarray, image_shape) -> list[dict
                 name: make_runner(model, x[:batch], config, VARIANTS[name])
                 for name in args.variants
             }
-            xb = runners["hand"].trainer.x
-            agreement = check_agreement(model, runners, xb, args.seed)
-            times = time_steps(runners, xb, args.repeats, args.warmup)
+            rows_batch = whole_batch(runners["hand"].trainer)
+            agreement = check_agreement(model, runners, rows_batch, args.seed)
+            times = time_steps(runners, rows_batch, args.repeats, args.warmup)
             hand = times["hand"]["step"]
             for name in args.variants:
                 row = {"guide": guide, "batch": batch, "clusters": args.step_clusters}
@@ -595,8 +537,10 @@ def _reset_peak_rss() -> bool:
 
 
 def epoch_worker(spec: dict[str, Any]) -> dict[str, Any]:
-    """Time one SVI epoch of ``Trainer._run_epoch`` as configured by ``spec``; run in its own
-    process by :func:`run_epoch_config`, so the peak memory is this configuration's alone."""
+    """Time one SVI epoch as configured by ``spec``: ``Trainer.run`` of a recipe that is the
+    variant's SVI phase for one epoch (so a variant with a loss of its own trains with it). Run
+    in its own process by :func:`run_epoch_config`, so the peak memory is this configuration's
+    alone."""
     torch.set_num_threads(spec["threads"])
     args = argparse.Namespace(**spec)
     x, image_shape = load_mnist(spec["rows"])
@@ -604,9 +548,6 @@ def epoch_worker(spec: dict[str, Any]) -> dict[str, Any]:
     variant = VARIANTS[spec["variant"]]
     runner = make_runner(model, x, train_config(args, spec["batch_size"]), variant)
     trainer = runner.trainer
-    if runner.replaces_svi_loss():
-        # What the epoch would cost with this loss in the trainer (hand-written, or the fix).
-        trainer.svi_loss = runner.loss
     device = trainer.device
     del x
     if device.type == "cuda":
@@ -616,7 +557,7 @@ def epoch_worker(spec: dict[str, Any]) -> dict[str, Any]:
         peak_reset = _reset_peak_rss()
         base_mb = _status_mb("VmRSS")
     batch_idx = torch.arange(min(spec["batch_size"], len(trainer.x)), device=device)
-    fixed = trainer.x[batch_idx]
+    fixed = Batch(batch_idx, trainer.x[batch_idx])  # no augmented view: the step alone
 
     def timed(fn: Callable[[], Any], n: int) -> float:
         times = []
@@ -630,12 +571,12 @@ def epoch_worker(spec: dict[str, Any]) -> dict[str, Any]:
 
     with variant.context():
         for _ in range(spec["warmup"]):
-            trainer._step(trainer.svi_loss(*trainer._minibatch(batch_idx)))
-        step_s = timed(lambda: trainer._step(trainer.svi_loss(fixed)), spec["step_repeats"])
-        prep_s = timed(lambda: trainer._minibatch(batch_idx), 3)
+            trainer.step(runner.loss(trainer.minibatch(batch_idx)))
+        step_s = timed(lambda: trainer.step(runner.loss(fixed)), spec["step_repeats"])
+        prep_s = timed(lambda: trainer.minibatch(batch_idx), 3)
         _sync(device)
         start = time.perf_counter()
-        record = trainer._run_epoch()
+        record = trainer.run()[-1]  # the recipe's one epoch; the optimizer warmed up above
         _sync(device)
         epoch_s = time.perf_counter() - start
     if device.type == "cuda":
@@ -703,8 +644,8 @@ def epoch_specs(args: argparse.Namespace) -> list[dict[str, Any]]:
 def run_epochs(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Sections 2 and 3: one fresh process per configuration, each row printed as it comes."""
     print(
-        "\n## 2. One SVI epoch of Trainer._run_epoch (augmentation as in TrainConfig), "
-        "one fresh process per row"
+        "\n## 2. One SVI epoch (Trainer.run of a one-epoch SVI recipe, augmentation as in "
+        "TrainConfig), one fresh process per row"
     )
     print(
         f"{'guide':<11}{'variant':<20}{'rows':>7}{'K':>5}{'batch':>6}{'ex/s':>9}{'epoch s':>9}"
@@ -740,8 +681,8 @@ def print_epochs_notes(rows: list[dict[str, Any]], args: argparse.Namespace) -> 
         f"rows/batch x step ms (batch preparation, bookkeeping; noisy). {memory}: peak of the "
         "whole process during warm-up and epoch (the peak of set-up is reset); train MB: that peak "
         "above the memory after set-up (model, data, trainer built). "
-        "Variants hand* and jit:direct replace Trainer.svi_loss in that process, *fused-adam its "
-        "optimizer."
+        "Variants hand* and jit:direct train with their own SVI phase (HandSVI, DirectSVI), "
+        "*fused-adam with its own optimizer."
     )
     if any(r["rows"] > 8000 for r in rows):
         print(f"rows = {GPU_EPOCH_ROWS}: mnist8k repeated (tiled) to {GPU_EPOCH_ROWS} rows.")
@@ -869,14 +810,14 @@ def profile_steps(args: argparse.Namespace, x: np.ndarray, image_shape) -> None:
     for name in ("hand", "pyro"):
         variant = VARIANTS[name]
         runner = make_runner(model, x[:batch], config, variant)
-        xb = runner.trainer.x
+        rows = whole_batch(runner.trainer)
         for _ in range(args.warmup):
-            runner.step(xb)
+            runner.step(rows)
         profiler = cProfile.Profile()
         profiler.enable()
         for _ in range(args.profile):
-            runner.step(xb)
-        _sync(xb.device)
+            runner.step(rows)
+        _sync(rows.x.device)
         profiler.disable()
         stats = pstats.Stats(profiler)
         groups: dict[str, float] = {}
@@ -945,7 +886,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         nargs="+",
         choices=list(VARIANTS),
         default=["pyro"],
-        help="variants timed over whole epochs (hand and jit:direct replace Trainer.svi_loss)",
+        help="variants timed over whole epochs (hand* and jit:direct as their own SVI phase)",
     )
     p.add_argument(
         "--gpu-epoch-variants",

@@ -1,4 +1,4 @@
-"""benchmarks/speed.py: its hand-written ELBO is the trainer's loss, and the script runs.
+"""benchmarks/speed.py: what it times computes the trainer's loss, and the script runs.
 
 Correctness only: no timing is asserted (the machine is shared and timings are noisy).
 """
@@ -18,7 +18,8 @@ import pytest
 import torch
 from pyro.infer import JitTraceEnum_ELBO
 
-from pyro_gmvae import GMVAE, ModelConfig, TrainConfig, Trainer
+from pyro_gmvae import GMVAE, SVI, ModelConfig, TrainConfig, Trainer
+from pyro_gmvae.reference import hand_loss
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "speed.py"
 N, D, K, Z = 6, 16, 3, 2
@@ -38,8 +39,9 @@ def _load_speed():
 speed = _load_speed()
 
 
-def tiny_trainer(guide: str, beta: float = 1.0) -> Trainer:
-    """A float32 trainer of a tiny image model, its prior moved off the symmetric start."""
+def tiny_model(guide: str) -> tuple[GMVAE, torch.Tensor]:
+    """A float32 model of tiny 4x4 images, its prior moved off the symmetric start, and its
+    data ``(N, D)``."""
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     config = ModelConfig(
@@ -52,64 +54,49 @@ def tiny_trainer(guide: str, beta: float = 1.0) -> Trainer:
         if model.encoder.cluster_offset is not None:
             model.encoder.cluster_offset.weight.normal_(0.0, 1.0)
     x = torch.rand(N, D, generator=torch.Generator().manual_seed(1))
-    train = TrainConfig(pretrain_epochs=0, batch_size=N, beta=beta, device="cpu")
-    return Trainer(model, x, train, progress=False)
+    return model, x
 
 
-def losses_on_same_draws(trainer: Trainer, view: torch.Tensor | None = None, seed: int = 3):
-    pyro.set_rng_seed(seed)
-    pyro_loss = trainer.svi_loss(trainer.x, view)
-    pyro.set_rng_seed(seed)
-    hand = speed.hand_loss(trainer.model, trainer.x, view, beta=trainer.config.beta)
-    return pyro_loss, hand
+def tiny_config(**kwargs) -> TrainConfig:
+    return TrainConfig(**({"pretrain_epochs": 0, "batch_size": N, "device": "cpu"} | kwargs))
+
+
+def runners_of(guide: str, names: list[str], beta: float = 1.0) -> dict[str, speed.Runner]:
+    model, x = tiny_model(guide)
+    config = tiny_config(epochs=1, beta=beta)
+    return {n: speed.make_runner(model, x, config, speed.VARIANTS[n]) for n in names}
 
 
 @pytest.mark.parametrize("beta", [1.0, 2.5])
 @pytest.mark.parametrize("guide", ["marginal", "enumerated"])
-def test_hand_loss_equals_trainer_loss_and_gradients(guide, beta):
-    trainer = tiny_trainer(guide, beta)
-    pyro_loss, hand = losses_on_same_draws(trainer)
-    torch.testing.assert_close(hand, pyro_loss, rtol=1e-5, atol=1e-5)
-    params = list(trainer.model.parameters())
-    g_pyro = torch.autograd.grad(pyro_loss, params, allow_unused=True)
-    g_hand = torch.autograd.grad(hand, params, allow_unused=True)
-    for p, a, b in zip(params, g_pyro, g_hand, strict=True):
-        a = torch.zeros_like(p) if a is None else a
-        b = torch.zeros_like(p) if b is None else b
-        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
-
-
-@pytest.mark.parametrize("guide", ["marginal", "enumerated"])
-def test_hand_loss_with_an_augmented_view(guide):
-    """The encoders see the view, the likelihood scores the original: as the trainer does."""
-    trainer = tiny_trainer(guide)
-    view = trainer.x.flip(0)
-    pyro_loss, hand = losses_on_same_draws(trainer, view)
-    torch.testing.assert_close(hand, pyro_loss, rtol=1e-5, atol=1e-5)
-    other = speed.hand_loss(trainer.model, trainer.x)
-    assert abs(float((hand - other).detach())) > 1e-3
-
-
-@pytest.mark.parametrize("guide", ["marginal", "enumerated"])
-def test_agreement_needs_the_same_draws(guide):
-    """The equality above is not trivial: other draws of z give another loss."""
-    trainer = tiny_trainer(guide)
+def test_the_hand_variant_is_the_oracle_and_pyro_agrees(guide, beta):
+    """The benchmark's reference row is pyro_gmvae.reference.hand_loss, run as an SVI phase,
+    and the trainer's own SVI phase agrees with it on a moved view (tests/test_reference.py
+    checks the library itself more closely)."""
+    runners = runners_of(guide, ["hand", "pyro"], beta)
+    hand, pyro_runner = runners["hand"], runners["pyro"]
+    assert isinstance(hand.phase, speed.HandSVI) and hand.phase.beta == beta
+    assert type(pyro_runner.phase) is SVI and pyro_runner.trainer.recipe.names == ["svi"]
+    batch = hand.trainer.minibatch(torch.arange(N))
+    assert batch.view is not None
+    losses = {}
+    for name, runner in runners.items():
+        pyro.set_rng_seed(3)
+        losses[name] = runner.loss(batch)
     pyro.set_rng_seed(3)
-    pyro_loss = trainer.svi_loss(trainer.x)
-    pyro.set_rng_seed(4)
-    hand = speed.hand_loss(trainer.model, trainer.x)
-    assert abs(float((pyro_loss - hand).detach())) > 1e-3
+    oracle = hand_loss(hand.trainer.model, batch.x, batch.view, beta=beta)
+    torch.testing.assert_close(losses["hand"], oracle, rtol=0, atol=0)
+    torch.testing.assert_close(losses["pyro"], oracle, rtol=1e-5, atol=1e-5)
 
 
-def test_variants_agree_with_the_hand_loss():
+@pytest.mark.parametrize("beta", [1.0, 2.5])
+def test_variants_agree_with_the_hand_loss(beta):
     """Every non-JIT Pyro variant the benchmark times computes the same loss and gradients."""
-    trainer = tiny_trainer("marginal")
     names = [n for n in speed.VARIANTS if not n.startswith("jit")]
-    runners = {
-        n: speed.make_runner(trainer.model, trainer.x, trainer.config, speed.VARIANTS[n])
-        for n in names
-    }
-    agreement = speed.check_agreement(trainer.model, runners, trainer.x, seed=5)
+    runners = runners_of("marginal", names, beta)
+    trainer = runners["hand"].trainer
+    batch = speed.whole_batch(trainer)
+    agreement = speed.check_agreement(trainer.model, runners, batch, seed=5)
     for name in names[1:]:
         assert agreement[name]["rel_loss"] < 1e-5, name
         assert agreement[name]["rel_grad"] < 1e-4, name
@@ -118,15 +105,13 @@ def test_variants_agree_with_the_hand_loss():
 @pytest.mark.filterwarnings("ignore:`torch.jit.trace` is deprecated:DeprecationWarning")
 def test_jit_loss_agrees_when_drawing_as_jit():
     """JitTraceEnum_ELBO's compiled loss equals the hand-written one drawing z as a traced graph
-    does (torch.normal), once compiled: the JIT variant is timed computing the same thing."""
-    trainer = tiny_trainer("enumerated")
-    runners = {
-        n: speed.make_runner(trainer.model, trainer.x, trainer.config, speed.VARIANTS[n])
-        for n in ("hand", "jit:direct")
-    }
-    agreement = speed.check_agreement(trainer.model, runners, trainer.x, seed=5)
-    assert agreement["jit:direct"]["rel_loss"] < 1e-5
-    assert agreement["jit:direct"]["rel_grad"] < 1e-4
+    does (torch.normal), once compiled: the JIT variants are timed computing the same thing."""
+    runners = runners_of("enumerated", ["hand", "jit", "jit:direct"])
+    trainer = runners["hand"].trainer
+    agreement = speed.check_agreement(trainer.model, runners, speed.whole_batch(trainer), seed=5)
+    for name in ("jit", "jit:direct"):
+        assert agreement[name]["rel_loss"] < 1e-5, name
+        assert agreement[name]["rel_grad"] < 1e-4, name
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.trace` is deprecated:DeprecationWarning")
@@ -139,12 +124,10 @@ def test_the_trainer_trains_with_the_jit_elbo_as_with_the_plain_one(guide):
         ("plain", None),
         ("jit", JitTraceEnum_ELBO(max_plate_nesting=1, ignore_jit_warnings=True)),
     ]:
-        trainer = tiny_trainer(guide)
-        if elbo is not None:
-            trainer.elbo = elbo
-        for group in trainer.optimizer.param_groups:
-            group["lr"] = 1e-2
-        trainer.config.epochs = 40  # one batch an epoch
+        model, x = tiny_model(guide)
+        config = tiny_config(lr=1e-2, epochs=40)  # one batch an epoch
+        trainer = Trainer(model, x, config, elbo=elbo, progress=False)
+        assert trainer.recipe.names == ["svi"] and trainer.recipe["svi"].elbo is not None
         trainer.run()
         losses[name] = np.array([r["loss"] for r in trainer.history])
     assert np.isfinite(losses["jit"]).all()
