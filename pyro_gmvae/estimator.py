@@ -15,7 +15,6 @@ import io
 import json
 import math
 import numbers
-import random
 import re
 import warnings
 from collections.abc import Iterator
@@ -40,6 +39,7 @@ from .evaluate import elbo_per_example, log_likelihood
 from .files import atomic_write_bytes, atomic_write_text
 from .likelihoods import LIKELIHOODS
 from .model import GMVAE
+from .rng import forked_seed, preserved
 from .train import fit as fit_model
 
 try:  # scikit-learn >= 1.6
@@ -218,7 +218,7 @@ class GMVAEClustering(
         seed = self._draw_seed()
         model_config = self._model_config(d, likelihood)
         train_config = self._train_config(n, d, seed)
-        with _own_randomness(_resolve_device(self.device)), pyro.get_param_store().scope():
+        with preserved(_resolve_device(self.device)), pyro.get_param_store().scope():
             pyro.set_rng_seed(seed)  # the networks' first weights come from it, as in train_run
             model = GMVAE(model_config)
             history = fit_model(model, X, train_config, progress=bool(self.verbose))
@@ -423,8 +423,7 @@ class GMVAEClustering(
     @contextlib.contextmanager
     def _seeded(self, seed: int) -> Iterator[None]:
         """Torch's random state seeded by ``seed`` and Pyro's param store scoped, both restored."""
-        with _own_randomness(self.model_.device), pyro.get_param_store().scope():
-            torch.manual_seed(seed)
+        with forked_seed(seed, self.model_.device), pyro.get_param_store().scope():
             yield
 
     # ---------------------------------------------------------------------------- tags
@@ -567,27 +566,10 @@ def _rebuild_model(
     config: dict[str, Any], weights: dict[str, torch.Tensor], device: str | None
 ) -> GMVAE:
     """The GMVAE of ``config`` (``dataclasses.asdict`` of its ModelConfig) with ``weights``."""
-    with _own_randomness(torch.device("cpu")):  # the initial weights, overwritten, draw from it
+    with preserved(torch.device("cpu")):  # the initial weights, overwritten, draw from it
         model = GMVAE(ModelConfig(**config))
     model.load_state_dict(weights)
     return model.to(_usable_device(device))
-
-
-@contextlib.contextmanager
-def _own_randomness(device: torch.device) -> Iterator[None]:
-    """Restore Python's, NumPy's and torch's global random states (CPU, and ``device`` if CUDA)
-    on exit: training reseeds them all (``pyro.set_rng_seed``), and a scikit-learn estimator
-    takes its randomness from ``random_state``, leaving the caller's alone."""
-    python_state = random.getstate()
-    numpy_state = np.random.get_state()  # noqa: NPY002 (the global state is what we restore)
-    # Without CUDA there is no CUDA state to keep (and training will say why it cannot run).
-    cuda = [device] if device.type == "cuda" and torch.cuda.is_available() else []
-    try:
-        with torch.random.fork_rng(devices=cuda):
-            yield
-    finally:
-        random.setstate(python_state)
-        np.random.set_state(numpy_state)  # noqa: NPY002
 
 
 @contextlib.contextmanager

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -31,6 +30,7 @@ from .files import atomic_write_bytes
 from .metrics import contingency, match_clusters, matched_confusion
 from .model import GMVAE
 from .ppc import ALPHA, PPCReport, Statistic
+from .rng import forked_seed, preserved
 
 FIGURES_DIR = "figures"
 #: pixels per inch of saved figures: a figure of size (w, h) inches is (100 w, 100 h) pixels
@@ -263,9 +263,7 @@ def samples_figure(
     """
     _positive(per_cluster, "per_cluster")
     K = model.n_clusters
-    with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
-        if seed is not None:
-            torch.manual_seed(seed)
+    with forked_seed(seed, model.device) if seed is not None else preserved(model.device):
         samples = np.stack([model.sample(per_cluster, cluster=k)[0] for k in range(K)])
     weights = model.mixture_weights()
     image_shape = model.config.image_shape

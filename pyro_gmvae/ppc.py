@@ -52,6 +52,7 @@ from tqdm.auto import tqdm
 from .dataset import Dataset
 from .evaluate import checked_input, log_likelihood
 from .model import GMVAE
+from .rng import forked_seed
 
 #: the files of a report directory (:func:`pyro_gmvae.runs.write_ppc_report`)
 REPORT_FILE = "report.md"
@@ -536,10 +537,8 @@ def posterior_predictive_checks(
     stats: list[Statistic] = []
     was_training = model.training
     model.eval()
-    devices = [model.device] if model.device.type == "cuda" else []
     try:
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
+        with forked_seed(seed, model.device):
             for predictive in ("posterior", "prior"):
                 rep = _predictive_statistics(
                     model, x, num_samples, prior=predictive == "prior", progress=progress

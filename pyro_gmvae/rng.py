@@ -20,11 +20,22 @@ def seed_everything(seed: int) -> None:
 
 
 @contextlib.contextmanager
-def forked_seed(seed: int, device: torch.device | str = "cpu") -> Iterator[None]:
-    """Run the block with torch's generator (and CUDA's on a CUDA ``device``) seeded with ``seed``;
-    the caller's random state is restored afterwards."""
+def preserved(device: torch.device | str = "cpu") -> Iterator[None]:
+    """The block may draw from (or reseed) any global generator, Python's, numpy's, torch's and
+    CUDA's on a CUDA ``device``; the caller's states are restored afterwards."""
     device = torch.device(device)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    state = rng_state(device)
+    try:
+        yield
+    finally:
+        set_rng_state(state, device)
+
+
+@contextlib.contextmanager
+def forked_seed(seed: int, device: torch.device | str = "cpu") -> Iterator[None]:
+    """Run the block with torch's generator (and CUDA's on a CUDA ``device``) seeded with
+    ``seed``; every global random state is restored afterwards (:func:`preserved`)."""
+    with preserved(device):
         torch.manual_seed(seed)
         yield
 
@@ -43,7 +54,7 @@ def rng_state(device: torch.device) -> dict[str, Any]:
             "cached_gaussian": float(np_state[4]),
         },
     }
-    if device.type == "cuda":
+    if device.type == "cuda" and torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
