@@ -24,7 +24,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -229,7 +229,7 @@ class SVI(Phase):
 
     name: str = "svi"
     beta: float = 1.0
-    elbo: pyro.infer.ELBO | None = None
+    elbo: pyro.infer.ELBO | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import numpy as np
 import pyro
@@ -11,15 +12,15 @@ import pytest
 import torch
 from helpers import blobs, small_model, small_train
 
-from pyro_gmvae import GMVAE, RunConfig, clustering_scores, fit
+from pyro_gmvae import GMVAE, RunConfig, TrainConfig, clustering_scores, fit
 from pyro_gmvae.checkpoints import load_checkpoint
 from pyro_gmvae.config import DataConfig
 from pyro_gmvae.data import load_data
 from pyro_gmvae.dataset import Scaler
-from pyro_gmvae.errors import RunDirectoryError
+from pyro_gmvae.errors import ConfigError, RunDirectoryError
 from pyro_gmvae.runs import read_metrics, train_run
 from pyro_gmvae.start import Start
-from pyro_gmvae.train import Anchor, MixtureStart, Trainer, default_recipe
+from pyro_gmvae.train import SVI, Anchor, MixtureStart, Recipe, Trainer, default_recipe
 
 SCORE_KEYS = {"accuracy", "many_to_one_accuracy", "nmi", "ari"}
 RECORD_KEYS = {"epoch", "phase", "loss", "seconds"}
@@ -327,3 +328,59 @@ def test_a_start_of_the_wrong_shape_is_refused_naming_the_shape_expected():
     with pytest.raises(ValueError, match=r"shape \(60, 2\).*\(60, 3\)"):
         trainer.start_mixture(np.full((60, 2), 0.5))
     assert trainer.assignments is None
+
+
+def test_the_readme_prints_the_default_recipe_as_it_is():
+    """README's "How training runs" shows ``print(default_recipe(TrainConfig()))``."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    shown = readme.split("### How training runs", 1)[1].split("```text\n", 1)[1].split("```", 1)[0]
+    assert shown.strip() == repr(default_recipe(TrainConfig())).strip()
+
+
+def test_a_recipe_is_changed_through_its_methods_and_refuses_what_cannot_run():
+    config = small_train(pretrain_epochs=2, anchor_epochs=1, epochs=3)
+    recipe = default_recipe(config)
+    assert recipe.names == ["pretrain", "anchor", "svi"] and recipe.total_epochs == 6
+    longer = recipe.insert(SVI(4, name="fine", lr=1e-4), after="svi").without("anchor")
+    assert longer.names == ["pretrain", "svi", "fine"] and longer.total_epochs == 9
+    assert recipe.names == ["pretrain", "anchor", "svi"]  # a new recipe; the old one is as it was
+    assert longer.locate(0) == (0, 0) and longer.locate(2) == (1, 0) and longer.locate(8) == (2, 3)
+    assert longer["fine"].learning_rate(1e-3, 0) == 1e-4
+    assert recipe["svi"].learning_rate(1e-3, 25) == pytest.approx(1e-3 * 0.9**2)
+    with pytest.raises(ConfigError, match="unique"):
+        recipe.insert(SVI(1))
+    with pytest.raises(KeyError, match="no phase named 'nope'"):
+        recipe.replace("nope", SVI(1))
+    with pytest.raises(ConfigError, match="epochs must be >= 0"):
+        SVI(-1)
+
+
+def test_an_anchor_phase_without_a_start_says_how_to_give_it_one():
+    x, _ = blobs(n=60)
+    model = GMVAE(small_model(n_features=x.shape[1]))
+    trainer = Trainer(model, x, small_train(), recipe=Recipe([Anchor(1)]), progress=False)
+    with pytest.raises(RuntimeError, match="on_begin=\\[MixtureStart\\(\\)\\]"):
+        trainer.run()
+
+
+def test_fit_and_gmvae_train_seed_at_the_same_moment(tmp_path):
+    """The same seed gives the same starting weights and the same trained model from fit as from
+    train_run, when the model is built after pyro.set_rng_seed(seed)."""
+    x, _ = blobs(n=90)
+    data = tmp_path / "blobs.npy"
+    np.save(data, x)
+    train = small_train(epochs=2, pretrain_epochs=2, anchor_epochs=1, seed=7)
+    model_config = small_model(n_features=x.shape[1], image_shape=None)
+    config = RunConfig(
+        data=DataConfig(data=str(data), kind="table"), model=model_config, train=train
+    )
+    config.model.likelihood = "gaussian"
+    run = train_run(copy.deepcopy(config), tmp_path / "run", progress=False, plots=False)
+    pyro.set_rng_seed(7)
+    model = GMVAE(copy.deepcopy(config.model))
+    standardized = load_data(str(data), kind="table").x
+    history = fit(model, standardized, train, progress=False)
+    trained = GMVAE.load(tmp_path / "run")
+    assert history[-1]["loss"] == pytest.approx(run["loss"], rel=1e-6)
+    for name, value in trained.state_dict().items():
+        assert torch.allclose(model.state_dict()[name], value, atol=1e-6), name
