@@ -265,8 +265,8 @@ class MixtureStart:
 
     def __call__(self, trainer: Trainer) -> None:
         name, fn = self.start_function(trainer.config)
-        codes = trainer.codes()
         with trainer.activity(f"mixture start ({name})"):
+            codes = trainer.codes()
             data = trainer.x.cpu().numpy()
             uniform = not trainer.model.config.learn_weights
             if fn is None:

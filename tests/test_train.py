@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -384,3 +385,29 @@ def test_fit_and_gmvae_train_seed_at_the_same_moment(tmp_path):
     assert history[-1]["loss"] == pytest.approx(run["loss"], rel=1e-6)
     for name, value in trained.state_dict().items():
         assert torch.allclose(model.state_dict()[name], value, atol=1e-6), name
+
+
+def test_the_progress_bar_counts_steps_across_phases_and_shows_the_start(capsys):
+    """The bar stood still at 150/200 epochs for the minutes of the start, then showed an ETA
+    of 29 minutes with 3 left (issue 15, #4): it now counts steps of every phase, names the
+    start with its elapsed seconds while it runs, and keeps that time out of its rate."""
+    import time
+
+    x, _ = blobs(n=120)
+
+    def slow_start(codes, data, n_clusters, config, uniform) -> Start:
+        time.sleep(2.5)
+        return Start(np.eye(n_clusters)[np.arange(len(codes)) % n_clusters])
+
+    config = small_train(epochs=2, pretrain_epochs=2, anchor_epochs=1, batch_size=60)
+    recipe = default_recipe(config).replace(
+        "anchor", Anchor(1, on_begin=[MixtureStart(init=slow_start)], new_optimizer=True)
+    )
+    model = GMVAE(small_model(n_features=x.shape[1]))
+    trainer = Trainer(model, x, config, recipe=recipe, progress=True)
+    trainer.run()
+    err = capsys.readouterr().err
+    assert "mixture start (slow_start)" in err
+    assert re.search(r"mixture start \(slow_start\) [12]s", err), err  # its elapsed time ticks
+    assert "10/10" in err  # (2 + 1 + 2 epochs) x 2 batches, one bar for the whole run
+    assert "phase=svi" in err
