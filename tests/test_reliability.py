@@ -7,6 +7,7 @@ spells out its TrainConfig, so the tests do not move when the recipe's defaults 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -14,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -1202,3 +1204,79 @@ def test_a_table_run_checked_on_images_names_the_mismatch(iris_run, capsys):
     assert code == 2
     assert "label" not in err
     assert re.search("has 64 features but .* on 4", err), err
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """A small tmpfs mounted at ``path`` for the block, or a skip where this process may not
+    mount one (it takes root, as CI and the development box have)."""
+    path.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip() or 'not root'})")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+@pytest.mark.parametrize("how", ["disk full", "read-only remount"])
+def test_a_run_whose_disk_fills_or_turns_read_only_stops_in_one_line_keeping_its_checkpoint(
+    tmp_path, capsys, how
+):
+    """A full disk or a read-only remount mid-run gave a traceback (#22); the last good
+    checkpoint survives, as atomic writes promise, and the run resumes once there is room."""
+    with tmpfs(tmp_path / "mnt", "2m") as mnt:
+        out = mnt / "run"
+        argv = gmvae_train(tmp_path, "--out", str(out), "--pretrain-epochs", "1", "--epochs", "1")
+        assert run_cli(argv, capsys)[0] == 0
+        before = (out / CHECKPOINT_FILE).read_bytes()
+        if how == "disk full":
+            filler = mnt / "filler"
+            with open(filler, "wb") as f, contextlib.suppress(OSError):
+                while True:
+                    f.write(b"\0" * 65536)
+        else:
+            remounted = subprocess.run(
+                ["mount", "-o", "remount,ro", str(mnt)], capture_output=True, text=True
+            )
+            if remounted.returncode != 0:
+                pytest.skip(f"cannot remount read-only here: {remounted.stderr.strip()}")
+        resume = ["train", "--out", str(out), "--resume", "--epochs", "3"]
+        code, _, err = run_cli(resume, capsys)
+        assert code == 2, err
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and "error: cannot write or read" in lines[0], err
+        assert (out / CHECKPOINT_FILE).read_bytes() == before
+        if how == "disk full":
+            filler.unlink()
+        else:
+            subprocess.run(["mount", "-o", "remount,rw", str(mnt)], check=True)
+        code, _, err = run_cli(resume, capsys)
+        assert code == 0, err
+
+
+def test_a_scaler_that_is_not_json_is_one_line(iris_run, capsys):
+    """A scaler.json that is not JSON gave a traceback (#22)."""
+    out, csv = iris_run
+    (out / "scaler.json").write_text("{not json")
+    code, _, err = run_cli(["evaluate", str(out), "--data", str(csv)], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "scaler.json is not a scaler saved by gmvae train" in err
+
+
+def test_ppc_on_a_single_row_is_one_line(iris_run, tmp_path, capsys):
+    """ppc on a single row gave a traceback (#22)."""
+    out, csv = iris_run
+    one = tmp_path / "one.csv"
+    lines = csv.read_text().splitlines()
+    one.write_text("\n".join(lines[:2]) + "\n")
+    code, _, err = run_cli(
+        ["ppc", str(out), "--data", str(one), "--out", str(tmp_path / "r"), "--no-progress"], capsys
+    )
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "need at least 2" in err
