@@ -58,10 +58,19 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     _check_readable(path)
     with open(path, "rb") as f:
         magic = f.read(6)
-    if magic == b"\x93NUMPY":  # read by torch.load it would be judged a pickle that may run code
+    # Read by torch.load, anything but a zip or a pickle would be judged a pickle that may run
+    # code: name what it is instead.
+    if magic == b"\x93NUMPY":
         raise CheckpointError(
             f"{path} is a numpy .npy array, not a checkpoint; pass a run directory of gmvae train "
             "(or its checkpoint.pt), and data with --data"
+        )
+    # A zip (torch.save) or a pickle (torch's legacy format) goes on to be judged, and so does a
+    # file cut inside the zip's first bytes (truncated).
+    if not magic.startswith((b"PK", b"\x80")) and not b"PK\x03\x04".startswith(magic):
+        raise CheckpointError(
+            f"{path} is not a checkpoint (pyro_gmvae writes zip archives with torch.save); pass "
+            "a run directory of gmvae train or its checkpoint.pt"
         )
     damaged = _failed_checksum(path)
     if damaged is not None:

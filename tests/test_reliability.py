@@ -1127,14 +1127,25 @@ def test_damaged_model_checkpoints_are_one_line(tmp_path, capsys):
         assert code == 2 and len(err.strip().splitlines()) == 1, (what, err)
 
 
-def test_a_numpy_file_given_as_a_run_is_named_as_such(tmp_path, capsys):
-    """A plain .npy passed as RUN_DIR was called a pickle that could run code (#23)."""
-    np.save(tmp_path / "x.npy", X)
-    code, _, err = run_cli(
-        ["sample", str(tmp_path / "x.npy"), "--out", str(tmp_path / "s.png")], capsys
-    )
+@pytest.mark.parametrize(
+    ("name", "content", "match"),
+    [
+        ("x.npy", None, "is a numpy .npy array, not a checkpoint"),
+        ("config.json", b'{"data": {}}', "is not a checkpoint \\(pyro_gmvae writes zip archives"),
+        ("notes.txt", b"my notes", "is not a checkpoint"),
+    ],
+)
+def test_a_file_that_is_no_checkpoint_is_named_as_such(tmp_path, capsys, name, content, match):
+    """A plain .npy (or any other file) passed as RUN_DIR was called a pickle that could run
+    code (#23)."""
+    path = tmp_path / name
+    if content is None:
+        np.save(path, X)
+    else:
+        path.write_bytes(content)
+    code, _, err = run_cli(["sample", str(path), "--out", str(tmp_path / "s.png")], capsys)
     assert code == 2
-    assert "is a numpy .npy array, not a checkpoint" in err and "run code" not in err
+    assert re.search(match, err) and "run code" not in err, err
 
 
 @pytest.mark.parametrize("target", ["/dev/zero", "fifo"])
