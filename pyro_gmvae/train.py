@@ -275,6 +275,8 @@ class MixtureStart:
                 )
             else:
                 start = fn(codes, data, trainer.model.n_clusters, trainer.config, uniform)
+        if start.source is None:  # the record and the figures name every start
+            start.source = name
         epochs = self.cluster_encoder_epochs
         trainer.start_mixture(
             start, codes, trainer.config.cluster_encoder_epochs if epochs is None else epochs
@@ -852,7 +854,9 @@ class Trainer:
         }
         info = self.start_info
         if info is not None and info["epoch"] == self.epoch and info["source"] is not None:
-            record |= {"start": info["source"], "start_silhouette": info["scores"]}
+            record["start"] = info["source"]
+            if info["scores"]:
+                record["start_silhouette"] = info["scores"]
         if not isinstance(phase, Pretrain) and self.labels is not None:
             record |= clustering_scores(self.labels, self.model.predict(self.x))
         self.epoch += 1

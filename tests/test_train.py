@@ -65,6 +65,10 @@ def test_the_start_epoch_records_which_map_the_start_came_from():
     assert [r["epoch"] for r in started] == [3]  # the first epoch after pretraining
     assert started[0]["start"] in ("codes", "data")
     assert set(started[0]["start_silhouette"]) == {"codes", "data"}
+    # A start that compares no maps is named by its name, for the record and the figures.
+    history = fit(model, x, small_train(epochs=1, pretrain_epochs=2, init="gmm"), progress=False)
+    assert [(r["epoch"], r["start"]) for r in history if "start" in r] == [(3, "gmm")]
+    assert not any("start_silhouette" in r for r in history)
 
 
 @pytest.mark.parametrize("guide", ["marginal", "enumerated"])
