@@ -20,7 +20,7 @@ from pyro_gmvae.dataset import Scaler
 from pyro_gmvae.errors import ConfigError, RunDirectoryError
 from pyro_gmvae.runs import read_metrics, train_run
 from pyro_gmvae.start import Start
-from pyro_gmvae.train import SVI, Anchor, MixtureStart, Recipe, Trainer, default_recipe
+from pyro_gmvae.train import SVI, Anchor, Batch, MixtureStart, Recipe, Trainer, default_recipe
 
 SCORE_KEYS = {"accuracy", "many_to_one_accuracy", "nmi", "ari"}
 RECORD_KEYS = {"epoch", "phase", "loss", "seconds"}
@@ -384,3 +384,33 @@ def test_fit_and_gmvae_train_seed_at_the_same_moment(tmp_path):
     assert history[-1]["loss"] == pytest.approx(run["loss"], rel=1e-6)
     for name, value in trained.state_dict().items():
         assert torch.allclose(model.state_dict()[name], value, atol=1e-6), name
+
+
+@pytest.mark.parametrize("guide", ["marginal", "enumerated"])
+@pytest.mark.parametrize("phase", [SVI(1, beta=2.0), Anchor(1, beta=3.0)], ids=["svi", "anchor"])
+def test_a_batch_of_the_full_size_gives_the_same_per_example_loss(guide, phase):
+    """Batch(size=N): the data plate is of size N with the rows as its subsample, the loss
+    divided by N, as each process of data-parallel training computes it. Pyro scales every site
+    by N / B, so the per-example loss is the single-process one to float rounding."""
+    x, _ = blobs(n=60)
+    pyro.set_rng_seed(0)
+    model = GMVAE(small_model(guide=guide, n_features=x.shape[1]))
+    trainer = Trainer(model, x, small_train(), progress=False)
+    trainer.start_mixture(np.eye(3)[np.arange(60) % 3], cluster_encoder_epochs=0)
+    idx = torch.tensor([3, 7, 11, 20, 41])
+    batch = trainer.minibatch(idx)
+    pyro.set_rng_seed(1)
+    alone = phase.loss(trainer, batch)
+    pyro.set_rng_seed(1)  # the explicit subsample draws nothing: the same z samples follow
+    sized = phase.loss(trainer, Batch(idx, batch.x, size=len(x)))
+    assert batch.plate == {} and batch.examples == 5
+    torch.testing.assert_close(sized, alone, rtol=1e-6, atol=0)
+
+
+def test_the_data_plate_takes_size_and_subsample_together():
+    x, _ = blobs(n=10)
+    model = GMVAE(small_model(n_features=x.shape[1]))
+    with pytest.raises(ValueError, match="both"):
+        model.model(torch.as_tensor(x), size=10)
+    with pytest.raises(ValueError, match="3 subsample indices for 10 rows"):
+        model.model(torch.as_tensor(x), size=20, subsample=torch.arange(3))
