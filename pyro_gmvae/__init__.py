@@ -43,6 +43,7 @@ _SOURCES = {
     "DataConfig": "config",
     "DataError": "errors",
     "Dataset": "dataset",
+    "DistributedConfig": "config",
     "Gaussian": "likelihoods",
     "Likelihood": "likelihoods",
     "ModelConfig": "config",
@@ -52,6 +53,7 @@ _SOURCES = {
     "TrainingDiverged": "train",
     "TrainingInterrupted": "train",
     "clustering_scores": "metrics",
+    "distributed_fit": "distributed",
     "elbo_per_example": "evaluate",
     "fit": "train",
     "load_data": "data",
@@ -83,6 +85,7 @@ __all__ = [
     "DataConfig",
     "DataError",
     "Dataset",
+    "DistributedConfig",
     "Gaussian",
     "Likelihood",
     "ModelConfig",
@@ -92,6 +95,7 @@ __all__ = [
     "TrainingDiverged",
     "TrainingInterrupted",
     "clustering_scores",
+    "distributed_fit",
     "elbo_per_example",
     "fit",
     "load_data",
@@ -102,9 +106,10 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # type checkers and IDEs see the names; at run time __getattr__ imports them
-    from .config import DataConfig, ModelConfig, RunConfig, TrainConfig
+    from .config import DataConfig, DistributedConfig, ModelConfig, RunConfig, TrainConfig
     from .data import load_data
     from .dataset import Dataset
+    from .distributed import distributed_fit
     from .errors import CheckpointError, ConfigError, DataError
     from .estimator import GMVAEClustering
     from .evaluate import elbo_per_example, log_likelihood

@@ -1,0 +1,66 @@
+"""One process of the two-process tests of tests/test_distributed.py, started by torchrun:
+``python -m torch.distributed.run --standalone --nproc-per-node 2 distributed_worker.py OUT``.
+
+Each process fits the same tiny model on the same data (every process holds it all) with
+:func:`pyro_gmvae.distributed.distributed_fit`, on the CPU with gloo, through a short recipe
+(pretraining, the mixture start, an anchor epoch, an SVI epoch) into run directory ``OUT/run``,
+then writes its parameters to ``OUT/rank{R}.pt``. An action at the start of the anchor phase (run
+on rank 0 only, as every ``on_begin`` action is) keeps the weights after pretraining in
+``OUT/pretrained.pt``: pretraining draws no random numbers, so they can be compared with a
+single-process run over the same global batches.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pyro
+import torch
+from helpers import blobs, small_model, small_train
+
+from pyro_gmvae import GMVAE
+from pyro_gmvae.distributed import distributed_fit
+from pyro_gmvae.train import SVI, Anchor, MixtureStart, Pretrain
+
+N, BATCH, PRETRAIN_EPOCHS = 128, 16, 2
+
+
+def config():
+    return small_train(batch_size=BATCH, init="gmm", restarts=1, checkpoint_every=1)
+
+
+def recipe(out: Path) -> list:
+    def keep_pretrained(trainer) -> None:
+        torch.save(trainer.model.state_dict(), out / "pretrained.pt")
+
+    return [
+        Pretrain(PRETRAIN_EPOCHS),
+        Anchor(1, beta=3.0, on_begin=[keep_pretrained, MixtureStart()], new_optimizer=True),
+        SVI(1),
+    ]
+
+
+def main(out: Path) -> None:
+    torch.set_num_threads(1)
+    x, labels = blobs(n=N)
+    pyro.set_rng_seed(0)
+    model = GMVAE(small_model(n_features=x.shape[1]))
+    distributed_fit(
+        model,
+        x,
+        config(),
+        devices=2,
+        accelerator="cpu",
+        strategy="ddp",
+        recipe=recipe(out),
+        labels=labels,
+        run_dir=out / "run",
+        progress=False,
+    )
+    torch.save(model.state_dict(), out / f"rank{os.environ['RANK']}.pt")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
