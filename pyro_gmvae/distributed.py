@@ -311,6 +311,8 @@ def run_lightning(runner: Trainer, config: DistributedConfig) -> list[dict[str, 
     with warnings.catch_warnings():
         # Rows are indices into data every process holds in memory: no worker would help.
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        # By design (see GMVAELightning): the runner makes each phase's optimizer.
+        warnings.filterwarnings("ignore", message=".*configure_optimizers.* returned `None`.*")
         trainer.fit(module)
     return runner.history
 
