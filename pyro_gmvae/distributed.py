@@ -22,6 +22,9 @@ it one epoch at a time inside one ``lightning.Trainer.fit``, as ``Trainer.run`` 
   format of the single-process trainer, at the end of every ``checkpoint_every``-th epoch and the
   last: ``GMVAE.load``, ``gmvae evaluate`` and ``Trainer.resume`` read it in one process, and a
   multi-process run resumes from a single-process checkpoint as well.
+- **Stopping.** Ctrl-C, SIGTERM or SIGHUP on any process asks for a stop; the processes agree
+  after every step, all stop after the same one, and rank 0 saves the weights reached at the
+  start of that epoch, which a resumed run begins again.
 
 Lightning is an optional extra (``pip install 'pyro_gmvae[distributed]'``); without it this module
 imports, and :func:`check_lightning` says what to install.
@@ -32,6 +35,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import signal
+import threading
 import time
 import warnings
 from typing import Any
@@ -45,7 +50,7 @@ from .errors import ConfigError
 from .metrics import clustering_scores
 from .model import GMVAE
 from .rng import seed_everything
-from .train import Phase, Pretrain, Trainer, TrainingDiverged
+from .train import Phase, Pretrain, Trainer, TrainingDiverged, TrainingInterrupted
 
 try:
     import lightning.pytorch as pl
@@ -53,6 +58,10 @@ except ImportError:  # the optional extra: check_lightning says how to install i
     pl = None
 
 INSTALL = "pip install 'pyro_gmvae[distributed]'"
+#: What stops training after the current step, with a checkpoint.
+STOP_SIGNALS = [signal.SIGINT, signal.SIGTERM] + (
+    [signal.SIGHUP] if hasattr(signal, "SIGHUP") else []
+)
 
 
 def check_lightning() -> None:
@@ -113,6 +122,11 @@ class GMVAELightning(_LightningModule):
         self.gmvae = runner.model  # a submodule: DDP synchronises every one of its parameters
         self.automatic_optimization = False
         self.fresh = (runner.epoch, runner.begun) == (0, 0)
+        # Stopping on request (see on_fit_start): asked here, agreed by every process.
+        self.stop_requested = False
+        self.stop_signal: int | None = None
+        self.interrupted_after: int | None = None
+        self._previous_handlers: dict[int, Any] = {}
         self._loss_sum = torch.zeros(())
         self._examples = 0
         self._began = 0.0
@@ -138,6 +152,21 @@ class GMVAELightning(_LightningModule):
             seed_everything((runner.config.seed + rank) % 2**32)
         elif rank != 0:
             seed_everything((runner.config.seed + rank + 7919 * runner.epoch) % 2**32)
+        # Ctrl-C, SIGTERM and SIGHUP ask for a stop after the current step, as in one process;
+        # Lightning's own handlers (which kill the other processes) return at teardown.
+        if threading.current_thread() is threading.main_thread():
+            for s in STOP_SIGNALS:
+                self._previous_handlers[s] = signal.signal(s, self._request_stop)
+
+    def _request_stop(self, signum: int, frame: Any) -> None:
+        if self.stop_requested:  # a second request: stop at once
+            raise KeyboardInterrupt
+        self.stop_requested, self.stop_signal = True, signum
+
+    def teardown(self, stage: str) -> None:
+        for s, handler in self._previous_handlers.items():
+            signal.signal(s, handler)
+        self._previous_handlers = {}
 
     def configure_optimizers(self) -> None:
         """None: the runner makes each phase's optimizer (see the class)."""
@@ -213,12 +242,26 @@ class GMVAELightning(_LightningModule):
         runner.optimizer.step()
         self._loss_sum += loss.detach() * len(idx)
         self._examples += len(idx)
+        # Each process may have been asked to stop (a terminal's Ctrl-C reaches all of them, a
+        # kill only one): they agree after every step, so all stop after the same one.
+        asked = torch.tensor(float(self.stop_requested), device=runner.device)
+        if float(self.trainer.strategy.reduce(asked, reduce_op="sum")) > 0:
+            self.interrupted_after = batch_idx + 1
+            self.trainer.should_stop = True
         return loss.detach()
 
     def on_train_epoch_end(self) -> None:
         """The epoch's record (the loss over every process's rows), rank 0's files."""
         runner = self.runner
         strategy = self.trainer.strategy
+        if self.interrupted_after is not None:
+            # The epoch is unfinished: the checkpoint holds the weights reached, at the start
+            # of this epoch, which a resumed run (on any number of processes) begins again.
+            runner.perm, runner.batch, runner.epoch_loss = None, 0, 0.0
+            if self.trainer.global_rank == 0:
+                runner.save()
+            strategy.barrier()  # no process ends (and so none is reported dead) before this
+            return
         totals = torch.stack(
             [self._loss_sum.double(), torch.tensor(float(self._examples), device=runner.device)]
         )
@@ -280,6 +323,9 @@ def run_lightning(runner: Trainer, config: DistributedConfig) -> list[dict[str, 
 
     Raises:
         ConfigError: Lightning is not installed, or ``config`` is not valid.
+        TrainingInterrupted: on every process, after Ctrl-C, SIGTERM or SIGHUP reached any of
+            them: all stop after the same step, rank 0 having saved the weights reached, to be
+            resumed from the start of that epoch.
         TrainingDiverged: the loss or the weights stopped being finite (on every process).
     """
     check_lightning()
@@ -314,6 +360,17 @@ def run_lightning(runner: Trainer, config: DistributedConfig) -> list[dict[str, 
         # By design (see GMVAELightning): the runner makes each phase's optimizer.
         warnings.filterwarnings("ignore", message=".*configure_optimizers.* returned `None`.*")
         trainer.fit(module)
+    if module.interrupted_after is not None:
+        where = f"in epoch {runner.epoch + 1}, after batch {module.interrupted_after}"
+        by = module.stop_signal
+        name = f" ({signal.Signals(by).name})" if by not in (None, signal.SIGINT) else ""
+        how = (
+            f"; resume with --resume (checkpoint in {runner.run_dir}), which begins that "
+            "epoch again"
+            if runner.run_dir
+            else ""
+        )
+        raise TrainingInterrupted(f"training interrupted {where}{name}{how}", by)
     return runner.history
 
 

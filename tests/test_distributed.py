@@ -2,15 +2,18 @@
 
 Two launches, each a few seconds of training and ~10 s of start-up: ``torchrun`` running
 ``distributed_worker.py`` (the Python API: a run, then the same run resumed on two processes),
-and ``gmvae train --devices 2`` (Lightning starting the second process itself).
+and ``gmvae train --devices 2`` (Lightning starting the second process itself), stopped by
+Ctrl-C and resumed in one process.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -123,9 +126,10 @@ def test_a_two_process_run_resumes_in_one_process(two_processes, tmp_path):
     assert np.isfinite(history[-1]["loss"]) and "processes" not in history[-1]
 
 
-def test_gmvae_train_on_two_processes_evaluates_in_one(tmp_path, capsys):
-    """Lightning's own launcher: ``gmvae train --devices 2`` starts the second process, which
-    writes nothing and prints nothing."""
+def test_gmvae_train_on_two_processes_stops_on_ctrl_c_and_resumes_in_one(tmp_path, capsys):
+    """Lightning's own launcher: ``gmvae train --devices 2`` starts the second process. SIGINT
+    to the first process alone stops both after the same step (they agree after every step),
+    with a checkpoint that one process resumes to the end and evaluates."""
     x, _ = blobs(n=N)
     x = (x - x.mean(0)) / x.std(0)
     np.save(tmp_path / "x.npy", x)
@@ -133,14 +137,32 @@ def test_gmvae_train_on_two_processes_evaluates_in_one(tmp_path, capsys):
     gmvae = [sys.executable, "-m", "pyro_gmvae", "train", "--out", str(out), "--no-plots"]
     flags = ["--no-progress", "--devices", "2", "--accelerator", "cpu", "--data", "x.npy"]
     flags += ["--likelihood", "gaussian", "--clusters", "3", "--latent-dim", "2", "--hidden"]
-    flags += ["32", "--pretrain-epochs", "2", "--anchor-epochs", "1", "--epochs", "1"]
+    flags += ["32", "--pretrain-epochs", "40", "--anchor-epochs", "1", "--epochs", "1"]
     flags += ["--batch-size", "16", "--init", "gmm", "--restarts", "1", "--device", "cpu"]
-    done = _run([*gmvae, *flags], tmp_path)
-    assert done.stdout.count('"run_dir"') == 1  # rank 0's scores alone
-    assert json.loads(done.stdout[done.stdout.index("{") :])["epochs"] == 4
+    flags += ["--checkpoint-every", "1"]
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    with subprocess.Popen(
+        [*gmvae, *flags], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    ) as proc:
+        deadline = time.monotonic() + 180
+        while not (out / "checkpoint.pt").exists() and proc.poll() is None:
+            assert time.monotonic() < deadline, "no checkpoint after 180 s"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    err = err.decode()
+    assert proc.returncode == 130, err[-3000:]
+    assert "training interrupted in epoch" in err and "--resume" in err
     records = read_metrics(out)
-    assert [r["epoch"] for r in records] == [1, 2, 3, 4]
-    assert records[-1]["phase"] == "svi" and records[-1]["processes"] == 2
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert (state["epoch"], state["batch"]) == (len(records), 0)  # at an epoch's start
+    assert len(records) < 40 and all(r["processes"] == 2 for r in records)
+    assert not list(out.glob(".*.tmp"))
+
+    _run([*gmvae[:-1], "--resume", "--no-progress", "--no-plots"], tmp_path)  # one process
+    records = read_metrics(out)
+    assert [r["epoch"] for r in records] == list(range(1, 43))
+    assert "processes" not in records[-1] and records[-1]["phase"] == "svi"
     assert main(["evaluate", str(out), "--data", str(tmp_path / "x.npy"), "--json"]) == 0
     assert np.isfinite(json.loads(capsys.readouterr().out)["elbo"])
 
