@@ -50,6 +50,7 @@ def measure(processes: int, epochs: int, batch_size: int, lightning: bool) -> No
     import torch
 
     from pyro_gmvae import GMVAE, ModelConfig, TrainConfig, distributed_fit, fit
+    from pyro_gmvae.distributed import close_process_group
 
     torch.set_num_threads(1)
     x, name = load()
@@ -72,6 +73,15 @@ def measure(processes: int, epochs: int, batch_size: int, lightning: bool) -> No
             strategy=strategy,
             progress=False,
         )
+    collectives = {}
+    if processes > 1:
+        # What a step adds to one process's work: the all-reduce of every gradient, and of the
+        # one number that says whether any process was asked to stop.
+        collectives = {
+            "allreduce_gradients_ms": _allreduce_ms(torch.zeros(model.n_parameters()), 10),
+            "allreduce_stop_flag_ms": _allreduce_ms(torch.zeros(()), 100),
+        }
+        close_process_group()
     if int(os.environ.get("RANK", 0)) != 0:
         return
     timed = history[1:]
@@ -85,25 +95,61 @@ def measure(processes: int, epochs: int, batch_size: int, lightning: bool) -> No
         "examples_per_second": len(timed) * len(x) / seconds,
         "seconds_per_epoch": seconds / len(timed),
         "parameters": model.n_parameters(),
+        **collectives,
     }
     print("RESULT " + json.dumps(result), flush=True)
 
 
-def run(processes: int, epochs: int, batch_size: int, lightning: bool = False) -> dict:
-    """Measure in a fresh process (or two, under torchrun) and return rank 0's result."""
+def _allreduce_ms(tensor, repeats: int) -> float:
+    """Milliseconds of one all-reduce (sum) of ``tensor`` over the process group."""
+    import time
+
+    import torch.distributed as dist
+
+    dist.barrier()
+    began = time.perf_counter()
+    for _ in range(repeats):
+        dist.all_reduce(tensor)
+    return 1000 * (time.perf_counter() - began) / repeats
+
+
+def _command(processes: int, epochs: int, batch_size: int, lightning: bool) -> list[str]:
     script = [str(HERE), "--processes", str(processes), "--epochs", str(epochs)]
     script += ["--batch-size", str(batch_size)] + (["--lightning"] if lightning else [])
     if processes == 1:
-        command = [sys.executable, *script]
-    else:
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-        command += ["--nproc-per-node", str(processes), *script]
+        return [sys.executable, *script]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    return [*torchrun, "--nproc-per-node", str(processes), *script]
+
+
+def _result(command: list[str], returncode: int, stdout: str, stderr: str) -> dict:
+    lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
+    if returncode != 0 or not lines:
+        raise SystemExit(f"{' '.join(command)} failed:\n{stderr[-3000:]}")
+    return json.loads(lines[-1].removeprefix("RESULT "))
+
+
+def run(processes: int, epochs: int, batch_size: int, lightning: bool = False) -> dict:
+    """Measure in a fresh process (or two, under torchrun) and return rank 0's result."""
+    command = _command(processes, epochs, batch_size, lightning)
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    if done.returncode != 0 or not lines:
-        raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
-    return json.loads(lines[-1].removeprefix("RESULT "))
+    return _result(command, done.returncode, done.stdout, done.stderr)
+
+
+def run_two_alone(epochs: int, batch_size: int) -> list[dict]:
+    """Two independent single-process trainers at once: what the box gives two processes that
+    never communicate, the ceiling for two DDP processes here."""
+    command = _command(1, epochs, batch_size, lightning=False)
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    procs = [
+        subprocess.Popen(
+            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    outputs = [p.communicate() for p in procs]
+    return [_result(command, p.returncode, *o) for p, o in zip(procs, outputs, strict=True)]
 
 
 def main() -> None:
@@ -132,12 +178,25 @@ def main() -> None:
     one = run(1, args.epochs, args.batch_size)
     one_lightning = run(1, args.epochs, args.batch_size, lightning=True)
     two = run(2, args.epochs, args.batch_size)
+    alone = run_two_alone(args.epochs, args.batch_size)
     print(f"data: {one['data']}, {one['parameters']:,} parameters, batch {args.batch_size}/process")
     print("| processes | trainer | examples/s | s/epoch |")
     print("| --- | --- | --- | --- |")
     for r in (one, one_lightning, two):
         rate, epoch = r["examples_per_second"], r["seconds_per_epoch"]
         print(f"| {r['processes']} | {r['trainer']} | {rate:.0f} | {epoch:.2f} |")
+    print(
+        f"per step of 2 processes: all-reduce of the gradients "
+        f"{two['allreduce_gradients_ms']:.1f} ms, of the stop flag "
+        f"{two['allreduce_stop_flag_ms']:.2f} ms"
+    )
+    rates = [r["examples_per_second"] for r in alone]
+    together = sum(rates)
+    print(
+        f"two independent single processes at once: {together:.0f} examples/s together "
+        f"({' + '.join(f'{v:.0f}' for v in rates)}), "
+        f"{together / one['examples_per_second']:.2f}x one alone"
+    )
     speedup = two["examples_per_second"] / one["examples_per_second"]
     print(f"speed-up {speedup:.2f}x, scaling efficiency {speedup / 2:.0%}")
     ratio = one["examples_per_second"] / one_lightning["examples_per_second"]

@@ -32,6 +32,7 @@ imports, and :func:`check_lightning` says what to install.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -374,6 +375,19 @@ def run_lightning(runner: Trainer, config: DistributedConfig) -> list[dict[str, 
     return runner.history
 
 
+def close_process_group() -> None:
+    """Wait for every process, then close the process group, if one is open. A process that
+    ends while another still holds its gloo connections can abort in their teardown (SIGABRT),
+    which a launcher reports as a dead rank; a failed wait (a process already gone) is ignored,
+    since this runs on the way out, after success or an error."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        with contextlib.suppress(RuntimeError):
+            dist.barrier()
+        dist.destroy_process_group()
+
+
 def distributed_fit(
     model: GMVAE,
     x: np.ndarray | torch.Tensor,
@@ -405,6 +419,7 @@ __all__ = [
     "GMVAELightning",
     "GlobalEpochSampler",
     "check_lightning",
+    "close_process_group",
     "distributed_fit",
     "launch_rank",
     "run_lightning",

@@ -308,6 +308,27 @@ def train_run(
         rank = 0
     if rank != 0:
         return _train_follower(config, out, resume, distributed, rank)
+    if lightning:
+        from .distributed import close_process_group
+
+        try:
+            return _train_leader(config, out, resume, force, progress, plots, distributed)
+        finally:
+            close_process_group()  # after the scores and figures: the others wait for them
+    return _train_leader(config, out, resume, force, progress, plots, distributed)
+
+
+def _train_leader(
+    config: RunConfig,
+    out: Path,
+    resume: bool,
+    force: bool,
+    progress: bool,
+    plots: bool,
+    distributed: DistributedConfig | None,
+) -> dict[str, Any]:
+    """:func:`train_run` in its only process, or as rank 0 of several."""
+    lightning = distributed is not None and distributed.uses_lightning
     check_run_directory(out, resume=resume, force=force)
     dataset, train_data, heldout = _training_data(config)
     seed_everything(config.train.seed)
@@ -363,7 +384,7 @@ def _train_follower(
     writes into it. A resumed run reads the checkpoint here too (rank 0 does not replace it
     before the first epoch ends), so the run directory must be on a file system every node
     sees."""
-    from .distributed import run_lightning
+    from .distributed import close_process_group, run_lightning
 
     _, train_data, _ = _training_data(config)
     seed_everything(config.train.seed)
@@ -371,9 +392,12 @@ def _train_follower(
     trainer = Trainer(
         model, train_data.x, config.train, labels=train_data.labels, run_dir=out, progress=False
     )
-    if resume:
-        trainer.resume(read_metrics(out))
-    run_lightning(trainer, distributed)
+    try:
+        if resume:
+            trainer.resume(read_metrics(out))
+        run_lightning(trainer, distributed)
+    finally:
+        close_process_group()  # waits for rank 0's scores and figures
     return {"run_dir": str(out), "rank": rank}
 
 

@@ -22,7 +22,7 @@ import torch
 from helpers import blobs, small_model, small_train
 
 from pyro_gmvae import GMVAE, DistributedConfig, RunConfig
-from pyro_gmvae.distributed import distributed_fit, run_lightning
+from pyro_gmvae.distributed import close_process_group, distributed_fit, run_lightning
 from pyro_gmvae.train import SVI, Anchor, MixtureStart, Pretrain, Recipe, Trainer, read_metrics
 
 N, BATCH, PRETRAIN_EPOCHS = 128, 16, 2
@@ -83,6 +83,7 @@ def main(out: Path) -> None:
     trainer.resume(read_metrics(out / "run"))
     run_lightning(trainer, DistributedConfig(devices=2, accelerator="cpu", strategy="ddp"))
     torch.save(model.state_dict(), out / f"rank{rank}_resumed.pt")
+    close_process_group()
 
 
 if __name__ == "__main__":
