@@ -52,6 +52,7 @@ _SOURCES = {
     "Trainer": "train",
     "TrainingDiverged": "train",
     "TrainingInterrupted": "train",
+    "TrainingProcessLost": "train",
     "clustering_scores": "metrics",
     "distributed_fit": "distributed",
     "elbo_per_example": "evaluate",
@@ -94,6 +95,7 @@ __all__ = [
     "Trainer",
     "TrainingDiverged",
     "TrainingInterrupted",
+    "TrainingProcessLost",
     "clustering_scores",
     "distributed_fit",
     "elbo_per_example",
@@ -130,6 +132,7 @@ if TYPE_CHECKING:  # type checkers and IDEs see the names; at run time __getattr
         Trainer,
         TrainingDiverged,
         TrainingInterrupted,
+        TrainingProcessLost,
         default_recipe,
         fit,
     )

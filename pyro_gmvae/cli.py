@@ -87,7 +87,7 @@ def _run_config(args: argparse.Namespace) -> RunConfig:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .runs import train_run
-    from .train import TrainingDiverged, TrainingInterrupted
+    from .train import TrainingDiverged, TrainingInterrupted, TrainingProcessLost
 
     config = _run_config(args)
     try:
@@ -115,6 +115,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     except TrainingDiverged as e:
         print(f"gmvae: training diverged: {e}", file=sys.stderr)
         return 3
+    except TrainingProcessLost as e:
+        print(f"gmvae: {e}", file=sys.stderr)
+        return 4
     if "rank" not in result:  # the other processes of a multi-process run: rank 0 reports
         print(json.dumps(result, indent=2))
     return 0

@@ -51,7 +51,14 @@ from .errors import ConfigError
 from .metrics import clustering_scores
 from .model import GMVAE
 from .rng import seed_everything
-from .train import Phase, Pretrain, Trainer, TrainingDiverged, TrainingInterrupted
+from .train import (
+    Phase,
+    Pretrain,
+    Trainer,
+    TrainingDiverged,
+    TrainingInterrupted,
+    TrainingProcessLost,
+)
 
 try:
     import lightning.pytorch as pl
@@ -328,6 +335,7 @@ def run_lightning(runner: Trainer, config: DistributedConfig) -> list[dict[str, 
             them: all stop after the same step, rank 0 having saved the weights reached, to be
             resumed from the start of that epoch.
         TrainingDiverged: the loss or the weights stopped being finite (on every process).
+        TrainingProcessLost: another process died or became unreachable.
     """
     check_lightning()
     config.validate()
@@ -360,7 +368,17 @@ def run_lightning(runner: Trainer, config: DistributedConfig) -> list[dict[str, 
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         # By design (see GMVAELightning): the runner makes each phase's optimizer.
         warnings.filterwarnings("ignore", message=".*configure_optimizers.* returned `None`.*")
-        trainer.fit(module)
+        try:
+            trainer.fit(module)
+        except RuntimeError as e:
+            if not _lost_a_process(e):
+                raise
+            kept = f" (in {runner.run_dir})" if runner.run_dir else ""
+            raise TrainingProcessLost(
+                f"another training process died or became unreachable "
+                f"({str(e).splitlines()[0][:160]}); every process stopped, and the last "
+                f"checkpoint{kept} is intact: resume with --resume"
+            ) from None
     if module.interrupted_after is not None:
         where = f"in epoch {runner.epoch + 1}, after batch {module.interrupted_after}"
         by = module.stop_signal
@@ -375,6 +393,17 @@ def run_lightning(runner: Trainer, config: DistributedConfig) -> list[dict[str, 
     return runner.history
 
 
+def _lost_a_process(error: RuntimeError) -> bool:
+    """Whether ``error`` is a collective failing because a peer is gone (gloo reports a reset
+    connection, NCCL a failed or timed-out operation)."""
+    if isinstance(error, getattr(torch.distributed, "DistError", ())):
+        return True
+    text = str(error)
+    return any(
+        w in text for w in ("gloo", "NCCL", "Connection reset", "Connection closed", "timed out")
+    )
+
+
 def close_process_group() -> None:
     """Wait for every process, then close the process group, if one is open. A process that
     ends while another still holds its gloo connections can abort in their teardown (SIGABRT),
@@ -385,7 +414,7 @@ def close_process_group() -> None:
     if dist.is_available() and dist.is_initialized():
         with contextlib.suppress(RuntimeError):
             dist.barrier()
-        dist.destroy_process_group()
+            dist.destroy_process_group()
 
 
 def distributed_fit(

@@ -65,6 +65,12 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; nothing after the last good checkpoint was saved."""
 
 
+class TrainingProcessLost(RuntimeError):
+    """One of the processes of a multi-process run died or became unreachable
+    (:mod:`pyro_gmvae.distributed`); the others stopped, and the last checkpoint, written
+    atomically by rank 0, is intact."""
+
+
 def resolve_device(device: str | None) -> torch.device:
     """``device`` as a torch device; ``None`` means CUDA when available, else the CPU.
 
@@ -964,6 +970,7 @@ __all__ = [
     "Trainer",
     "TrainingDiverged",
     "TrainingInterrupted",
+    "TrainingProcessLost",
     "augment_images",
     "default_recipe",
     "fit",

@@ -167,6 +167,38 @@ def test_gmvae_train_on_two_processes_stops_on_ctrl_c_and_resumes_in_one(tmp_pat
     assert np.isfinite(json.loads(capsys.readouterr().out)["elbo"])
 
 
+@pytest.mark.slow  # a third launch of two processes; the default suite has two
+def test_a_process_that_dies_stops_the_run_with_one_line_and_an_intact_checkpoint(tmp_path):
+    x, _ = blobs(n=N)
+    np.save(tmp_path / "x.npy", (x - x.mean(0)) / x.std(0))
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "pyro_gmvae", "train", "--out", str(out), "--no-plots"]
+    command += ["--no-progress", "--devices", "2", "--accelerator", "cpu", "--data", "x.npy"]
+    command += ["--likelihood", "gaussian", "--clusters", "3", "--latent-dim", "2", "--hidden"]
+    command += ["32", "--pretrain-epochs", "300", "--batch-size", "16", "--device", "cpu"]
+    command += ["--checkpoint-every", "1"]
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    with subprocess.Popen(
+        command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    ) as proc:
+        deadline = time.monotonic() + 180
+        while not (out / "checkpoint.pt").exists() and proc.poll() is None:
+            assert time.monotonic() < deadline, "no checkpoint after 180 s"
+            time.sleep(0.05)
+        children = subprocess.run(
+            ["pgrep", "-P", str(proc.pid)], capture_output=True, text=True, check=False
+        ).stdout.split()
+        assert children, "Lightning started no second process"
+        os.kill(int(children[0]), signal.SIGKILL)
+        _, err = proc.communicate(timeout=120)
+    err = err.decode()
+    assert proc.returncode == 4, err[-3000:]
+    line = next(x for x in err.splitlines() if x.startswith("gmvae:"))
+    assert "another training process died" in line and "--resume" in line
+    assert not list(out.glob(".*.tmp"))
+    GMVAE.load(out)  # the last checkpoint is whole
+
+
 # ------------------------------------------------------------------------- no processes
 def test_without_lightning_the_flags_give_one_line_naming_the_extra(monkeypatch, tmp_path, capsys):
     for name in ("lightning", "lightning.pytorch"):
