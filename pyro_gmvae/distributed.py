@@ -172,6 +172,7 @@ class GMVAELightning(_LightningModule):
         self.stop_requested, self.stop_signal = True, signum
 
     def teardown(self, stage: str) -> None:
+        """Give the signals back to the handlers they had before :meth:`on_fit_start`."""
         for s, handler in self._previous_handlers.items():
             signal.signal(s, handler)
         self._previous_handlers = {}
@@ -195,10 +196,12 @@ class GMVAELightning(_LightningModule):
 
     @property
     def phase(self) -> Phase:
+        """The phase of the runner's current epoch."""
         return self.runner.phase_at(self.runner.epoch)
 
     # -------------------------------------------------------------------------- an epoch
     def on_train_epoch_start(self) -> None:
+        """Begin the epoch's phase if it is new, and set its learning rate, as ``Trainer`` does."""
         runner = self.runner
         index, position = runner.recipe.locate(runner.epoch)
         if runner.begun <= index:
