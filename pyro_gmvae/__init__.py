@@ -43,6 +43,7 @@ _SOURCES = {
     "DataConfig": "config",
     "DataError": "errors",
     "Dataset": "dataset",
+    "DistributedConfig": "config",
     "Gaussian": "likelihoods",
     "Likelihood": "likelihoods",
     "ModelConfig": "config",
@@ -51,7 +52,9 @@ _SOURCES = {
     "Trainer": "train",
     "TrainingDiverged": "train",
     "TrainingInterrupted": "train",
+    "TrainingProcessLost": "train",
     "clustering_scores": "metrics",
+    "distributed_fit": "distributed",
     "elbo_per_example": "evaluate",
     "fit": "train",
     "load_data": "data",
@@ -83,6 +86,7 @@ __all__ = [
     "DataConfig",
     "DataError",
     "Dataset",
+    "DistributedConfig",
     "Gaussian",
     "Likelihood",
     "ModelConfig",
@@ -91,7 +95,9 @@ __all__ = [
     "Trainer",
     "TrainingDiverged",
     "TrainingInterrupted",
+    "TrainingProcessLost",
     "clustering_scores",
+    "distributed_fit",
     "elbo_per_example",
     "fit",
     "load_data",
@@ -102,9 +108,10 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # type checkers and IDEs see the names; at run time __getattr__ imports them
-    from .config import DataConfig, ModelConfig, RunConfig, TrainConfig
+    from .config import DataConfig, DistributedConfig, ModelConfig, RunConfig, TrainConfig
     from .data import load_data
     from .dataset import Dataset
+    from .distributed import distributed_fit
     from .errors import CheckpointError, ConfigError, DataError
     from .estimator import GMVAEClustering
     from .evaluate import elbo_per_example, log_likelihood
@@ -125,6 +132,7 @@ if TYPE_CHECKING:  # type checkers and IDEs see the names; at run time __getattr
         Trainer,
         TrainingDiverged,
         TrainingInterrupted,
+        TrainingProcessLost,
         default_recipe,
         fit,
     )

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from .config import (
     DataConfig,
+    DistributedConfig,
     ModelConfig,
     RunConfig,
     TrainConfig,
@@ -53,6 +54,8 @@ def _add_train(subparsers) -> None:
         actions |= add_arguments(p, cls, suppress_defaults=True)
     # ModelConfig's K=10 serves the Python API; on the command line a new run must choose K (main
     # refuses one without it), since 10 clusters fitted silently to data with 3 mislead.
+    # Not in config.json: a run may resume on more or fewer processes than it began with.
+    add_arguments(p, DistributedConfig, suppress_defaults=False)
     clusters = actions["clusters"]
     clusters.metavar = "K"
     clusters.help = (
@@ -84,7 +87,7 @@ def _run_config(args: argparse.Namespace) -> RunConfig:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .runs import train_run
-    from .train import TrainingDiverged, TrainingInterrupted
+    from .train import TrainingDiverged, TrainingInterrupted, TrainingProcessLost
 
     config = _run_config(args)
     try:
@@ -95,6 +98,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             force=args.force,
             progress=not args.no_progress,
             plots=not args.no_plots,
+            distributed=from_arguments(DistributedConfig, args),
         )
     except TrainingInterrupted as e:
         print(f"gmvae: {e}", file=sys.stderr)
@@ -111,7 +115,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     except TrainingDiverged as e:
         print(f"gmvae: training diverged: {e}", file=sys.stderr)
         return 3
-    print(json.dumps(result, indent=2))
+    except TrainingProcessLost as e:
+        print(f"gmvae: {e}", file=sys.stderr)
+        return 4
+    if "rank" not in result:  # the other processes of a multi-process run: rank 0 reports
+        print(json.dumps(result, indent=2))
     return 0
 
 

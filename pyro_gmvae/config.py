@@ -214,6 +214,45 @@ class TrainConfig:
             raise ConfigError(f"--device must be cpu or cuda, not {self.device!r}")
 
 
+@dataclass
+class DistributedConfig:
+    """How many processes train, and where (PyTorch Lightning's own flags and meanings). Not
+    part of a run's ``config.json``: a run may be resumed on more or fewer processes."""
+
+    devices: int = _help(
+        "processes per node, one per device (GPU or, with --accelerator cpu, a CPU process); "
+        "more than 1 trains data-parallel on PyTorch Lightning (pip install "
+        "'pyro_gmvae[distributed]'); 1, with the other three at their defaults, keeps the "
+        "single-process trainer",
+        default=1,
+    )
+    accelerator: str = _help("Lightning's accelerator: cpu, gpu or auto", default="auto")
+    strategy: str = _help(
+        "Lightning's strategy: auto (ddp when there is more than one process), ddp, "
+        "ddp_spawn, ddp_notebook... (DDP always with find_unused_parameters, since a phase "
+        "leaves parameters unused)",
+        default="auto",
+    )
+    num_nodes: int = _help("machines taking part, each running --devices processes", default=1)
+
+    def validate(self) -> None:
+        if self.devices < 1:
+            raise ConfigError(f"--devices must be at least 1, not {self.devices}")
+        if self.num_nodes < 1:
+            raise ConfigError(f"--num-nodes must be at least 1, not {self.num_nodes}")
+        if self.accelerator not in ("cpu", "gpu", "cuda", "auto"):
+            raise ConfigError(f"--accelerator must be cpu, gpu or auto, not {self.accelerator!r}")
+
+    @property
+    def uses_lightning(self) -> bool:
+        """Whether these options ask for anything the single-process trainer does not do."""
+        return self != DistributedConfig()
+
+    @property
+    def world_size(self) -> int:
+        return self.devices * self.num_nodes
+
+
 def _check_finite(config: Any) -> None:
     """Refuse NaN and infinite values of a config's float options (``--beta inf``)."""
     for f in dataclasses.fields(config):

@@ -142,17 +142,37 @@ class GMVAE(nn.Module):
             self.cluster_logits.copy_(as_param(weights).log())
 
     # ------------------------------------------------------------------------- model and guide
+    def data_plate(
+        self, x: torch.Tensor, size: int | None = None, subsample: torch.Tensor | None = None
+    ) -> pyro.plate:
+        """The ``data`` plate over the rows of ``x (B, D)``: of size B by default, or of the
+        full data's ``size`` N with ``subsample (B,)`` the rows' indices in it, so that Pyro
+        scales every site by N / B and the loss estimates the full data's ELBO without bias
+        (what each process of data-parallel training needs, its minibatch one part of N)."""
+        if (size is None) != (subsample is None):
+            raise ValueError("pass both size and subsample, or neither")
+        if subsample is not None and len(subsample) != x.shape[0]:
+            raise ValueError(f"{len(subsample)} subsample indices for {x.shape[0]} rows")
+        return pyro.plate("data", x.shape[0] if size is None else size, subsample=subsample)
+
     def model(
-        self, x: torch.Tensor, x_view: torch.Tensor | None = None, kl_scale: float = 1.0
+        self,
+        x: torch.Tensor,
+        x_view: torch.Tensor | None = None,
+        kl_scale: float = 1.0,
+        *,
+        size: int | None = None,
+        subsample: torch.Tensor | None = None,
     ) -> None:
         """p(x, y, z); ``x`` of shape ``(N, D)``. ``x_view`` is for the guide and ignored here.
 
         ``kl_scale`` weights the latent sites' log-densities, here and in the guide, so the loss is
         ``-E[log p(x|z)] + kl_scale * KL`` (a beta-VAE; 1 is the exact ELBO), as Pyro's
-        ``examples/dmm.py`` anneals its KL.
+        ``examples/dmm.py`` anneals its KL. ``size`` and ``subsample``: ``x`` is the minibatch
+        ``subsample (B,)`` of ``size`` rows (see :meth:`data_plate`), here and in the guide.
         """
         pyro.module(self.name, self)
-        with pyro.plate("data", x.shape[0]):
+        with self.data_plate(x, size, subsample):
             with poutine.scale(scale=kl_scale):
                 # y: (K, 1) when enumerated, in the model or replayed from the enumerated guide
                 y = pyro.sample("y", self.cluster_prior(), infer={"enumerate": "parallel"})
@@ -161,18 +181,24 @@ class GMVAE(nn.Module):
             pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
 
     def guide_enumerated(
-        self, x: torch.Tensor, x_view: torch.Tensor | None = None, kl_scale: float = 1.0
+        self,
+        x: torch.Tensor,
+        x_view: torch.Tensor | None = None,
+        kl_scale: float = 1.0,
+        *,
+        size: int | None = None,
+        subsample: torch.Tensor | None = None,
     ) -> None:
         """q(y|x) q(z|x,y), with y enumerated: the ELBO sums q(y|x) over all K clusters.
 
         ``x_view``, when given, is what the networks see instead of ``x`` (e.g. a randomly
         shifted copy during training): any q is a valid variational family, so the ELBO of
-        ``x`` stays a bound, and the codes learn to ignore the perturbation. ``kl_scale`` as in
-        :meth:`model`.
+        ``x`` stays a bound, and the codes learn to ignore the perturbation. ``kl_scale``,
+        ``size`` and ``subsample`` as in :meth:`model`.
         """
         pyro.module(self.name, self)
         seen = x if x_view is None else x_view
-        with pyro.plate("data", x.shape[0]), poutine.scale(scale=kl_scale):
+        with self.data_plate(x, size, subsample), poutine.scale(scale=kl_scale):
             y = pyro.sample(
                 "y",
                 dist.Categorical(logits=self.cluster_encoder(seen)),
@@ -182,24 +208,35 @@ class GMVAE(nn.Module):
             pyro.sample("z", dist.Normal(loc, scale).to_event(1))
 
     def guide_marginal(
-        self, x: torch.Tensor, x_view: torch.Tensor | None = None, kl_scale: float = 1.0
+        self,
+        x: torch.Tensor,
+        x_view: torch.Tensor | None = None,
+        kl_scale: float = 1.0,
+        *,
+        size: int | None = None,
+        subsample: torch.Tensor | None = None,
     ) -> None:
         """q(z|x) alone; y stays in the model, where p(z) is an exact mixture of K Gaussians.
-        ``x_view`` and ``kl_scale`` as in :meth:`guide_enumerated`."""
+        ``x_view``, ``kl_scale``, ``size`` and ``subsample`` as in :meth:`guide_enumerated`."""
         pyro.module(self.name, self)
         seen = x if x_view is None else x_view
-        with pyro.plate("data", x.shape[0]), poutine.scale(scale=kl_scale):
+        with self.data_plate(x, size, subsample), poutine.scale(scale=kl_scale):
             loc, scale = self.encoder(seen)  # (N, Z)
             pyro.sample("z", dist.Normal(loc, scale).to_event(1))
 
     def guide(
-        self, x: torch.Tensor, x_view: torch.Tensor | None = None, kl_scale: float = 1.0
+        self,
+        x: torch.Tensor,
+        x_view: torch.Tensor | None = None,
+        kl_scale: float = 1.0,
+        **plate: int | torch.Tensor | None,
     ) -> None:
-        """The guide chosen by ``config.guide``."""
+        """The guide chosen by ``config.guide``; ``plate``: ``size`` and ``subsample``, if any,
+        as in :meth:`model`."""
         if self.config.guide == "enumerated":
-            self.guide_enumerated(x, x_view, kl_scale)
+            self.guide_enumerated(x, x_view, kl_scale, **plate)
         else:
-            self.guide_marginal(x, x_view, kl_scale)
+            self.guide_marginal(x, x_view, kl_scale, **plate)
 
     # -------------------------------------------------------------------------------- inference
     def as_tensor(self, x: np.ndarray | torch.Tensor, name: str = "x") -> torch.Tensor:

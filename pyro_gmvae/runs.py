@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from .checkpoints import CHECKPOINT_FILE, CONFIG_FILE
-from .config import RunConfig
+from .config import DistributedConfig, RunConfig
 from .data import load_data
 from .dataset import Dataset, Scaler, check_min_rows
 from .errors import CheckpointError, ConfigError, DataError, RunDirectoryError
@@ -280,16 +280,55 @@ def train_run(
     force: bool = False,
     progress: bool = True,
     plots: bool = True,
+    distributed: DistributedConfig | None = None,
 ) -> dict[str, Any]:
     """``gmvae train``: load the data, fit a model into run directory ``out``, score it.
 
     The model's weights are drawn after seeding with ``config.train.seed``, and training seeds
     again as it begins, as :func:`~pyro_gmvae.train.fit` does. Returns the final scores
     (clustering metrics when the data has labels).
+
+    ``distributed`` (``--devices``, ``--accelerator``, ``--strategy``, ``--num-nodes``), when it
+    asks for more than the default, trains on PyTorch Lightning
+    (:func:`~pyro_gmvae.distributed.run_lightning`). Every process runs this function; only
+    rank 0 checks, locks and writes the run directory and scores the result, the others train
+    and return ``{"run_dir": ..., "rank": R}``.
     """
     config.validate()
     out = Path(out)
-    resolve_device(config.train.device)
+    lightning = distributed is not None and distributed.uses_lightning
+    if lightning:
+        from .distributed import check_lightning, launch_rank
+
+        distributed.validate()
+        check_lightning()
+        rank = launch_rank(distributed.devices)
+    else:
+        resolve_device(config.train.device)
+        rank = 0
+    if rank != 0:
+        return _train_follower(config, out, resume, distributed, rank)
+    if lightning:
+        from .distributed import close_process_group
+
+        try:
+            return _train_leader(config, out, resume, force, progress, plots, distributed)
+        finally:
+            close_process_group()  # after the scores and figures: the others wait for them
+    return _train_leader(config, out, resume, force, progress, plots, distributed)
+
+
+def _train_leader(
+    config: RunConfig,
+    out: Path,
+    resume: bool,
+    force: bool,
+    progress: bool,
+    plots: bool,
+    distributed: DistributedConfig | None,
+) -> dict[str, Any]:
+    """:func:`train_run` in its only process, or as rank 0 of several."""
+    lightning = distributed is not None and distributed.uses_lightning
     check_run_directory(out, resume=resume, force=force)
     dataset, train_data, heldout = _training_data(config)
     seed_everything(config.train.seed)
@@ -315,7 +354,12 @@ def train_run(
         config.save(out / CONFIG_FILE)  # on resume: records a changed --epochs or --device
         if not resume and dataset.scaler is not None:
             atomic_write_text(out / SCALER_FILE, json.dumps(dataset.scaler.to_dict()))
-        trainer.run()
+        if lightning:
+            from .distributed import run_lightning
+
+            run_lightning(trainer, distributed)
+        else:
+            trainer.run()
 
         result: dict[str, Any] = {"run_dir": str(out), "epochs": trainer.epoch}
         if trainer.history:
@@ -330,6 +374,31 @@ def train_run(
                 str(p) for p in training_figures(model, train_data, trainer.history, out)
             ]
     return result
+
+
+def _train_follower(
+    config: RunConfig, out: Path, resume: bool, distributed: DistributedConfig, rank: int
+) -> dict[str, Any]:
+    """What a process of rank > 0 does in :func:`train_run`: the same model on the same data,
+    trained in step with rank 0, which alone reads the directory's state for the checks and
+    writes into it. A resumed run reads the checkpoint here too (rank 0 does not replace it
+    before the first epoch ends), so the run directory must be on a file system every node
+    sees."""
+    from .distributed import close_process_group, run_lightning
+
+    _, train_data, _ = _training_data(config)
+    seed_everything(config.train.seed)
+    model = GMVAE(config.model)
+    trainer = Trainer(
+        model, train_data.x, config.train, labels=train_data.labels, run_dir=out, progress=False
+    )
+    try:
+        if resume:
+            trainer.resume(read_metrics(out))
+        run_lightning(trainer, distributed)
+    finally:
+        close_process_group()  # waits for rank 0's scores and figures
+    return {"run_dir": str(out), "rank": rank}
 
 
 # ------------------------------------------------------------------------- a finished run

@@ -65,6 +65,12 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; nothing after the last good checkpoint was saved."""
 
 
+class TrainingProcessLost(RuntimeError):
+    """One of the processes of a multi-process run died or became unreachable
+    (:mod:`pyro_gmvae.distributed`); the others stopped, and the last checkpoint, written
+    atomically by rank 0, is intact."""
+
+
 def resolve_device(device: str | None) -> torch.device:
     """``device`` as a torch device; ``None`` means CUDA when available, else the CPU.
 
@@ -113,11 +119,19 @@ def augment_images(
 @dataclass
 class Batch:
     """One minibatch: the rows ``idx (B,)`` of the training data, their values ``x (B, D)``, and
-    what the networks see instead of ``x`` (a randomly moved copy), if anything: ``view``."""
+    what the networks see instead of ``x`` (a randomly moved copy), if anything: ``view``.
+
+    ``size``, when set, is the number N of training rows the batch was drawn from: the ELBO
+    phases then size the ``data`` plate to N with ``idx`` its subsample and divide by N, the
+    same per-example loss in expectation, as each process of data-parallel training computes
+    it (:mod:`pyro_gmvae.distributed`). ``None``, the single-process default, leaves the loss
+    exactly as it always was: a plate of B rows, divided by B.
+    """
 
     idx: torch.Tensor
     x: torch.Tensor
     view: torch.Tensor | None = None
+    size: int | None = None
 
     @property
     def seen(self) -> torch.Tensor:
@@ -128,6 +142,16 @@ class Batch:
     def args(self) -> tuple[torch.Tensor, ...]:
         """The model's and guide's arguments (a traced, JIT loss cannot take None)."""
         return (self.x,) if self.view is None else (self.x, self.view)
+
+    @property
+    def plate(self) -> dict[str, Any]:
+        """The model's and guide's ``size`` and ``subsample`` keywords: none by default."""
+        return {} if self.size is None else {"size": self.size, "subsample": self.idx}
+
+    @property
+    def examples(self) -> int:
+        """What the ELBO phases divide their loss by for a per-example loss: B, or ``size``."""
+        return len(self.x) if self.size is None else self.size
 
 
 # ---------------------------------------------------------------------------------- phases
@@ -217,8 +241,10 @@ class Anchor(Phase):
         if trainer.model.cluster_encoder is not None:
             # q(z|x,y) at the given y; hidden, so that q(y|x) adds no term to this loss.
             guide = poutine.block(poutine.condition(guide, data={"y": y}), hide=["y"])
-        loss = self._elbo.differentiable_loss(model, guide, *batch.args, kl_scale=self.beta)
-        return loss / len(batch.x)
+        loss = self._elbo.differentiable_loss(
+            model, guide, *batch.args, kl_scale=self.beta, **batch.plate
+        )
+        return loss / batch.examples
 
 
 @dataclass
@@ -238,9 +264,9 @@ class SVI(Phase):
 
     def loss(self, trainer: Trainer, batch: Batch) -> torch.Tensor:
         loss = self.elbo.differentiable_loss(
-            trainer.model_fn, trainer.guide_fn, *batch.args, kl_scale=self.beta
+            trainer.model_fn, trainer.guide_fn, *batch.args, kl_scale=self.beta, **batch.plate
         )
-        return loss / len(batch.x)
+        return loss / batch.examples
 
 
 @dataclass
@@ -948,6 +974,7 @@ __all__ = [
     "Trainer",
     "TrainingDiverged",
     "TrainingInterrupted",
+    "TrainingProcessLost",
     "augment_images",
     "default_recipe",
     "fit",

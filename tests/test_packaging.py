@@ -97,9 +97,16 @@ def test_environment_parser_agrees_with_yaml(environment):
     assert [d for d in data["dependencies"] if isinstance(d, str)] == environment["conda"]
 
 
+def test_the_test_extra_installs_the_distributed_one(pyproject):
+    """CI installs ``.[test]``: the two-process tests must find Lightning there."""
+    extras = pyproject["project"]["optional-dependencies"]
+    assert set(extras["distributed"]) <= set(extras["test"])
+
+
 def test_dependencies_are_ranges(pyproject):
     project = pyproject["project"]
-    for req in project["dependencies"] + project["optional-dependencies"]["test"]:
+    extras = project["optional-dependencies"]
+    for req in project["dependencies"] + extras["test"] + extras["distributed"]:
         assert ">=" in req, f"{req} should give a lower bound"
         assert "==" not in req, f"{req} should be a range, not a pin"
 

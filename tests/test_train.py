@@ -21,7 +21,7 @@ from pyro_gmvae.dataset import Scaler
 from pyro_gmvae.errors import ConfigError, RunDirectoryError
 from pyro_gmvae.runs import read_metrics, train_run
 from pyro_gmvae.start import Start
-from pyro_gmvae.train import SVI, Anchor, MixtureStart, Recipe, Trainer, default_recipe
+from pyro_gmvae.train import SVI, Anchor, Batch, MixtureStart, Recipe, Trainer, default_recipe
 
 SCORE_KEYS = {"accuracy", "many_to_one_accuracy", "nmi", "ari"}
 RECORD_KEYS = {"epoch", "phase", "loss", "seconds"}
@@ -167,9 +167,11 @@ def test_run_directory_contents(table_file, tmp_path):
     records = read_metrics(out)
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 5
     assert [r["epoch"] for r in records] == [1, 2, 3, 4, 5]
+    first_after_pretraining = records[config.train.pretrain_epochs]
+    assert first_after_pretraining["start"] == config.train.init  # the start is named
     for r in records:
         keys = RECORD_KEYS | (SCORE_KEYS if r["phase"] == "svi" else set())
-        assert set(r) == keys, r
+        assert set(r) - {"start"} == keys, r
     assert result["epochs"] == 5
     assert result["loss"] == records[-1]["loss"]
     assert set(result["train"]) == SCORE_KEYS
@@ -415,3 +417,33 @@ def test_the_progress_bar_counts_steps_across_phases_and_shows_the_start(capsys)
     assert re.search(r"mixture start \(slow_start\) [12]s", err), err  # its elapsed time ticks
     assert "10/10" in err  # (2 + 1 + 2 epochs) x 2 batches, one bar for the whole run
     assert "phase=svi" in err
+
+
+@pytest.mark.parametrize("guide", ["marginal", "enumerated"])
+@pytest.mark.parametrize("phase", [SVI(1, beta=2.0), Anchor(1, beta=3.0)], ids=["svi", "anchor"])
+def test_a_batch_of_the_full_size_gives_the_same_per_example_loss(guide, phase):
+    """Batch(size=N): the data plate is of size N with the rows as its subsample, the loss
+    divided by N, as each process of data-parallel training computes it. Pyro scales every site
+    by N / B, so the per-example loss is the single-process one to float rounding."""
+    x, _ = blobs(n=60)
+    pyro.set_rng_seed(0)
+    model = GMVAE(small_model(guide=guide, n_features=x.shape[1]))
+    trainer = Trainer(model, x, small_train(), progress=False)
+    trainer.start_mixture(np.eye(3)[np.arange(60) % 3], cluster_encoder_epochs=0)
+    idx = torch.tensor([3, 7, 11, 20, 41])
+    batch = trainer.minibatch(idx)
+    pyro.set_rng_seed(1)
+    alone = phase.loss(trainer, batch)
+    pyro.set_rng_seed(1)  # the explicit subsample draws nothing: the same z samples follow
+    sized = phase.loss(trainer, Batch(idx, batch.x, size=len(x)))
+    assert batch.plate == {} and batch.examples == 5
+    torch.testing.assert_close(sized, alone, rtol=1e-6, atol=0)
+
+
+def test_the_data_plate_takes_size_and_subsample_together():
+    x, _ = blobs(n=10)
+    model = GMVAE(small_model(n_features=x.shape[1]))
+    with pytest.raises(ValueError, match="both"):
+        model.model(torch.as_tensor(x), size=10)
+    with pytest.raises(ValueError, match="3 subsample indices for 10 rows"):
+        model.model(torch.as_tensor(x), size=20, subsample=torch.arange(3))
