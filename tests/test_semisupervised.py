@@ -1,0 +1,155 @@
+"""Semi-supervised GMVAE: y observed on labelled rows, enumerated on the others.
+
+The labelled rows' ELBO equals the hand computation with y fixed, a mixed batch's the labelled
+part plus the unlabelled part, the auxiliary term adds exactly ``-alpha * log q(y|x)``, and the
+shapes under enumeration are those of two sibling plates.
+"""
+
+from __future__ import annotations
+
+import pyro
+import pytest
+import torch
+from pyro import poutine
+from pyro.infer import TraceEnum_ELBO
+from test_model import D, K, N, Z, tiny_data, tiny_model
+
+from pyro_gmvae.reference import hand_loss
+
+#: Which of the N = 5 rows are labelled, and the classes of all rows (ignored where unknown).
+KNOWN = torch.tensor([True, False, True, True, False])
+Y_OBS = torch.tensor([2, -1, 0, 2, -1])
+
+
+def pyro_loss(model, x, seed: int = 3, **kwargs) -> torch.Tensor:
+    """``TraceEnum_ELBO``'s negative ELBO (a sum over rows) after seeding with ``seed``."""
+    pyro.set_rng_seed(seed)
+    elbo = TraceEnum_ELBO(max_plate_nesting=1)
+    return elbo.differentiable_loss(model.model, model.guide, x, **kwargs)
+
+
+def oracle(model, x, seed: int = 3, **kwargs) -> torch.Tensor:
+    """``hand_loss`` summed over rows, after seeding with ``seed`` (so it draws the same z)."""
+    pyro.set_rng_seed(seed)
+    return len(x) * hand_loss(model, x, **kwargs)
+
+
+@pytest.fixture(params=["enumerated", "marginal"])
+def guide(request) -> str:
+    return request.param
+
+
+#: A batch of labelled rows alone enumerates nothing, which TraceEnum_ELBO remarks on.
+all_labelled = pytest.mark.filterwarnings("ignore:TraceEnum_ELBO found no sample sites")
+
+
+@all_labelled
+def test_labelled_rows_elbo_equals_hand_computation_with_y_fixed(guide):
+    model = tiny_model(guide)
+    x = tiny_data("bernoulli")
+    y = torch.tensor([2, 0, 1, 2, 1])
+    loss = pyro_loss(model, x, y_obs=y, known=torch.ones(N, dtype=torch.bool))
+    expected = oracle(model, x, y=y)
+    torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-10)
+    params = list(model.parameters())
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    expected_grads = torch.autograd.grad(expected, params, allow_unused=True)
+    for g, e in zip(grads, expected_grads, strict=True):
+        if g is None or e is None:  # e.g. the cluster encoder, unused on labelled rows
+            assert g is None or not g.any()
+            assert e is None or not e.any()
+        else:
+            torch.testing.assert_close(g, e, rtol=1e-9, atol=1e-10)
+
+
+@all_labelled
+def test_labelled_elbo_depends_on_the_given_classes(guide):
+    """The test above can fail: another y gives another value."""
+    model = tiny_model(guide)
+    x = tiny_data("bernoulli")
+    y = torch.tensor([2, 0, 1, 2, 1])
+    known = torch.ones(N, dtype=torch.bool)
+    loss = pyro_loss(model, x, y_obs=y, known=known)
+    other = pyro_loss(model, x, y_obs=(y + 1) % K, known=known)
+    assert abs(float((loss - other).detach())) > 1e-3
+
+
+def test_mixed_batch_is_labelled_part_plus_unlabelled_part(guide):
+    model = tiny_model(guide)
+    x = tiny_data("bernoulli")
+    loss = pyro_loss(model, x, y_obs=Y_OBS, known=KNOWN)
+    # One seed for both parts, drawn in the guide's order: the unlabelled plate, then the other.
+    pyro.set_rng_seed(3)
+    unlabelled = len(x[~KNOWN]) * hand_loss(model, x[~KNOWN])
+    labelled = len(x[KNOWN]) * hand_loss(model, x[KNOWN], y=Y_OBS[KNOWN])
+    torch.testing.assert_close(loss, unlabelled + labelled, rtol=1e-12, atol=1e-10)
+
+
+def test_no_labelled_row_is_the_unsupervised_program(guide):
+    model = tiny_model(guide)
+    x = tiny_data("bernoulli")
+    none_known = torch.zeros(N, dtype=torch.bool)
+    unsupervised = pyro_loss(model, x)
+    torch.testing.assert_close(pyro_loss(model, x, y_obs=Y_OBS, known=none_known), unsupervised)
+    torch.testing.assert_close(unsupervised, oracle(model, x), rtol=1e-12, atol=1e-10)
+
+
+@pytest.mark.parametrize("alpha", [0.5, 7.0])
+def test_auxiliary_term_adds_minus_alpha_log_q_y_on_labelled_rows(guide, alpha):
+    model = tiny_model(guide)
+    x = tiny_data("bernoulli")
+    without = pyro_loss(model, x, y_obs=Y_OBS, known=KNOWN)
+    with_aux = pyro_loss(model, x, y_obs=Y_OBS, known=KNOWN, aux_weight=alpha)
+    # log q(y|x): the cluster encoder (enumerated guide) or p(y|z) at the mean of q(z|x).
+    log_q = model.cluster_log_proba(x[KNOWN])  # (L, K)
+    expected = -alpha * log_q.gather(1, Y_OBS[KNOWN].unsqueeze(1)).sum()
+    torch.testing.assert_close(with_aux - without, expected, rtol=1e-10, atol=1e-10)
+    if guide == "enumerated":
+        by_hand = torch.log_softmax(model.cluster_encoder(x[KNOWN]), -1)[range(3), [2, 0, 2]]
+        torch.testing.assert_close(with_aux - without, -alpha * by_hand.sum())
+
+
+def test_auxiliary_term_reads_the_view(guide):
+    """The classifier sees what the guide's networks see: the moved copy, when there is one."""
+    model = tiny_model(guide)
+    x = tiny_data("bernoulli")
+    view = x.flip(-1)
+    base = pyro_loss(model, x, x_view=view, y_obs=Y_OBS, known=KNOWN)
+    aux = pyro_loss(model, x, x_view=view, y_obs=Y_OBS, known=KNOWN, aux_weight=1.0)
+    log_q = model.cluster_log_proba(view[KNOWN]).gather(1, Y_OBS[KNOWN].unsqueeze(1))
+    torch.testing.assert_close(aux - base, -log_q.sum(), rtol=1e-10, atol=1e-10)
+
+
+def test_shapes_under_enumeration_with_labelled_rows(guide):
+    model = tiny_model(guide)
+    x = tiny_data("bernoulli")
+    kwargs = {"y_obs": Y_OBS, "known": KNOWN, "aux_weight": 1.0}
+    guide_trace = poutine.trace(poutine.enum(model.guide, first_available_dim=-2)).get_trace(
+        x, **kwargs
+    )
+    model_trace = poutine.trace(
+        poutine.enum(poutine.replay(model.model, trace=guide_trace), first_available_dim=-2)
+    ).get_trace(x, **kwargs)
+    model_trace.compute_log_prob()
+    U, L = int((~KNOWN).sum()), int(KNOWN.sum())
+
+    # Unlabelled rows: y enumerated as (K, 1), exactly as without labels.
+    assert model_trace.nodes["y"]["value"].shape == (K, 1)
+    assert model_trace.nodes["z"]["log_prob"].shape == (K, U)
+    assert model_trace.nodes["x"]["log_prob"].shape == ((K, U) if guide == "enumerated" else (U,))
+    # Labelled rows: y observed, one z and one decoder pass per row, no enumeration dim.
+    y_l = model_trace.nodes["y_labelled"]
+    assert y_l["is_observed"] and torch.equal(y_l["value"], Y_OBS[KNOWN])
+    for site in ("y_labelled", "z_labelled", "x_labelled", "y_aux"):
+        assert model_trace.nodes[site]["log_prob"].shape == (L,), site
+    assert guide_trace.nodes["z_labelled"]["value"].shape == (L, Z)
+    assert "y_labelled" not in guide_trace.nodes
+    assert model_trace.nodes["x_labelled"]["fn"].event_shape == (D,)
+    plates = {f.name for f in model_trace.nodes["z_labelled"]["cond_indep_stack"]}
+    assert plates == {"labelled"}
+
+
+def test_y_obs_without_known_is_refused(guide):
+    model = tiny_model(guide)
+    with pytest.raises(ValueError, match="y_obs and known"):
+        model.model(tiny_data("bernoulli"), known=KNOWN)
