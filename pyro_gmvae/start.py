@@ -28,6 +28,7 @@ from sklearn.mixture import GaussianMixture
 
 from .config import TrainConfig
 from .errors import ConfigError, DataError
+from .metrics import match_clusters
 
 #: Principal components of the data that the t-SNE map of the data is made of.
 DATA_COMPONENTS = 50
@@ -200,6 +201,41 @@ def spectral_start(
         random_state=config.seed,
     ).fit_predict(codes)
     return Start(one_hot(assignments, n_clusters))
+
+
+# ------------------------------------------------------------------- a few labels known
+def tie_to_classes(start: Start, labels: np.ndarray, known: np.ndarray) -> Start:
+    """The start with its clusters renamed so that cluster k is class k, and the labelled rows
+    at their class: for training with ``labels (N,)`` known where ``known (N,)`` is True.
+
+    The clusters are matched to the classes by the most labelled rows on matched pairs
+    (Hungarian, :func:`~pyro_gmvae.metrics.match_clusters`); clusters that no labelled row
+    names take the classes left over, in order. Renaming keeps the unsupervised start, which
+    finds the classes far better than means of a few labelled codes could place them (5 codes a
+    class on ``digits``); the labels then decide only which cluster is which, and hold their own
+    rows.
+    """
+    responsibilities = np.asarray(start.responsibilities, dtype=np.float64)
+    n, K = responsibilities.shape
+    known = np.asarray(known, dtype=bool)
+    labels = np.asarray(labels)
+    if labels.shape != (n,) or known.shape != (n,):
+        raise ValueError(f"labels and known must have shape ({n},), one per training row")
+    if not known.any():
+        raise ValueError("no labelled row: pass known with at least one True")
+    named = labels[known]
+    if named.min() < 0 or named.max() >= K:
+        raise DataError(
+            f"labels of the labelled rows must be classes 0..{K - 1}, one per cluster, not "
+            f"{int(named.min())}..{int(named.max())}; pass --clusters {int(named.max()) + 1}"
+        )
+    matched = match_clusters(named, start.assignments[known], K)  # {cluster: class}
+    free = iter(c for c in range(K) if c not in matched.values())
+    to_class = [matched[k] if k in matched else next(free) for k in range(K)]
+    renamed = np.empty_like(responsibilities)
+    renamed[:, to_class] = responsibilities
+    renamed[known] = one_hot(named, K)
+    return Start(renamed, source=start.source, scores=start.scores)
 
 
 # ------------------------------------------------------------------------------- checks

@@ -7,14 +7,31 @@ shapes under enumeration are those of two sibling plates.
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
 import pyro
 import pytest
 import torch
+from helpers import blobs, small_model, small_train
 from pyro import poutine
 from pyro.infer import TraceEnum_ELBO
 from test_model import D, K, N, Z, tiny_data, tiny_model
 
+from pyro_gmvae import (
+    GMVAE,
+    Anchor,
+    DataError,
+    MixtureStart,
+    Start,
+    Trainer,
+    default_recipe,
+    fit,
+)
+from pyro_gmvae.cli import main
+from pyro_gmvae.dataset import labelled_rows
 from pyro_gmvae.reference import hand_loss
+from pyro_gmvae.start import tie_to_classes
 
 #: Which of the N = 5 rows are labelled, and the classes of all rows (ignored where unknown).
 KNOWN = torch.tensor([True, False, True, True, False])
@@ -153,3 +170,101 @@ def test_y_obs_without_known_is_refused(guide):
     model = tiny_model(guide)
     with pytest.raises(ValueError, match="y_obs and known"):
         model.model(tiny_data("bernoulli"), known=KNOWN)
+
+
+# ------------------------------------------------------------------------------------ training
+def permuted_blobs() -> tuple[np.ndarray, np.ndarray]:
+    """Three blobs whose labels are a permutation away from the order any start finds them in,
+    so a result that holds clusters to classes cannot come from the start by chance."""
+    x, labels = blobs()
+    return x, np.array([2, 0, 1])[labels]
+
+
+def test_labelled_rows_are_drawn_with_the_seed_balanced_per_class():
+    labels = np.repeat(np.arange(4), [50, 30, 3, 20])
+    mask = labelled_rows(labels, 16, seed=1)
+    assert mask.sum() == 16
+    # 16 // 4 = 4 a class; the class of 3 rows gives its 3 and another class the one left over.
+    counts = np.bincount(labels[mask], minlength=4)
+    assert counts[2] == 3 and sorted(counts) == [3, 4, 4, 5]
+    assert np.array_equal(mask, labelled_rows(labels, 16, seed=1))
+    assert not np.array_equal(mask, labelled_rows(labels, 16, seed=2))
+    with pytest.raises(DataError, match="cannot label"):
+        labelled_rows(labels, 0)
+
+
+def test_tie_to_classes_renames_clusters_and_holds_labelled_rows():
+    found = np.array([0, 0, 1, 1, 2, 2])  # the start's clusters
+    labels = np.array([1, 1, 2, 0, 0, 0])  # cluster 0 is class 1, 2 is 0, 1 is mostly 2
+    known = np.array([True, False, True, True, True, False])
+    tied = tie_to_classes(Start(np.eye(3)[found]), labels, known)
+    # Renamed (0 -> 1, 1 -> 2, 2 -> 0), and the labelled row 3 of cluster 1 held at class 0.
+    assert tied.assignments.tolist() == [1, 1, 2, 0, 0, 0]
+    with pytest.raises(DataError, match="classes 0..2"):
+        tie_to_classes(Start(np.eye(3)[found]), labels + 1, known)
+
+
+@pytest.mark.parametrize("aux_weight", [0.0, 2.0])
+def test_fit_with_labels_known_ties_clusters_to_classes(guide, aux_weight):
+    x, labels = permuted_blobs()
+    pyro.set_rng_seed(0)
+    model = GMVAE(small_model(n_features=x.shape[1], guide=guide))
+    known = labelled_rows(labels, 6, seed=0)
+    config = small_train(anchor_epochs=3, aux_weight=aux_weight)
+    history = fit(model, x, config, labels=labels, known=known, progress=False)
+    # predict returns classes: plain accuracy, no matching, on rows training never labelled.
+    assert (model.predict(x[~known]) == labels[~known]).mean() > 0.95
+    last = history[-1]
+    assert last["class_accuracy"] == pytest.approx(
+        (model.predict(x[~known]) == labels[~known]).mean()
+    )
+    assert "class_accuracy" not in history[0]  # pretraining scores nothing
+
+
+def test_labels_known_draws_the_rows_in_the_trainer_as_the_cli_does():
+    x, labels = permuted_blobs()
+    model = GMVAE(small_model(n_features=x.shape[1]))
+    trainer = Trainer(model, x, small_train(labels_known=9, seed=4), labels=labels, progress=False)
+    assert np.array_equal(trainer.known.cpu().numpy(), labelled_rows(labels, 9, seed=4))
+    with pytest.raises(DataError, match="needs the labels"):
+        Trainer(model, x, small_train(labels_known=9), progress=False)
+    with pytest.raises(DataError, match="classes 0..2"):
+        Trainer(model, x, small_train(labels_known=9), labels=labels + 3, progress=False)
+
+
+def test_the_anchor_holds_labelled_rows_at_their_class():
+    x, labels = permuted_blobs()
+    pyro.set_rng_seed(0)
+    model = GMVAE(small_model(n_features=x.shape[1]))
+    known = labelled_rows(labels, 30, seed=0)
+    held = []
+    config = small_train(anchor_epochs=1, epochs=0)
+    record = lambda trainer: held.append(trainer.assignments.cpu().numpy())  # noqa: E731
+    anchor = Anchor(1, on_begin=[MixtureStart(), record], new_optimizer=True)
+    recipe = default_recipe(config).replace("anchor", anchor)
+    fit(model, x, config, labels=labels, known=known, recipe=recipe, progress=False)
+    assert np.array_equal(held[0][known], labels[known])
+
+
+def test_gmvae_train_labels_known_reports_plain_accuracy_on_unlabelled_and_heldout_rows(
+    tmp_path, capsys
+):
+    x, labels = permuted_blobs()
+    data = tmp_path / "blobs.npz"
+    np.savez(data, X=x, y=labels)
+    out = tmp_path / "run"
+    args = ["train", "--data", str(data), "--out", str(out), "--clusters", "3"]
+    args += ["--latent-dim", "2", "--hidden", "32", "--batch-size", "64", "--lr", "0.003"]
+    args += ["--pretrain-epochs", "10", "--anchor-epochs", "3", "--epochs", "10", "--init", "gmm"]
+    args += ["--restarts", "2", "--heldout-fraction", "0.2", "--labels-known", "6"]
+    args += ["--likelihood", "gaussian", "--device", "cpu", "--no-progress", "--no-plots"]
+    assert main(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["labels_known"] == 6
+    assert result["train"]["class_accuracy"] > 0.95
+    assert result["heldout"]["class_accuracy"] > 0.95
+
+    # gmvae evaluate reads from config.json that clusters are classes.
+    assert main(["evaluate", str(out), "--data", str(data), "--json", "--num-samples", "2"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["class_accuracy"] == pytest.approx(result["heldout"]["class_accuracy"])
