@@ -527,6 +527,13 @@ class Trainer:
         self.check_every = 1 if self.device.type == "cpu" else 50
         for phase in self.recipe:
             phase.check(self)
+            if self.known is not None and type(getattr(phase, "elbo", None)).__name__[:3] == "Jit":
+                # The labels enter as tensor keyword arguments, which a JIT loss hashes by
+                # identity: it would compile anew for every batch.
+                raise ConfigError(
+                    f"phase {phase.name!r}: a JIT-compiled ELBO cannot take the known labels; "
+                    "use TraceEnum_ELBO (the default) when labels are known"
+                )
         if any(isinstance(a, MixtureStart) for p in self.recipe for a in p.on_begin if p.epochs):
             # Before any training: rows that are all alike cannot make K clusters (and crash
             # t-SNE), and would only be found out after pretraining.

@@ -15,12 +15,13 @@ import pytest
 import torch
 from helpers import blobs, small_model, small_train
 from pyro import poutine
-from pyro.infer import TraceEnum_ELBO
+from pyro.infer import JitTraceEnum_ELBO, TraceEnum_ELBO
 from test_model import D, K, N, Z, tiny_data, tiny_model
 
 from pyro_gmvae import (
     GMVAE,
     Anchor,
+    ConfigError,
     DataError,
     MixtureStart,
     Start,
@@ -268,3 +269,17 @@ def test_gmvae_train_labels_known_reports_plain_accuracy_on_unlabelled_and_heldo
     assert main(["evaluate", str(out), "--data", str(data), "--json", "--num-samples", "2"]) == 0
     evaluated = json.loads(capsys.readouterr().out)
     assert evaluated["class_accuracy"] == pytest.approx(result["heldout"]["class_accuracy"])
+
+
+def test_a_jit_elbo_is_refused_when_labels_are_known():
+    x, labels = permuted_blobs()
+    model = GMVAE(small_model(n_features=x.shape[1]))
+    with pytest.raises(ConfigError, match="JIT"):
+        Trainer(
+            model,
+            x,
+            small_train(labels_known=9),
+            labels=labels,
+            elbo=JitTraceEnum_ELBO(max_plate_nesting=1),
+            progress=False,
+        )
