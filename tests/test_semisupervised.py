@@ -205,6 +205,22 @@ def test_tie_to_classes_renames_clusters_and_holds_labelled_rows():
         tie_to_classes(Start(np.eye(3)[found]), labels + 1, known)
 
 
+def test_tie_to_classes_keeps_the_candidate_map_the_labelled_rows_agree_with():
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    known = np.array([True, True, True, False, True, True])
+    merged = np.array([0, 0, 0, 0, 1, 2])  # what the silhouette kept: classes 0, 1 merged
+    apart = np.array([2, 2, 0, 0, 1, 1])  # another map: the classes, renamed
+    start = Start(np.eye(3)[merged], source="codes", scores={"codes": 0.9, "data": 0.8})
+    start.candidates = {"codes": merged, "data": apart}
+    tied = tie_to_classes(start, labels, known)
+    assert tied.source == "data" and tied.scores == start.scores
+    assert tied.assignments.tolist() == labels.tolist()
+    # Without candidates the start itself is renamed, merged clusters and all: the unlabelled
+    # row 3 stays with class 0.
+    alone = tie_to_classes(Start(np.eye(3)[merged]), labels, known)
+    assert alone.assignments.tolist() == [0, 0, 1, 0, 2, 2]
+
+
 @pytest.mark.parametrize("aux_weight", [0.0, 2.0])
 def test_fit_with_labels_known_ties_clusters_to_classes(guide, aux_weight):
     x, labels = permuted_blobs()
