@@ -35,7 +35,8 @@ class DataConfig:
         default="digits",
     )
     label_column: str | None = _help(
-        "CSV column holding labels (used for evaluation only)", default=None
+        "CSV column holding labels (used for evaluation, and for training with --labels-known)",
+        default=None,
     )
     kind: str | None = _help("force 'image' or 'table' instead of guessing", default=None)
     heldout_fraction: float = _help(
@@ -161,6 +162,17 @@ class TrainConfig:
         "images only: shift training minibatches at random by up to this fraction of the width",
         default=0.1,
     )
+    labels_known: int = _help(
+        "train with this many rows' labels known (drawn at random with --seed, balanced per "
+        "class): y is observed on them and summed out on the others, cluster k is class k, and "
+        "accuracy is plain, with no matching (0: clustering, labels only score)",
+        default=0,
+    )
+    aux_weight: float = _help(
+        "with --labels-known: weight alpha of the classification term alpha * log q(y|x) on the "
+        "labelled rows (Kingma et al. 2014, who use 0.1 N; 0: none)",
+        default=100.0,
+    )
     seed: int = _help("random seed", default=0)
     device: str | None = _help("cpu or cuda (default: cuda when available)", default=None)
     checkpoint_every: int = _help("save a checkpoint every this many epochs", default=5)
@@ -173,6 +185,7 @@ class TrainConfig:
             "anchor_epochs",
             "checkpoint_every",
             "cluster_encoder_epochs",
+            "labels_known",
         ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 0")
@@ -208,6 +221,8 @@ class TrainConfig:
             raise ConfigError(f"--anchor-beta must be positive, not {self.anchor_beta}")
         if self.augment_mode not in ("view", "data"):
             raise ConfigError(f"--augment-mode must be view or data, not {self.augment_mode!r}")
+        if self.aux_weight < 0:
+            raise ConfigError(f"--aux-weight must be >= 0, not {self.aux_weight}")
         if self.clip_norm < 0:
             raise ConfigError(f"--clip-norm must be >= 0, not {self.clip_norm}")
         if self.device is not None and self.device.split(":")[0] not in ("cpu", "cuda"):

@@ -35,6 +35,7 @@ __all__ = [
     "check_min_rows",
     "encode_labels",
     "from_array",
+    "labelled_rows",
     "validate_array",
 ]
 
@@ -189,6 +190,36 @@ class Dataset:
         n_heldout = min(max(round(fraction * n), 1), n - 1)
         order = np.random.default_rng(seed).permutation(n)
         return self.subset(np.sort(order[n_heldout:])), self.subset(np.sort(order[:n_heldout]))
+
+
+def labelled_rows(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """A boolean mask ``(N,)`` of ``n`` rows drawn at random with ``seed``, balanced per class:
+    ``n // C`` of each of the C classes of ``labels (N,)`` and the remainder from classes drawn at
+    random; a class with fewer rows gives all it has and the others make up the difference.
+
+    Raises:
+        DataError: ``n`` below 1 or above the number of rows.
+    """
+    labels = np.asarray(labels)
+    if not 1 <= n <= len(labels):
+        raise DataError(f"cannot label {n} of {len(labels)} rows; pass 1 to {len(labels)}")
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    rows = {c: rng.permutation(np.flatnonzero(labels == c)) for c in classes}
+    share = dict.fromkeys(classes, 0)
+    left = n
+    # Round robin over the classes in a random order: each gets n // C, then one more each for
+    # the first n % C, skipping classes that have run out of rows.
+    order = rng.permutation(classes)
+    while left:
+        for c in order:
+            if left and share[c] < len(rows[c]):
+                share[c] += 1
+                left -= 1
+    mask = np.zeros(len(labels), dtype=bool)
+    for c in classes:
+        mask[rows[c][: share[c]]] = True
+    return mask
 
 
 # ----------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from pyro.infer.enum import get_importance_trace
 
 from .dataset import Dataset
 from .errors import DataError
-from .metrics import clustering_scores
+from .metrics import class_accuracy, clustering_scores
 from .model import GMVAE
 from .rng import forked_seed
 
@@ -225,6 +225,7 @@ def evaluate(
     num_samples: int = 100,
     seed: int = 0,
     batch_size: int | None = None,
+    classes: bool = False,
 ) -> dict[str, Any]:
     """Score ``model`` on ``dataset`` without refitting anything on it.
 
@@ -238,7 +239,10 @@ def evaluate(
       ``many_to_one_accuracy`` (each cluster named after its majority label; reported always,
       equal to ``accuracy`` or above, and the meaningful one when K > number of classes),
       ``nmi``, ``ari``, ``n_classes``: from :func:`~pyro_gmvae.metrics.clustering_scores` when
-      the data has labels, else None.
+      the data has labels, else None;
+    - ``class_accuracy``: with ``classes`` (a model trained with some labels known, whose
+      cluster k is class k) and labels, the fraction of examples predicted as their label, with
+      no matching.
 
     Randomness (the draws of z) comes from ``seed`` in a forked torch random state, so the
     caller's random state is left as it was and results are reproducible.
@@ -269,6 +273,8 @@ def evaluate(
     if dataset.labels is not None:
         result["n_classes"] = len(np.unique(dataset.labels))
         result |= clustering_scores(dataset.labels, clusters)
+        if classes:
+            result["class_accuracy"] = class_accuracy(dataset.labels, clusters)
     return result
 
 
@@ -284,6 +290,10 @@ def format_evaluation(result: dict[str, Any]) -> str:
     if result["accuracy"] is None:
         rows.append(("accuracy", "- (the data has no labels)"))
     else:
+        if "class_accuracy" in result:
+            rows.append(
+                ("class accuracy", f"{result['class_accuracy']:.4f}  (cluster k is class k)")
+            )
         rows += [
             ("accuracy", f"{result['accuracy']:.4f}  (clusters matched one-to-one to labels)"),
             ("many-to-one", f"{result['many_to_one_accuracy']:.4f}  (cluster -> majority label)"),

@@ -59,6 +59,15 @@ def cluster_accuracy(labels: np.ndarray, clusters: np.ndarray) -> float:
     return float(sum(C[k, c] for k, c in matched.items()) / len(labels))
 
 
+def class_accuracy(labels: np.ndarray, predicted: np.ndarray) -> float:
+    """The fraction of ``predicted (N,)`` equal to ``labels (N,)``, with no matching: the
+    accuracy of a model whose clusters are tied to classes (trained with some labels known)."""
+    labels, predicted = np.asarray(labels), np.asarray(predicted)
+    if len(labels) != len(predicted) or len(labels) == 0:
+        raise ValueError(f"{len(labels)} labels for {len(predicted)} predictions")
+    return float((labels == predicted).mean())
+
+
 def many_to_one_accuracy(labels: np.ndarray, clusters: np.ndarray) -> float:
     """Accuracy when each cluster is named after its most frequent label (for K > classes)."""
     C = contingency(labels, clusters)

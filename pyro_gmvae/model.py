@@ -155,88 +155,172 @@ class GMVAE(nn.Module):
             raise ValueError(f"{len(subsample)} subsample indices for {x.shape[0]} rows")
         return pyro.plate("data", x.shape[0] if size is None else size, subsample=subsample)
 
+    # Semi-supervised training (Kingma et al. 2014, M2; Pyro's examples/vae/ss_vae_M2.py) gives
+    # the model and guides each row's class ``y_obs (N,)`` where ``known (N,)`` is True. The batch
+    # is split into two sibling plates: "data", the unlabelled rows, whose program is exactly the
+    # unsupervised one (y enumerated), and "labelled", whose sites (``y_labelled``, observed;
+    # ``z_labelled``; ``x_labelled``) have names of their own, since a trace holds a name once.
+    # One plate with ``obs_mask`` would instead enumerate y on the labelled rows too (K decoder
+    # passes for a row whose y is known) and leave the masked rows of an enumerated guide site to
+    # TraceEnum_ELBO's bookkeeping; two plates keep each part's ELBO the plain formula that the
+    # tests compute by hand. Each plate sums over its rows, so the batch's ELBO is the labelled
+    # part plus the unlabelled part, on the same scale as without labels.
     def model(
         self,
         x: torch.Tensor,
         x_view: torch.Tensor | None = None,
         kl_scale: float = 1.0,
+        y_obs: torch.Tensor | None = None,
+        known: torch.Tensor | None = None,
+        aux_weight: float = 0.0,
         *,
         size: int | None = None,
         subsample: torch.Tensor | None = None,
     ) -> None:
-        """p(x, y, z); ``x`` of shape ``(N, D)``. ``x_view`` is for the guide and ignored here.
+        """p(x, y, z); ``x`` of shape ``(N, D)``. ``x_view`` is for the guide and ignored here
+        (except by the auxiliary term, which reads what the guide's networks read).
 
         ``kl_scale`` weights the latent sites' log-densities, here and in the guide, so the loss is
         ``-E[log p(x|z)] + kl_scale * KL`` (a beta-VAE; 1 is the exact ELBO), as Pyro's
         ``examples/dmm.py`` anneals its KL. ``size`` and ``subsample``: ``x`` is the minibatch
         ``subsample (B,)`` of ``size`` rows (see :meth:`data_plate`), here and in the guide.
+
+        With ``y_obs (N,)`` (long) and ``known (N,)`` (bool), y is observed on the known rows
+        (cluster k is class k) and enumerated on the others; ``aux_weight`` alpha adds
+        ``alpha * log q(y_obs|x)`` on the known rows (Kingma et al.'s classification term, as in
+        ``ss_vae_M2.py``'s ``model_classify``), with q(y|x) :meth:`cluster_log_proba`.
         """
         pyro.module(self.name, self)
-        with self.data_plate(x, size, subsample):
-            with poutine.scale(scale=kl_scale):
-                # y: (K, 1) when enumerated, in the model or replayed from the enumerated guide
-                y = pyro.sample("y", self.cluster_prior(), infer={"enumerate": "parallel"})
-                # z: (N, Z) from q(z|x), or (K, N, Z) from q(z|x,y)
-                z = pyro.sample("z", self.latent_prior(y))
-            pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
+        (x_u, view_u), (x_l, view_l, y_l) = self._split(x, x_view, y_obs, known, size)
+        if len(x_u):
+            with self.data_plate(x_u, size, subsample):
+                with poutine.scale(scale=kl_scale):
+                    # y: (K, 1) when enumerated, in the model or replayed from the enumerated guide
+                    y = pyro.sample("y", self.cluster_prior(), infer={"enumerate": "parallel"})
+                    # z: (N, Z) from q(z|x), or (K, N, Z) from q(z|x,y)
+                    z = pyro.sample("z", self.latent_prior(y))
+                pyro.sample("x", self.likelihood(self.decoder(z)), obs=x_u)
+        if len(x_l):
+            with pyro.plate("labelled", x_l.shape[0]):
+                with poutine.scale(scale=kl_scale):
+                    pyro.sample("y_labelled", self.cluster_prior(), obs=y_l)  # (L,)
+                    z = pyro.sample("z_labelled", self.latent_prior(y_l))  # (L, Z)
+                pyro.sample("x_labelled", self.likelihood(self.decoder(z)), obs=x_l)
+                if aux_weight:
+                    seen = x_l if view_l is None else view_l
+                    with poutine.scale(scale=aux_weight):
+                        q_y = dist.Categorical(logits=self.cluster_log_proba(seen))
+                        pyro.sample("y_aux", q_y, obs=y_l)
 
     def guide_enumerated(
         self,
         x: torch.Tensor,
         x_view: torch.Tensor | None = None,
         kl_scale: float = 1.0,
+        y_obs: torch.Tensor | None = None,
+        known: torch.Tensor | None = None,
+        aux_weight: float = 0.0,
         *,
         size: int | None = None,
         subsample: torch.Tensor | None = None,
     ) -> None:
-        """q(y|x) q(z|x,y), with y enumerated: the ELBO sums q(y|x) over all K clusters.
+        """q(y|x) q(z|x,y), with y enumerated: the ELBO sums q(y|x) over all K clusters; on the
+        rows where ``known``, q(z|x,y) at the given ``y_obs`` alone (q(y|x) is not used there).
 
         ``x_view``, when given, is what the networks see instead of ``x`` (e.g. a randomly
         shifted copy during training): any q is a valid variational family, so the ELBO of
         ``x`` stays a bound, and the codes learn to ignore the perturbation. ``kl_scale``,
-        ``size`` and ``subsample`` as in :meth:`model`.
+        ``y_obs``, ``known`` as in :meth:`model`; ``aux_weight`` is the model's alone.
         """
         pyro.module(self.name, self)
-        seen = x if x_view is None else x_view
-        with self.data_plate(x, size, subsample), poutine.scale(scale=kl_scale):
-            y = pyro.sample(
-                "y",
-                dist.Categorical(logits=self.cluster_encoder(seen)),
-                infer={"enumerate": "parallel"},
-            )  # (K, 1)
-            loc, scale = self.encoder(seen, y)  # (K, N, Z)
-            pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+        (x_u, view_u), (x_l, view_l, y_l) = self._split(x, x_view, y_obs, known, size)
+        if len(x_u):
+            seen = x_u if view_u is None else view_u
+            with self.data_plate(x_u, size, subsample), poutine.scale(scale=kl_scale):
+                y = pyro.sample(
+                    "y",
+                    dist.Categorical(logits=self.cluster_encoder(seen)),
+                    infer={"enumerate": "parallel"},
+                )  # (K, 1)
+                loc, scale = self.encoder(seen, y)  # (K, N, Z)
+                pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+        if len(x_l):
+            seen = x_l if view_l is None else view_l
+            with pyro.plate("labelled", x_l.shape[0]), poutine.scale(scale=kl_scale):
+                loc, scale = self.encoder(seen, y_l)  # (L, Z)
+                pyro.sample("z_labelled", dist.Normal(loc, scale).to_event(1))
 
     def guide_marginal(
         self,
         x: torch.Tensor,
         x_view: torch.Tensor | None = None,
         kl_scale: float = 1.0,
+        y_obs: torch.Tensor | None = None,
+        known: torch.Tensor | None = None,
+        aux_weight: float = 0.0,
         *,
         size: int | None = None,
         subsample: torch.Tensor | None = None,
     ) -> None:
-        """q(z|x) alone; y stays in the model, where p(z) is an exact mixture of K Gaussians.
-        ``x_view``, ``kl_scale``, ``size`` and ``subsample`` as in :meth:`guide_enumerated`."""
+        """q(z|x) alone; y stays in the model, where p(z) is an exact mixture of K Gaussians on
+        the unlabelled rows and p(z|y_obs) on the known ones. The arguments as in
+        :meth:`guide_enumerated`."""
         pyro.module(self.name, self)
-        seen = x if x_view is None else x_view
-        with self.data_plate(x, size, subsample), poutine.scale(scale=kl_scale):
-            loc, scale = self.encoder(seen)  # (N, Z)
-            pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+        (x_u, view_u), (x_l, view_l, _) = self._split(x, x_view, y_obs, known, size)
+        plates = {
+            "data": lambda rows: self.data_plate(rows, size, subsample),
+            "labelled": lambda rows: pyro.plate("labelled", rows.shape[0]),
+        }
+        for site, plate, rows, view in (
+            ("z", "data", x_u, view_u),
+            ("z_labelled", "labelled", x_l, view_l),
+        ):
+            if len(rows):
+                seen = rows if view is None else view
+                with plates[plate](rows), poutine.scale(scale=kl_scale):
+                    loc, scale = self.encoder(seen)  # (N, Z)
+                    pyro.sample(site, dist.Normal(loc, scale).to_event(1))
 
     def guide(
         self,
         x: torch.Tensor,
         x_view: torch.Tensor | None = None,
         kl_scale: float = 1.0,
+        y_obs: torch.Tensor | None = None,
+        known: torch.Tensor | None = None,
+        aux_weight: float = 0.0,
         **plate: int | torch.Tensor | None,
     ) -> None:
         """The guide chosen by ``config.guide``; ``plate``: ``size`` and ``subsample``, if any,
         as in :meth:`model`."""
         if self.config.guide == "enumerated":
-            self.guide_enumerated(x, x_view, kl_scale, **plate)
+            self.guide_enumerated(x, x_view, kl_scale, y_obs, known, aux_weight, **plate)
         else:
-            self.guide_marginal(x, x_view, kl_scale, **plate)
+            self.guide_marginal(x, x_view, kl_scale, y_obs, known, aux_weight, **plate)
+
+    @staticmethod
+    def _split(
+        x: torch.Tensor,
+        x_view: torch.Tensor | None,
+        y_obs: torch.Tensor | None,
+        known: torch.Tensor | None,
+        size: int | None = None,
+    ) -> tuple[tuple, tuple]:
+        """``((x_u, view_u), (x_l, view_l, y_l))``: the unlabelled rows ``(N - L, D)`` and the
+        labelled ones ``(L, D)`` with their classes ``(L,)``. Without ``known``, all of ``x`` is
+        unlabelled and passes through untouched (no copy), so the unsupervised program is
+        unchanged."""
+        if known is None:
+            return (x, x_view), (x[:0], None, None)
+        if size is not None:
+            raise ValueError(
+                "known labels and a data plate sized to the full data (data-parallel training) "
+                "do not go together yet: train with labels in one process"
+            )
+        if y_obs is None or y_obs.shape != known.shape or known.shape != x.shape[:1]:
+            raise ValueError("pass y_obs and known, both of shape (N,), or neither")
+        pick = lambda a, rows: None if a is None else a[rows]  # noqa: E731
+        return (x[~known], pick(x_view, ~known)), (x[known], pick(x_view, known), y_obs[known])
 
     # -------------------------------------------------------------------------------- inference
     def as_tensor(self, x: np.ndarray | torch.Tensor, name: str = "x") -> torch.Tensor:
@@ -275,10 +359,15 @@ class GMVAE(nn.Module):
         q(y|x): the exact log p(y|z), by Bayes' rule over the K clusters, at z the mean of q(z|x)
         (as VaDE assigns clusters).
         """
-        x = self.as_tensor(x)
+        return self._batched(self.cluster_log_proba, self.as_tensor(x))
+
+    def cluster_log_proba(self, x: torch.Tensor) -> torch.Tensor:
+        """log q(y|x) as a differentiable function of the parameters, ``(N, D) -> (N, K)``:
+        the cluster encoder's for the enumerated guide, the exact log p(y|z) at the mean of
+        q(z|x) for the marginal one (see :meth:`predict_log_proba`)."""
         if self.cluster_encoder is not None:
-            return self._batched(lambda b: F.log_softmax(self.cluster_encoder(b), -1), x)
-        return self._batched(lambda b: self.cluster_log_posterior_given_z(self.encoder(b)[0]), x)
+            return F.log_softmax(self.cluster_encoder(x), -1)
+        return self.cluster_log_posterior_given_z(self.encoder(x)[0])
 
     def predict_proba(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
         """:meth:`predict_log_proba` exponentiated, as a numpy array ``(N, K)``; rows sum to 1:

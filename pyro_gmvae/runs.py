@@ -33,7 +33,7 @@ from .data import load_data
 from .dataset import Dataset, Scaler, check_min_rows
 from .errors import CheckpointError, ConfigError, DataError, RunDirectoryError
 from .files import atomic_write_text
-from .metrics import clustering_scores
+from .metrics import class_accuracy, clustering_scores
 from .model import GMVAE
 from .ppc import PPC_FILE, REPORT_FILE, PPCReport
 from .rng import seed_everything
@@ -367,6 +367,19 @@ def _train_leader(
         for part, data in (("train", train_data), ("heldout", heldout)):
             if data is not None and data.labels is not None:
                 result[part] = clustering_scores(data.labels, model.predict(data.x))
+        if trainer.known is not None:
+            # Clusters are classes: plain accuracy, on the rows training saw unlabelled and on
+            # the held-out rows.
+            unseen = ~trainer.known.cpu().numpy()
+            if unseen.any():
+                result["train"]["class_accuracy"] = class_accuracy(
+                    train_data.labels[unseen], model.predict(train_data.x[unseen])
+                )
+            if heldout is not None:
+                result["heldout"]["class_accuracy"] = class_accuracy(
+                    heldout.labels, model.predict(heldout.x)
+                )
+            result["labels_known"] = int((~unseen).sum())
         if plots:
             from .plots import training_figures
 

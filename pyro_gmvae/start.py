@@ -28,6 +28,7 @@ from sklearn.mixture import GaussianMixture
 
 from .config import TrainConfig
 from .errors import ConfigError, DataError
+from .metrics import cluster_accuracy, match_clusters
 
 #: Principal components of the data that the t-SNE map of the data is made of.
 DATA_COMPONENTS = 50
@@ -37,11 +38,14 @@ DATA_COMPONENTS = 50
 class Start:
     """What a start found: ``responsibilities (N, K)``, soft or hard assignments of the training
     rows to the clusters (rows sum to 1); for a start that chooses between candidates, which one
-    it kept (``source``) and each candidate's score (``scores``)."""
+    it kept (``source``), each candidate's score (``scores``) and each candidate's clusters
+    ``(N,)`` (``candidates``, for a choice that labels can make better, see
+    :func:`tie_to_classes`)."""
 
     responsibilities: np.ndarray
     source: str | None = None
     scores: dict[str, float] = field(default_factory=dict)
+    candidates: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     @property
     def assignments(self) -> np.ndarray:
@@ -184,7 +188,10 @@ def tsne_start(
         found[name] = (separation(embedding, labels, config.seed), labels)
     kept = max(found, key=lambda name: found[name][0])
     scores = {name: score for name, (score, _) in found.items()}
-    return Start(one_hot(found[kept][1], n_clusters), source=kept, scores=scores)
+    candidates = {name: clusters for name, (_, clusters) in found.items()}
+    return Start(
+        one_hot(found[kept][1], n_clusters), source=kept, scores=scores, candidates=candidates
+    )
 
 
 @register_start("spectral")
@@ -200,6 +207,52 @@ def spectral_start(
         random_state=config.seed,
     ).fit_predict(codes)
     return Start(one_hot(assignments, n_clusters))
+
+
+# ------------------------------------------------------------------- a few labels known
+def tie_to_classes(start: Start, labels: np.ndarray, known: np.ndarray) -> Start:
+    """The start with its clusters renamed so that cluster k is class k, and the labelled rows
+    at their class: for training with ``labels (N,)`` known where ``known (N,)`` is True.
+
+    The clusters are matched to the classes by the most labelled rows on matched pairs
+    (Hungarian, :func:`~pyro_gmvae.metrics.match_clusters`); clusters that no labelled row
+    names take the classes left over, in order. Renaming keeps the unsupervised start, which
+    finds the classes far better than means of a few labelled codes could place them (5 codes a
+    class on ``digits``); the labels then decide only which cluster is which, and hold their own
+    rows. A start with ``candidates`` (the t-SNE maps of the codes and of the data) is first
+    replaced by the candidate whose matched clusters agree with the most labelled rows: the
+    labels judge the maps better than the silhouette does (on ``digits``, seed 2, the codes' map
+    that the silhouette kept merges 1 with 8 and 8 with 9).
+    """
+    known = np.asarray(known, dtype=bool)
+    labels = np.asarray(labels)
+    if len(start.candidates) > 1 and known.shape == labels.shape and known.any():
+        K = start.responsibilities.shape[1]
+        agreement = {  # matched accuracy on the labelled rows
+            name: cluster_accuracy(labels[known], clusters[known])
+            for name, clusters in start.candidates.items()
+        }
+        kept = max(agreement, key=agreement.__getitem__)  # a tie keeps the first, the codes' map
+        start = Start(one_hot(start.candidates[kept], K), source=kept, scores=start.scores)
+    responsibilities = np.asarray(start.responsibilities, dtype=np.float64)
+    n, K = responsibilities.shape
+    if labels.shape != (n,) or known.shape != (n,):
+        raise ValueError(f"labels and known must have shape ({n},), one per training row")
+    if not known.any():
+        raise ValueError("no labelled row: pass known with at least one True")
+    named = labels[known]
+    if named.min() < 0 or named.max() >= K:
+        raise DataError(
+            f"labels of the labelled rows must be classes 0..{K - 1}, one per cluster, not "
+            f"{int(named.min())}..{int(named.max())}; pass --clusters {int(named.max()) + 1}"
+        )
+    matched = match_clusters(named, start.assignments[known], K)  # {cluster: class}
+    free = iter(c for c in range(K) if c not in matched.values())
+    to_class = [matched[k] if k in matched else next(free) for k in range(K)]
+    renamed = np.empty_like(responsibilities)
+    renamed[:, to_class] = responsibilities
+    renamed[known] = one_hot(named, K)
+    return Start(renamed, source=start.source, scores=start.scores)
 
 
 # ------------------------------------------------------------------------------- checks

@@ -38,13 +38,21 @@ from tqdm.auto import tqdm
 
 from .checkpoints import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 from .config import RunConfig, TrainConfig
-from .dataset import check_min_rows
+from .dataset import check_min_rows, labelled_rows
 from .errors import CheckpointError, ConfigError, DataError, RunDirectoryError
 from .files import atomic_write_text
-from .metrics import clustering_scores
+from .metrics import class_accuracy, clustering_scores
 from .model import GMVAE
 from .rng import rng_state, seed_everything, set_rng_state
-from .start import STARTS, Start, StartFunction, check_start, count_distinct, find_start
+from .start import (
+    STARTS,
+    Start,
+    StartFunction,
+    check_start,
+    count_distinct,
+    find_start,
+    tie_to_classes,
+)
 from .start import mixture_moments as _mixture_moments
 
 METRICS_FILE = "metrics.jsonl"
@@ -119,7 +127,9 @@ def augment_images(
 @dataclass
 class Batch:
     """One minibatch: the rows ``idx (B,)`` of the training data, their values ``x (B, D)``, and
-    what the networks see instead of ``x`` (a randomly moved copy), if anything: ``view``.
+    what the networks see instead of ``x`` (a randomly moved copy), if anything: ``view``. When
+    some labels are known, ``y (B,)`` the rows' classes and ``known (B,)`` which of them are given
+    to training, with ``aux_weight`` the weight of the classification term on those.
 
     ``size``, when set, is the number N of training rows the batch was drawn from: the ELBO
     phases then size the ``data`` plate to N with ``idx`` its subsample and divide by N, the
@@ -132,6 +142,9 @@ class Batch:
     x: torch.Tensor
     view: torch.Tensor | None = None
     size: int | None = None
+    y: torch.Tensor | None = None
+    known: torch.Tensor | None = None
+    aux_weight: float = 0.0
 
     @property
     def seen(self) -> torch.Tensor:
@@ -152,6 +165,13 @@ class Batch:
     def examples(self) -> int:
         """What the ELBO phases divide their loss by for a per-example loss: B, or ``size``."""
         return len(self.x) if self.size is None else self.size
+
+    @property
+    def labelled(self) -> dict[str, Any]:
+        """The model's and guide's keyword arguments for the known labels (none without)."""
+        if self.known is None:
+            return {}
+        return {"y_obs": self.y, "known": self.known, "aux_weight": self.aux_weight}
 
 
 # ---------------------------------------------------------------------------------- phases
@@ -264,7 +284,12 @@ class SVI(Phase):
 
     def loss(self, trainer: Trainer, batch: Batch) -> torch.Tensor:
         loss = self.elbo.differentiable_loss(
-            trainer.model_fn, trainer.guide_fn, *batch.args, kl_scale=self.beta, **batch.plate
+            trainer.model_fn,
+            trainer.guide_fn,
+            *batch.args,
+            kl_scale=self.beta,
+            **batch.plate,
+            **batch.labelled,
         )
         return loss / batch.examples
 
@@ -301,6 +326,8 @@ class MixtureStart:
                 )
             else:
                 start = fn(codes, data, trainer.model.n_clusters, trainer.config, uniform)
+            if trainer.known is not None:
+                start = tie_to_classes(start, trainer.labels, trainer.known.cpu().numpy())
         if start.source is None:  # the record and the figures name every start
             start.source = name
         epochs = self.cluster_encoder_epochs
@@ -452,7 +479,11 @@ class Trainer:
         x: training data ``(N, D)``, already preprocessed (images in [0, 1]).
         config: the training options.
         recipe: the phases to run; default :func:`default_recipe` of ``config``.
-        labels: ``(N,)`` reference labels, for scoring each epoch only.
+        labels: ``(N,)`` reference labels, for scoring each epoch, and the classes of the rows
+            that ``known`` marks.
+        known: ``(N,)`` bool, the rows whose label training sees (y observed there, enumerated
+            elsewhere; cluster k is class k); None: ``config.labels_known`` rows drawn with the
+            seed, balanced per class, or none when that is 0 (clustering, labels only score).
         run_dir: where metrics and checkpoints go; ``None`` keeps everything in memory.
         run_config: the run's full configuration, saved inside each checkpoint.
         elbo: the SVI phase's estimator in the default recipe (give a recipe or this, not both).
@@ -472,6 +503,7 @@ class Trainer:
         *,
         recipe: Recipe | Iterable[Phase] | None = None,
         labels: np.ndarray | None = None,
+        known: np.ndarray | torch.Tensor | None = None,
         run_dir: str | Path | None = None,
         run_config: RunConfig | None = None,
         elbo: pyro.infer.ELBO | None = None,
@@ -495,6 +527,8 @@ class Trainer:
                 "(or no labels)"
             )
         self.labels = None if labels is None else np.asarray(labels)
+        self.classes: torch.Tensor | None = None  # (N,) each row's class where known, else 0
+        self.known = self._known_rows(known)
         self.recipe = default_recipe(config, elbo) if recipe is None else Recipe(recipe)
         self.run_dir = None if run_dir is None else Path(run_dir)
         self.run_config = run_config
@@ -526,6 +560,13 @@ class Trainer:
         self.check_every = 1 if self.device.type == "cpu" else 50
         for phase in self.recipe:
             phase.check(self)
+            if self.known is not None and type(getattr(phase, "elbo", None)).__name__[:3] == "Jit":
+                # The labels enter as tensor keyword arguments, which a JIT loss hashes by
+                # identity: it would compile anew for every batch.
+                raise ConfigError(
+                    f"phase {phase.name!r}: a JIT-compiled ELBO cannot take the known labels; "
+                    "use TraceEnum_ELBO (the default) when labels are known"
+                )
         if any(isinstance(a, MixtureStart) for p in self.recipe for a in p.on_begin if p.epochs):
             # Before any training: rows that are all alike cannot make K clusters (and crash
             # t-SNE), and would only be found out after pretraining.
@@ -536,6 +577,35 @@ class Trainer:
                     f"fewer than the {model.n_clusters} clusters; pass --clusters {distinct} or "
                     "fewer, or check the data"
                 )
+
+    def _known_rows(self, known: np.ndarray | torch.Tensor | None) -> torch.Tensor | None:
+        """The rows whose class training sees, a bool tensor ``(N,)`` on the device, or None."""
+        if known is None and self.config.labels_known == 0:
+            return None
+        if self.labels is None:
+            raise DataError(
+                "training with labels known needs the labels: pass labels= (or data with a "
+                "label column), or no --labels-known"
+            )
+        if known is None:
+            known = labelled_rows(self.labels, self.config.labels_known, self.config.seed)
+        known = np.asarray(torch.as_tensor(known).cpu())
+        if known.shape != (len(self.x),) or known.dtype != np.bool_:
+            raise DataError(
+                f"known must be a bool mask of shape ({len(self.x)},), one per training row, "
+                f"not {known.dtype} of shape {known.shape}"
+            )
+        named = self.labels[known]
+        K = self.model.n_clusters
+        if not np.issubdtype(named.dtype, np.integer) or named.min() < 0 or named.max() >= K:
+            raise DataError(
+                f"the labels of the labelled rows must be classes 0..{K - 1} (cluster k is "
+                "class k); encode them as integers and pass as many --clusters as classes"
+            )
+        self.classes = torch.as_tensor(
+            np.where(known, self.labels, 0).astype(np.int64), device=self.device
+        )
+        return torch.as_tensor(known, device=self.device)
 
     # ------------------------------------------------------------------------------ position
     @property
@@ -567,10 +637,19 @@ class Trainer:
         """
         xb = self.x[idx]
         c = self.config
+        labelled = {}
+        if self.known is not None:
+            labelled = {
+                "y": self.classes[idx],
+                "known": self.known[idx],
+                "aux_weight": c.aux_weight,
+            }
         if self.image_shape is None or (c.augment_rotation == 0 and c.augment_shift == 0):
-            return Batch(idx, xb)
+            return Batch(idx, xb, **labelled)
         view = augment_images(xb, self.image_shape, c.augment_rotation, c.augment_shift)
-        return Batch(idx, xb, view) if c.augment_mode == "view" else Batch(idx, view)
+        if c.augment_mode == "view":
+            return Batch(idx, xb, view, **labelled)
+        return Batch(idx, view, **labelled)
 
     def step(self, loss: torch.Tensor) -> None:
         """One optimizer step on ``loss``, gradients clipped to ``clip_norm``."""
@@ -814,7 +893,11 @@ class Trainer:
                 record = self._run_epoch()
                 self._bar.set_postfix(
                     {"phase": record["phase"]}
-                    | {k: f"{v:.4g}" for k, v in record.items() if k in ("loss", "accuracy")}
+                    | {
+                        k: f"{v:.4g}"
+                        for k, v in record.items()
+                        if k in ("loss", "accuracy", "class_accuracy")
+                    }
                 )
         finally:
             self._bar.close()
@@ -884,7 +967,15 @@ class Trainer:
             if info["scores"]:
                 record["start_silhouette"] = info["scores"]
         if not isinstance(phase, Pretrain) and self.labels is not None:
-            record |= clustering_scores(self.labels, self.model.predict(self.x))
+            predicted = self.model.predict(self.x)
+            record |= clustering_scores(self.labels, predicted)
+            if self.known is not None:
+                # Clusters are classes: plain accuracy, on the rows whose label training never saw.
+                unseen = ~self.known.cpu().numpy()
+                if unseen.any():
+                    record["class_accuracy"] = class_accuracy(
+                        self.labels[unseen], predicted[unseen]
+                    )
         self.epoch += 1
         self.perm, self.batch = None, 0
         self.history.append(record)
@@ -949,8 +1040,9 @@ def fit(
 ) -> list[dict[str, Any]]:
     """Fit ``model`` to ``x`` in memory and return the per-epoch records; a notebook's one-liner.
 
-    ``kwargs`` go to :class:`Trainer` (``recipe``, ``labels``, ``elbo``, ``progress``,
-    ``on_epoch``...). Training seeds every generator with ``config.seed`` as it begins, as
+    ``kwargs`` go to :class:`Trainer` (``recipe``, ``labels``, ``known``, ``elbo``,
+    ``progress``, ``on_epoch``...); ``labels=y, known=mask`` trains with the labels of the rows
+    ``mask`` marks (semi-supervised: cluster k is class k, ``predict`` returns classes). Training seeds every generator with ``config.seed`` as it begins, as
     ``gmvae train`` does. Ctrl-C stops after the current batch and leaves the model as trained so
     far.
     """

@@ -1,0 +1,301 @@
+"""Semi-supervised GMVAE: y observed on labelled rows, enumerated on the others.
+
+The labelled rows' ELBO equals the hand computation with y fixed, a mixed batch's the labelled
+part plus the unlabelled part, the auxiliary term adds exactly ``-alpha * log q(y|x)``, and the
+shapes under enumeration are those of two sibling plates.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyro
+import pytest
+import torch
+from helpers import blobs, small_model, small_train
+from pyro import poutine
+from pyro.infer import JitTraceEnum_ELBO, TraceEnum_ELBO
+from test_model import D, K, N, Z, tiny_data, tiny_model
+
+from pyro_gmvae import (
+    GMVAE,
+    Anchor,
+    ConfigError,
+    DataError,
+    MixtureStart,
+    Start,
+    Trainer,
+    default_recipe,
+    fit,
+)
+from pyro_gmvae.cli import main
+from pyro_gmvae.dataset import labelled_rows
+from pyro_gmvae.reference import hand_loss
+from pyro_gmvae.start import tie_to_classes
+
+#: Which of the N = 5 rows are labelled, and the classes of all rows (ignored where unknown).
+KNOWN = torch.tensor([True, False, True, True, False])
+Y_OBS = torch.tensor([2, -1, 0, 2, -1])
+
+
+def pyro_loss(model, x, seed: int = 3, **kwargs) -> torch.Tensor:
+    """``TraceEnum_ELBO``'s negative ELBO (a sum over rows) after seeding with ``seed``."""
+    pyro.set_rng_seed(seed)
+    elbo = TraceEnum_ELBO(max_plate_nesting=1)
+    return elbo.differentiable_loss(model.model, model.guide, x, **kwargs)
+
+
+def oracle(model, x, seed: int = 3, **kwargs) -> torch.Tensor:
+    """``hand_loss`` summed over rows, after seeding with ``seed`` (so it draws the same z)."""
+    pyro.set_rng_seed(seed)
+    return len(x) * hand_loss(model, x, **kwargs)
+
+
+@pytest.fixture(params=["enumerated", "marginal"])
+def guide(request) -> str:
+    return request.param
+
+
+#: A batch of labelled rows alone enumerates nothing, which TraceEnum_ELBO remarks on.
+all_labelled = pytest.mark.filterwarnings("ignore:TraceEnum_ELBO found no sample sites")
+
+
+@all_labelled
+def test_labelled_rows_elbo_equals_hand_computation_with_y_fixed(guide):
+    model = tiny_model(guide)
+    x = tiny_data("bernoulli")
+    y = torch.tensor([2, 0, 1, 2, 1])
+    loss = pyro_loss(model, x, y_obs=y, known=torch.ones(N, dtype=torch.bool))
+    expected = oracle(model, x, y=y)
+    torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-10)
+    params = list(model.parameters())
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    expected_grads = torch.autograd.grad(expected, params, allow_unused=True)
+    for g, e in zip(grads, expected_grads, strict=True):
+        if g is None or e is None:  # e.g. the cluster encoder, unused on labelled rows
+            assert g is None or not g.any()
+            assert e is None or not e.any()
+        else:
+            torch.testing.assert_close(g, e, rtol=1e-9, atol=1e-10)
+
+
+@all_labelled
+def test_labelled_elbo_depends_on_the_given_classes(guide):
+    """The test above can fail: another y gives another value."""
+    model = tiny_model(guide)
+    x = tiny_data("bernoulli")
+    y = torch.tensor([2, 0, 1, 2, 1])
+    known = torch.ones(N, dtype=torch.bool)
+    loss = pyro_loss(model, x, y_obs=y, known=known)
+    other = pyro_loss(model, x, y_obs=(y + 1) % K, known=known)
+    assert abs(float((loss - other).detach())) > 1e-3
+
+
+def test_mixed_batch_is_labelled_part_plus_unlabelled_part(guide):
+    model = tiny_model(guide)
+    x = tiny_data("bernoulli")
+    loss = pyro_loss(model, x, y_obs=Y_OBS, known=KNOWN)
+    # One seed for both parts, drawn in the guide's order: the unlabelled plate, then the other.
+    pyro.set_rng_seed(3)
+    unlabelled = len(x[~KNOWN]) * hand_loss(model, x[~KNOWN])
+    labelled = len(x[KNOWN]) * hand_loss(model, x[KNOWN], y=Y_OBS[KNOWN])
+    torch.testing.assert_close(loss, unlabelled + labelled, rtol=1e-12, atol=1e-10)
+
+
+def test_no_labelled_row_is_the_unsupervised_program(guide):
+    model = tiny_model(guide)
+    x = tiny_data("bernoulli")
+    none_known = torch.zeros(N, dtype=torch.bool)
+    unsupervised = pyro_loss(model, x)
+    torch.testing.assert_close(pyro_loss(model, x, y_obs=Y_OBS, known=none_known), unsupervised)
+    torch.testing.assert_close(unsupervised, oracle(model, x), rtol=1e-12, atol=1e-10)
+
+
+@pytest.mark.parametrize("alpha", [0.5, 7.0])
+def test_auxiliary_term_adds_minus_alpha_log_q_y_on_labelled_rows(guide, alpha):
+    model = tiny_model(guide)
+    x = tiny_data("bernoulli")
+    without = pyro_loss(model, x, y_obs=Y_OBS, known=KNOWN)
+    with_aux = pyro_loss(model, x, y_obs=Y_OBS, known=KNOWN, aux_weight=alpha)
+    # log q(y|x): the cluster encoder (enumerated guide) or p(y|z) at the mean of q(z|x).
+    log_q = model.cluster_log_proba(x[KNOWN])  # (L, K)
+    expected = -alpha * log_q.gather(1, Y_OBS[KNOWN].unsqueeze(1)).sum()
+    torch.testing.assert_close(with_aux - without, expected, rtol=1e-10, atol=1e-10)
+    if guide == "enumerated":
+        by_hand = torch.log_softmax(model.cluster_encoder(x[KNOWN]), -1)[range(3), [2, 0, 2]]
+        torch.testing.assert_close(with_aux - without, -alpha * by_hand.sum())
+
+
+def test_auxiliary_term_reads_the_view(guide):
+    """The classifier sees what the guide's networks see: the moved copy, when there is one."""
+    model = tiny_model(guide)
+    x = tiny_data("bernoulli")
+    view = x.flip(-1)
+    base = pyro_loss(model, x, x_view=view, y_obs=Y_OBS, known=KNOWN)
+    aux = pyro_loss(model, x, x_view=view, y_obs=Y_OBS, known=KNOWN, aux_weight=1.0)
+    log_q = model.cluster_log_proba(view[KNOWN]).gather(1, Y_OBS[KNOWN].unsqueeze(1))
+    torch.testing.assert_close(aux - base, -log_q.sum(), rtol=1e-10, atol=1e-10)
+
+
+def test_shapes_under_enumeration_with_labelled_rows(guide):
+    model = tiny_model(guide)
+    x = tiny_data("bernoulli")
+    kwargs = {"y_obs": Y_OBS, "known": KNOWN, "aux_weight": 1.0}
+    guide_trace = poutine.trace(poutine.enum(model.guide, first_available_dim=-2)).get_trace(
+        x, **kwargs
+    )
+    model_trace = poutine.trace(
+        poutine.enum(poutine.replay(model.model, trace=guide_trace), first_available_dim=-2)
+    ).get_trace(x, **kwargs)
+    model_trace.compute_log_prob()
+    U, L = int((~KNOWN).sum()), int(KNOWN.sum())
+
+    # Unlabelled rows: y enumerated as (K, 1), exactly as without labels.
+    assert model_trace.nodes["y"]["value"].shape == (K, 1)
+    assert model_trace.nodes["z"]["log_prob"].shape == (K, U)
+    assert model_trace.nodes["x"]["log_prob"].shape == ((K, U) if guide == "enumerated" else (U,))
+    # Labelled rows: y observed, one z and one decoder pass per row, no enumeration dim.
+    y_l = model_trace.nodes["y_labelled"]
+    assert y_l["is_observed"] and torch.equal(y_l["value"], Y_OBS[KNOWN])
+    for site in ("y_labelled", "z_labelled", "x_labelled", "y_aux"):
+        assert model_trace.nodes[site]["log_prob"].shape == (L,), site
+    assert guide_trace.nodes["z_labelled"]["value"].shape == (L, Z)
+    assert "y_labelled" not in guide_trace.nodes
+    assert model_trace.nodes["x_labelled"]["fn"].event_shape == (D,)
+    plates = {f.name for f in model_trace.nodes["z_labelled"]["cond_indep_stack"]}
+    assert plates == {"labelled"}
+
+
+def test_y_obs_without_known_is_refused(guide):
+    model = tiny_model(guide)
+    with pytest.raises(ValueError, match="y_obs and known"):
+        model.model(tiny_data("bernoulli"), known=KNOWN)
+
+
+# ------------------------------------------------------------------------------------ training
+def permuted_blobs() -> tuple[np.ndarray, np.ndarray]:
+    """Three blobs whose labels are a permutation away from the order any start finds them in,
+    so a result that holds clusters to classes cannot come from the start by chance."""
+    x, labels = blobs()
+    return x, np.array([2, 0, 1])[labels]
+
+
+def test_labelled_rows_are_drawn_with_the_seed_balanced_per_class():
+    labels = np.repeat(np.arange(4), [50, 30, 3, 20])
+    mask = labelled_rows(labels, 16, seed=1)
+    assert mask.sum() == 16
+    # 16 // 4 = 4 a class; the class of 3 rows gives its 3 and another class the one left over.
+    counts = np.bincount(labels[mask], minlength=4)
+    assert counts[2] == 3 and sorted(counts) == [3, 4, 4, 5]
+    assert np.array_equal(mask, labelled_rows(labels, 16, seed=1))
+    assert not np.array_equal(mask, labelled_rows(labels, 16, seed=2))
+    with pytest.raises(DataError, match="cannot label"):
+        labelled_rows(labels, 0)
+
+
+def test_tie_to_classes_renames_clusters_and_holds_labelled_rows():
+    found = np.array([0, 0, 1, 1, 2, 2])  # the start's clusters
+    labels = np.array([1, 1, 2, 0, 0, 0])  # cluster 0 is class 1, 2 is 0, 1 is mostly 2
+    known = np.array([True, False, True, True, True, False])
+    tied = tie_to_classes(Start(np.eye(3)[found]), labels, known)
+    # Renamed (0 -> 1, 1 -> 2, 2 -> 0), and the labelled row 3 of cluster 1 held at class 0.
+    assert tied.assignments.tolist() == [1, 1, 2, 0, 0, 0]
+    with pytest.raises(DataError, match="classes 0..2"):
+        tie_to_classes(Start(np.eye(3)[found]), labels + 1, known)
+
+
+def test_tie_to_classes_keeps_the_candidate_map_the_labelled_rows_agree_with():
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    known = np.array([True, True, True, False, True, True])
+    merged = np.array([0, 0, 0, 0, 1, 2])  # what the silhouette kept: classes 0, 1 merged
+    apart = np.array([2, 2, 0, 0, 1, 1])  # another map: the classes, renamed
+    start = Start(np.eye(3)[merged], source="codes", scores={"codes": 0.9, "data": 0.8})
+    start.candidates = {"codes": merged, "data": apart}
+    tied = tie_to_classes(start, labels, known)
+    assert tied.source == "data" and tied.scores == start.scores
+    assert tied.assignments.tolist() == labels.tolist()
+    # Without candidates the start itself is renamed, merged clusters and all: the unlabelled
+    # row 3 stays with class 0.
+    alone = tie_to_classes(Start(np.eye(3)[merged]), labels, known)
+    assert alone.assignments.tolist() == [0, 0, 1, 0, 2, 2]
+
+
+@pytest.mark.parametrize("aux_weight", [0.0, 2.0])
+def test_fit_with_labels_known_ties_clusters_to_classes(guide, aux_weight):
+    x, labels = permuted_blobs()
+    pyro.set_rng_seed(0)
+    model = GMVAE(small_model(n_features=x.shape[1], guide=guide))
+    known = labelled_rows(labels, 6, seed=0)
+    config = small_train(anchor_epochs=3, aux_weight=aux_weight)
+    history = fit(model, x, config, labels=labels, known=known, progress=False)
+    # predict returns classes: plain accuracy, no matching, on rows training never labelled.
+    assert (model.predict(x[~known]) == labels[~known]).mean() > 0.95
+    last = history[-1]
+    assert last["class_accuracy"] == pytest.approx(
+        (model.predict(x[~known]) == labels[~known]).mean()
+    )
+    assert "class_accuracy" not in history[0]  # pretraining scores nothing
+
+
+def test_labels_known_draws_the_rows_in_the_trainer_as_the_cli_does():
+    x, labels = permuted_blobs()
+    model = GMVAE(small_model(n_features=x.shape[1]))
+    trainer = Trainer(model, x, small_train(labels_known=9, seed=4), labels=labels, progress=False)
+    assert np.array_equal(trainer.known.cpu().numpy(), labelled_rows(labels, 9, seed=4))
+    with pytest.raises(DataError, match="needs the labels"):
+        Trainer(model, x, small_train(labels_known=9), progress=False)
+    with pytest.raises(DataError, match="classes 0..2"):
+        Trainer(model, x, small_train(labels_known=9), labels=labels + 3, progress=False)
+
+
+def test_the_anchor_holds_labelled_rows_at_their_class():
+    x, labels = permuted_blobs()
+    pyro.set_rng_seed(0)
+    model = GMVAE(small_model(n_features=x.shape[1]))
+    known = labelled_rows(labels, 30, seed=0)
+    held = []
+    config = small_train(anchor_epochs=1, epochs=0)
+    record = lambda trainer: held.append(trainer.assignments.cpu().numpy())  # noqa: E731
+    anchor = Anchor(1, on_begin=[MixtureStart(), record], new_optimizer=True)
+    recipe = default_recipe(config).replace("anchor", anchor)
+    fit(model, x, config, labels=labels, known=known, recipe=recipe, progress=False)
+    assert np.array_equal(held[0][known], labels[known])
+
+
+def test_gmvae_train_labels_known_reports_plain_accuracy_on_unlabelled_and_heldout_rows(
+    tmp_path, capsys
+):
+    x, labels = permuted_blobs()
+    data = tmp_path / "blobs.npz"
+    np.savez(data, X=x, y=labels)
+    out = tmp_path / "run"
+    args = ["train", "--data", str(data), "--out", str(out), "--clusters", "3"]
+    args += ["--latent-dim", "2", "--hidden", "32", "--batch-size", "64", "--lr", "0.003"]
+    args += ["--pretrain-epochs", "10", "--anchor-epochs", "3", "--epochs", "10", "--init", "gmm"]
+    args += ["--restarts", "2", "--heldout-fraction", "0.2", "--labels-known", "6"]
+    args += ["--likelihood", "gaussian", "--device", "cpu", "--no-progress", "--no-plots"]
+    assert main(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["labels_known"] == 6
+    assert result["train"]["class_accuracy"] > 0.95
+    assert result["heldout"]["class_accuracy"] > 0.95
+
+    # gmvae evaluate reads from config.json that clusters are classes.
+    assert main(["evaluate", str(out), "--data", str(data), "--json", "--num-samples", "2"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["class_accuracy"] == pytest.approx(result["heldout"]["class_accuracy"])
+
+
+def test_a_jit_elbo_is_refused_when_labels_are_known():
+    x, labels = permuted_blobs()
+    model = GMVAE(small_model(n_features=x.shape[1]))
+    with pytest.raises(ConfigError, match="JIT"):
+        Trainer(
+            model,
+            x,
+            small_train(labels_known=9),
+            labels=labels,
+            elbo=JitTraceEnum_ELBO(max_plate_nesting=1),
+            progress=False,
+        )
