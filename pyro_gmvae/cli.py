@@ -229,7 +229,7 @@ def cmd_select(args: argparse.Namespace) -> int:
         write_selection,
     )
     from .start import check_start
-    from .train import resolve_device
+    from .train import TrainingDiverged, resolve_device
 
     ks = args.clusters
     if not ks:
@@ -274,15 +274,19 @@ def cmd_select(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     with locked(args.out):
         check_selection_directory(args.out, force=args.force)  # checked again, now ours
-        selection = select_clusters(
-            dataset.x,
-            ks,
-            labels=dataset.labels,
-            heldout_fraction=args.heldout_fraction,
-            n_importance_samples=args.num_samples,
-            n_jobs=args.jobs,
-            **params,
-        )
+        try:
+            selection = select_clusters(
+                dataset.x,
+                ks,
+                labels=dataset.labels,
+                heldout_fraction=args.heldout_fraction,
+                n_importance_samples=args.num_samples,
+                n_jobs=args.jobs,
+                **params,
+            )
+        except TrainingDiverged as e:  # as gmvae train: nothing was written, status 3
+            print(f"gmvae select: training diverged: {e}", file=sys.stderr)
+            return 3
         settings = {k: list(v) if isinstance(v, tuple) else v for k, v in params.items()}
         extra = {
             "data": dataset.name,

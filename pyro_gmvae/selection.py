@@ -173,6 +173,8 @@ def select_clusters(
     and NMI on the training and the held-out rows. ``n_jobs`` fits that many Ks at once, each in
     a process of its own on one thread (None or 1: one after the other, here; -1: one per CPU
     core this process may use); the results do not depend on it beyond float rounding.
+    The workers are spawned, so a script that calls this with ``n_jobs`` > 1 must do so under
+    ``if __name__ == "__main__":``.
 
     Standardize tables first (as for :class:`~pyro_gmvae.estimator.GMVAEClustering`).
 
