@@ -319,7 +319,7 @@ def test_resume_and_force_together_are_refused(table, tmp_path, capsys):
 # Enough training for three blobs in 2-d to be told apart (as in test_selection.py).
 SELECT_SHORT = (
     "--seed 2 --pretrain-epochs 30 --anchor-epochs 10 --epochs 60 --hidden 16 --latent-dim 2 "
-    "--init gmm --batch-size 32 --lr 0.01 --device cpu --no-progress"
+    "--init gmm --batch-size 32 --lr 0.01 --lr-decay 0.9 --device cpu --no-progress"
 ).split()
 
 
@@ -370,6 +370,11 @@ def test_select_recommends_the_number_of_blobs_and_writes_its_files(selected):
     assert [row["k"] for row in record["table"]] == [1, 2, 3, 4]
     assert "one standard error" in record["rule"]
     assert record["data"].endswith("blobs.csv") and record["rows"] == 200
+    # The flags became the estimator's parameters: its own, or train_options for the rest.
+    parameters = record["parameters"]
+    assert parameters["random_state"] == 2 and parameters["hidden"] == [16]
+    assert parameters["likelihood"] == "gaussian"  # a table, as gmvae train would have it
+    assert parameters["init"] == "gmm" and parameters["train_options"] == {"lr_decay": 0.9}
     # The labels are reported beside each K, never used to choose.
     assert record["table"][2]["accuracy"] == 1.0
     png = (out / "figures" / "selection.png").read_bytes()
