@@ -1,4 +1,5 @@
-"""The ``gmvae`` command line: ``gmvae train``, ``gmvae evaluate``, ``gmvae ppc``, ``gmvae sample``.
+"""The ``gmvae`` command line: ``gmvae train``, ``gmvae select``, ``gmvae evaluate``, ``gmvae ppc``,
+``gmvae sample``.
 
 Each subcommand is a thin layer over the public functions of the package, which notebooks call too.
 Errors a user can fix (bad data, impossible options, a run directory in the way) end with one
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import signal
 import sys
 from dataclasses import fields
@@ -120,6 +122,190 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 4
     if "rank" not in result:  # the other processes of a multi-process run: rank 0 reports
         print(json.dumps(result, indent=2))
+    return 0
+
+
+# Estimator parameters of the same name as a TrainConfig field; the other fields go through
+# GMVAEClustering's train_options (seed and device are its random_state and device).
+_ESTIMATOR_TRAIN_PARAMETERS = (
+    "epochs",
+    "pretrain_epochs",
+    "anchor_epochs",
+    "batch_size",
+    "lr",
+    "init",
+    "restarts",
+    "beta",
+)
+# Options of gmvae train that mean nothing to a selection, which keeps no checkpoints.
+_NOT_SELECT_FLAGS = {"clusters", "checkpoint_every"}
+
+
+def _add_select(subparsers) -> None:
+    p = subparsers.add_parser(
+        "select",
+        help="choose K: fit each candidate K, score held-out rows, recommend one",
+        description="Fit a GMVAE for each K of --clusters on the same training rows from the "
+        "same seed, score the held-out rows (--heldout-fraction) by an importance-weighted "
+        "estimate of log p(x) and by the ELBO, count the clusters each K uses, and recommend "
+        "the smallest K whose held-out log-likelihood is within one standard error of the best "
+        "K's. Labels, when the data has them, are only reported (accuracy, NMI), never used to "
+        "choose. Writes selection.json, selection.md and figures/selection.png into --out and "
+        "prints the table with the rule. Model and training options are those of gmvae train, "
+        "with its defaults; tables are standardized as gmvae train does.",
+    )
+    p.add_argument("--data", required=True, help="data, as for gmvae train --data")
+    p.add_argument(
+        "--clusters",
+        type=int,
+        nargs="*",
+        default=None,
+        metavar="K",
+        help="the candidate numbers of clusters, space separated, e.g. 4 6 8 10 12 14",
+    )
+    p.add_argument("--out", required=True, type=Path, help="directory for the selection")
+    p.add_argument("--force", action="store_true", help="replace an earlier selection in --out")
+    p.add_argument("--label-column", default=None, help="CSV column holding labels (reported only)")
+    p.add_argument("--kind", default=None, help="force 'image' or 'table' instead of guessing")
+    p.add_argument(
+        "--heldout-fraction",
+        type=float,
+        default=0.2,
+        help="fraction of rows held out to score each K (default 0.2)",
+    )
+    p.add_argument(
+        "--num-samples",
+        type=int,
+        default=100,
+        help="importance samples of z per held-out row for log p(x) (default 100)",
+    )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="Ks fitted at once, each in a process of its own on one thread (default 1; -1: "
+        "one per CPU core)",
+    )
+    p.add_argument(
+        "--no-progress", action="store_true", help="print nothing on stderr before the table"
+    )
+    for cls in (ModelConfig, TrainConfig):
+        add_arguments(p, cls, suppress_defaults=True, exclude=_NOT_SELECT_FLAGS)
+    p.set_defaults(func=cmd_select)
+
+
+def _selection_parameters(args: argparse.Namespace, kind: str) -> dict:
+    """The estimator parameters of the flags given (only those: the rest keep the library's
+    defaults), checked by the configs they come from."""
+    model, train = (
+        {
+            f.name: getattr(args, f.name)
+            for f in fields(cls)
+            if f.name not in _NOT_SELECT_FLAGS and hasattr(args, f.name)
+        }
+        for cls in (ModelConfig, TrainConfig)
+    )
+    for values in (model, train):
+        values.update({k: tuple(v) for k, v in values.items() if isinstance(v, list)})
+    # As gmvae train: images get a Bernoulli likelihood unless told, tables need a Gaussian.
+    model.setdefault("likelihood", "gaussian" if kind == "table" else ModelConfig().likelihood)
+    if kind == "table" and model["likelihood"] != "gaussian":
+        raise DataError(
+            f"{args.data} is a standardized table; the {model['likelihood']} likelihood needs "
+            "values in [0, 1]: pass --likelihood gaussian (or --kind image for images)"
+        )
+    ModelConfig(clusters=max(args.clusters), **model).validate()
+    TrainConfig(**train).validate()
+    params = dict(model)
+    params["random_state"] = train.pop("seed", TrainConfig().seed)
+    params["device"] = train.pop("device", None)
+    params |= {name: train.pop(name) for name in _ESTIMATOR_TRAIN_PARAMETERS if name in train}
+    if train:
+        params["train_options"] = train
+    return params
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    from .data import load_data
+    from .likelihoods import LIKELIHOODS
+    from .runs import locked
+    from .selection import (
+        SELECTION_FILE,
+        check_candidates,
+        check_selection_directory,
+        select_clusters,
+        write_selection,
+    )
+    from .start import check_start
+    from .train import TrainingDiverged, resolve_device
+
+    ks = args.clusters
+    if not ks:
+        raise ConfigError("--clusters needs the candidate Ks, e.g. --clusters 4 6 8 10 12 14")
+    repeated = sorted({k for k in ks if ks.count(k) > 1})
+    if repeated:
+        raise ConfigError(f"--clusters repeats {repeated}; give each candidate K once")
+    if args.jobs == 0 or args.jobs < -1:
+        raise ConfigError(f"--jobs must be a positive number of processes or -1, not {args.jobs}")
+    if args.num_samples < 1:
+        raise ConfigError(f"--num-samples must be at least 1, not {args.num_samples}")
+    check_selection_directory(args.out, force=args.force)
+    dataset = load_data(args.data, label_column=args.label_column, kind=args.kind)
+    try:
+        check_candidates(ks, len(dataset), args.heldout_fraction)
+    except ConfigError as e:
+        # The library names its arguments; the user typed flags.
+        text = str(e).replace("ks is empty", "--clusters is empty")
+        raise ConfigError(text.replace("heldout_fraction", "--heldout-fraction")) from None
+    params = _selection_parameters(args, dataset.kind)
+    if params["likelihood"] not in LIKELIHOODS:
+        raise ConfigError(
+            f"--likelihood must be one of {', '.join(LIKELIHOODS)}, not {params['likelihood']!r}"
+        )
+    resolve_device(params["device"])
+    n_train = len(dataset) - math.ceil(args.heldout_fraction * len(dataset))
+    check_start(
+        params.get("init", TrainConfig().init),
+        n_train,
+        max(ks),
+        TrainConfig(**params.get("train_options", {})),
+    )
+    if dataset.image_shape is not None:
+        params["image_shape"] = dataset.image_shape
+    if not args.no_progress:
+        print(
+            f"gmvae select: fitting K = {', '.join(map(str, sorted(ks)))} on {dataset.name} "
+            f"({len(dataset)} rows, {args.heldout_fraction:g} held out), {args.jobs} at a time",
+            file=sys.stderr,
+        )
+    # Every check has passed: only now is anything on disk created or replaced.
+    args.out.mkdir(parents=True, exist_ok=True)
+    with locked(args.out):
+        check_selection_directory(args.out, force=args.force)  # checked again, now ours
+        try:
+            selection = select_clusters(
+                dataset.x,
+                ks,
+                labels=dataset.labels,
+                heldout_fraction=args.heldout_fraction,
+                n_importance_samples=args.num_samples,
+                n_jobs=args.jobs,
+                **params,
+            )
+        except TrainingDiverged as e:  # as gmvae train: nothing was written, status 3
+            print(f"gmvae select: training diverged: {e}", file=sys.stderr)
+            return 3
+        settings = {k: list(v) if isinstance(v, tuple) else v for k, v in params.items()}
+        extra = {
+            "data": dataset.name,
+            "rows": len(dataset),
+            "heldout_fraction": args.heldout_fraction,
+            "n_importance_samples": args.num_samples,
+            "parameters": settings,
+        }
+        paths = write_selection(selection, args.out, extra)
+    print(selection.format())
+    print(f"\nselection: {args.out / SELECTION_FILE}; figure: {paths[-1]}")
     return 0
 
 
@@ -326,6 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action=_VersionAction, help="print the version and exit")
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_train(subparsers)
+    _add_select(subparsers)
     _add_evaluate(subparsers)
     _add_ppc(subparsers)
     _add_sample(subparsers)

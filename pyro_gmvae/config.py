@@ -374,10 +374,15 @@ _NOT_FLAGS = {"n_features", "image_shape"}
 
 
 def add_arguments(
-    parser: argparse.ArgumentParser, cls: type, *, suppress_defaults: bool
+    parser: argparse.ArgumentParser,
+    cls: type,
+    *,
+    suppress_defaults: bool,
+    exclude: frozenset[str] | set[str] = frozenset(),
 ) -> dict[str, argparse.Action]:
-    """Add one ``--flag`` per field of dataclass ``cls``; returns the actions by field name, for
-    a caller whose command treats a flag differently (e.g. rewords its help).
+    """Add one ``--flag`` per field of dataclass ``cls`` but those named in ``exclude``; returns
+    the actions by field name, for a caller whose command treats a flag differently (e.g.
+    rewords its help).
 
     With ``suppress_defaults`` an absent flag leaves no attribute, so a resumed run can tell
     "not given" from "given the default".
@@ -385,7 +390,7 @@ def add_arguments(
     actions = {}
     group = parser.add_argument_group(cls.__name__.removesuffix("Config").lower() + " options")
     for f in dataclasses.fields(cls):
-        if f.name in _NOT_FLAGS:
+        if f.name in _NOT_FLAGS or f.name in exclude:
             continue
         flag = "--" + f.name.replace("_", "-")
         default = argparse.SUPPRESS if suppress_defaults else f.default

@@ -752,3 +752,46 @@ def ppc_figures(report: PPCReport, out_dir: str | Path) -> dict[str, Path]:
         path = figures_dir / f"ppc_{stat.name}_{stat.predictive}.png"
         written[key] = save_figure(statistic_figure(stat), path)
     return written
+
+
+# ------------------------------------------------------------------------------ choosing K
+def selection_figure(table: list[dict[str, Any]], recommended: int, rule: str = "") -> Figure:
+    """The curves of choosing K: held-out log p(x) and ELBO per K with their standard errors as
+    error bars, and the clusters each K actually used; the recommended K marked.
+
+    ``table`` as :attr:`ClusterSelection.table <pyro_gmvae.selection.ClusterSelection.table>`
+    holds it (one row per K with ``k``, ``heldout_log_likelihood[_se]``, ``heldout_elbo[_se]``,
+    ``clusters_used``); ``rule``, when given, is printed under the panels.
+    """
+    if not table:
+        raise ValueError("table is empty: no K to plot")
+    ks = np.array([row["k"] for row in table])
+    fig = _figure(11.0, 4.2)
+    left, right = fig.subplots(1, 2)
+    for key, style in (
+        ("heldout_log_likelihood", dict(label="held-out log p(x) (importance weighted)", fmt="-o")),
+        ("heldout_elbo", dict(label="held-out ELBO", fmt="--s", mfc="none")),
+    ):
+        left.errorbar(
+            ks,
+            [row[key] for row in table],
+            yerr=[row[key + "_se"] for row in table],
+            capsize=3,
+            ms=4,
+            **style,
+        )
+    used = [row["clusters_used"] for row in table]
+    right.plot(ks, ks, ":", color="0.55", label="K (every cluster used)")
+    right.plot(ks, used, "-o", ms=4, color="tab:green", label="clusters used")
+    for ax in (left, right):
+        label = f"recommended K = {recommended}" if ax is left else None  # one legend entry
+        ax.axvline(recommended, color="k", ls="--", lw=1, label=label)
+        ax.set_xticks(ks)
+        ax.set_xlabel("K (number of clusters)")
+    left.set(ylabel="nats per row (mean ± s.e.)", title="Held-out fit per K")
+    right.set(ylabel="clusters with at least one row", title="Clusters used per K")
+    right.set_ylim(0, ks.max() + 1)
+    _legend_below(fig, (left, right))
+    if rule:
+        fig.suptitle(f"Recommended: {rule}", fontsize=8, wrap=True)
+    return _fit_contents(fig)

@@ -99,6 +99,8 @@ def test_the_parser_and_the_configs_import_nothing_heavy(code, tmp_path):
         ["evaluate", "--help"],
         ["ppc", "--help"],
         ["sample", "--help"],
+        ["select", "--help"],
+        ["select", "--data", "digits", "--out", "r", "--clusters", "two"],
         ["train", "--no-such-flag"],
         ["train", "--out", "r", "--clusters", "ten"],
         ["train", "--out", "r"],  # a new run without --clusters
@@ -311,3 +313,137 @@ def test_resume_and_force_together_are_refused(table, tmp_path, capsys):
     capsys.readouterr()
     assert main(["train", "--out", str(out), "--resume", "--force", "--no-plots"]) == 2
     assert "--resume and --force" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------- gmvae select
+# Enough training for three blobs in 2-d to be told apart (as in test_selection.py).
+SELECT_SHORT = (
+    "--seed 2 --pretrain-epochs 30 --anchor-epochs 10 --epochs 60 --hidden 16 --latent-dim 2 "
+    "--init gmm --batch-size 32 --lr 0.01 --lr-decay 0.9 --device cpu --no-progress"
+).split()
+
+
+@pytest.fixture(scope="module")
+def blobs_csv(tmp_path_factory):
+    """200 rows of three well separated 2-d blobs, with a label column, as a CSV."""
+    from sklearn.datasets import make_blobs
+
+    x, y = make_blobs(n_samples=200, centers=3, n_features=2, cluster_std=0.5, random_state=2)
+    path = tmp_path_factory.mktemp("select") / "blobs.csv"
+    np.savetxt(path, np.column_stack([x, y]), delimiter=",", header="a,b,label", comments="")
+    return path
+
+
+def select_args(data, out, *clusters: str) -> list[str]:
+    return [
+        "select",
+        "--data",
+        str(data),
+        "--label-column",
+        "label",
+        "--out",
+        str(out),
+        "--clusters",
+        *clusters,
+        *SELECT_SHORT,
+    ]
+
+
+@pytest.fixture(scope="module")
+def selected(blobs_csv, tmp_path_factory):
+    """``gmvae select`` over K = 1..4 on the blobs: its exit status, stdout and directory."""
+    out = tmp_path_factory.mktemp("select") / "choice"
+    done = subprocess.run(
+        [sys.executable, "-m", "pyro_gmvae", *select_args(blobs_csv, out, "4", "1", "3", "2")],
+        capture_output=True,
+        text=True,
+        env=__import__("os").environ | {"OMP_NUM_THREADS": "1"},
+    )
+    return done, out
+
+
+def test_select_recommends_the_number_of_blobs_and_writes_its_files(selected):
+    done, out = selected
+    assert done.returncode == 0, done.stderr
+    record = json.loads((out / "selection.json").read_text())
+    assert record["recommended"] == 3
+    assert [row["k"] for row in record["table"]] == [1, 2, 3, 4]
+    assert "one standard error" in record["rule"]
+    assert record["data"].endswith("blobs.csv") and record["rows"] == 200
+    # The flags became the estimator's parameters: its own, or train_options for the rest.
+    parameters = record["parameters"]
+    assert parameters["random_state"] == 2 and parameters["hidden"] == [16]
+    assert parameters["likelihood"] == "gaussian"  # a table, as gmvae train would have it
+    assert parameters["init"] == "gmm" and parameters["train_options"] == {"lr_decay": 0.9}
+    # The labels are reported beside each K, never used to choose.
+    assert record["table"][2]["accuracy"] == 1.0
+    png = (out / "figures" / "selection.png").read_bytes()
+    assert png.startswith(b"\x89PNG")
+    report = (out / "selection.md").read_text()
+    assert "Recommended K = **3**" in report and record["rule"] in report
+    # The printed table states the rule in words.
+    assert f"recommended K = 3: {record['rule']}" in done.stdout
+
+
+def test_select_refuses_an_existing_directory(selected, blobs_csv, tmp_path, capsys):
+    _, out = selected
+    before = (out / "selection.json").read_bytes()
+    assert main(select_args(blobs_csv, out, "2", "3")) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith("gmvae select: error:") and "--force" in err
+    assert (out / "selection.json").read_bytes() == before
+    # --force replaces only an earlier selection, never another directory.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    assert main(select_args(blobs_csv, other, "2", "3") + ["--force"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "selection.json" in err
+    assert [p.name for p in other.iterdir()] == ["notes.txt"]
+
+
+@pytest.mark.parametrize(
+    "clusters, message",
+    [
+        ([], "--clusters needs"),
+        (["0", "2"], "at least 1"),
+        (["-3"], "at least 1"),
+        (["2", "3", "2"], "repeats [2]"),
+        (["3", "161"], "160 training rows"),
+    ],
+)
+def test_select_bad_clusters_exit_2_in_one_line(blobs_csv, tmp_path, capsys, clusters, message):
+    out = tmp_path / "choice"
+    assert main(select_args(blobs_csv, out, *clusters)) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith("gmvae select: error:") and message in err
+    assert not out.exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize(
+    "extra, flag",
+    [
+        (["--heldout-fraction", "1"], "--heldout-fraction"),
+        (["--jobs", "0"], "--jobs"),
+        (["--latent-dim", "0"], "--latent-dim"),
+        (["--likelihood", "bernoulli"], "--likelihood"),
+        (["--init", "nope"], "--init"),
+    ],
+)
+def test_select_impossible_option_exits_2_before_writing(blobs_csv, tmp_path, capsys, extra, flag):
+    out = tmp_path / "choice"
+    assert main(select_args(blobs_csv, out, "2", "3") + extra) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert flag in err
+    assert not out.exists()
+
+
+def test_gmvae_help_lists_every_subcommand():
+    done = subprocess.run(
+        [sys.executable, "-m", "pyro_gmvae", "--help"], capture_output=True, text=True, check=True
+    )
+    for command in ("train", "select", "evaluate", "ppc", "sample"):
+        assert command in done.stdout

@@ -24,6 +24,7 @@ NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 QUICKSTART = "01_quickstart.ipynb"
 CUSTOM = "02_custom_model_and_guide.ipynb"
 PPC = "03_posterior_predictive_checks.ipynb"
+SKLEARN = "04_scikit_learn.ipynb"
 PROBE = "PROBE "
 TIMEOUT_S = 600  # per cell; a loaded 2-core machine is slow to import torch in a fresh kernel
 
@@ -74,11 +75,12 @@ def n_images(nb: nbformat.NotebookNode) -> int:
 
 
 # -------------------------------------------------------------------------------- committed state
-def test_the_notebooks_are_the_three_that_the_tests_run():
-    assert sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")) == sorted([QUICKSTART, CUSTOM, PPC])
+def test_the_notebooks_are_the_four_that_the_tests_run():
+    expected = [QUICKSTART, CUSTOM, PPC, SKLEARN]
+    assert sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")) == sorted(expected)
 
 
-@pytest.mark.parametrize("name", [QUICKSTART, CUSTOM, PPC])
+@pytest.mark.parametrize("name", [QUICKSTART, CUSTOM, PPC, SKLEARN])
 def test_committed_notebooks_are_valid_and_have_no_outputs(name):
     """Outputs are never committed: stale ones would show results the code no longer gives.
     Strip them with ``jupyter nbconvert --clear-output --inplace notebooks/*.ipynb``."""
@@ -164,3 +166,22 @@ def test_posterior_predictive_checks_flag_the_misspecified_models():
     assert "flagged: True, observed below the replicates" in out
     # Shifted held-out images are far less likely than the training images.
     assert probe["shifted"] == [True, "below"]
+
+
+def test_scikit_learn_pipeline_clusters_and_chooses_k():
+    nb, probe = execute(
+        SKLEARN,
+        '{"small": SMALL, "accuracy": scores["accuracy"], "ks": [row["k"] for row in'
+        ' selection.table], "recommended": selection.recommended, "refitted":'
+        ' pipe.named_steps["gmvae"].n_clusters, "chosen": chosen.n_clusters}',
+    )
+    assert probe["small"]
+    assert 0.0 < probe["accuracy"] <= 1.0
+    assert probe["ks"] == [2, 3, 4, 5, 6]
+    assert probe["recommended"] in probe["ks"]
+    assert probe["refitted"] == probe["chosen"] == probe["recommended"]
+    out = all_text(nb)
+    assert "probabilities sum to 1: True" in out
+    assert f"recommended K = {probe['recommended']}: the smallest K" in out  # the rule, in words
+    assert "not used to choose" in out
+    assert n_images(nb) == 1  # the selection figure

@@ -481,3 +481,27 @@ def test_gmvae_sample_rejects_bad_options_with_exit_2(tmp_path, capsys, args, me
 def test_gmvae_sample_without_a_run_exits_2(tmp_path, capsys):
     assert main(["sample", str(tmp_path / "nothing"), "--out", str(tmp_path / "s.png")]) == 2
     assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_selection_figure_marks_the_recommended_k():
+    from pyro_gmvae.plots import selection_figure
+
+    table = [
+        {
+            "k": k,
+            "heldout_log_likelihood": -2.0 + 0.3 * min(k, 3),
+            "heldout_log_likelihood_se": 0.1,
+            "heldout_elbo": -2.2 + 0.3 * min(k, 3),
+            "heldout_elbo_se": 0.1,
+            "clusters_used": min(k, 4),
+        }
+        for k in (1, 2, 3, 4, 5)
+    ]
+    fig = selection_figure(table, 3, "the smallest K within one standard error")
+    left, right = fig.axes
+    labels = left.get_legend_handles_labels()[1]
+    assert "recommended K = 3" in labels and "held-out ELBO" in labels
+    assert list(right.lines[1].get_ydata()) == [1, 2, 3, 4, 4]  # clusters used
+    assert "one standard error" in fig._suptitle.get_text()
+    with pytest.raises(ValueError, match="empty"):
+        selection_figure([], 3)
