@@ -125,18 +125,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-# Estimator parameters of the same name as a TrainConfig field; the other fields go through
-# GMVAEClustering's train_options (seed and device are its random_state and device).
-_ESTIMATOR_TRAIN_PARAMETERS = (
-    "epochs",
-    "pretrain_epochs",
-    "anchor_epochs",
-    "batch_size",
-    "lr",
-    "init",
-    "restarts",
-    "beta",
-)
 # Options of gmvae train that mean nothing to a selection, which keeps no checkpoints.
 _NOT_SELECT_FLAGS = {"clusters", "checkpoint_every"}
 
@@ -219,7 +207,9 @@ def _selection_parameters(args: argparse.Namespace, kind: str) -> dict:
     params = dict(model)
     params["random_state"] = train.pop("seed", TrainConfig().seed)
     params["device"] = train.pop("device", None)
-    params |= {name: train.pop(name) for name in _ESTIMATOR_TRAIN_PARAMETERS if name in train}
+    from .estimator import TRAIN_PARAMETERS  # torch: only once the command runs
+
+    params |= {name: train.pop(name) for name in TRAIN_PARAMETERS if name in train}
     if train:
         params["train_options"] = train
     return params

@@ -55,7 +55,7 @@ _FORMAT = "pyro_gmvae.GMVAEClustering"
 _FORMAT_VERSION = 1
 
 # TrainConfig fields that are the estimator's own parameters, so train_options cannot set them.
-_TRAIN_PARAMETERS = (
+TRAIN_PARAMETERS = (
     "epochs",
     "pretrain_epochs",
     "anchor_epochs",
@@ -308,7 +308,7 @@ class GMVAEClustering(
             raise ValueError(
                 f"train_options has no TrainConfig fields {unknown}; the fields are {sorted(fields)}"
             )
-        own = sorted(set(options) & {*_TRAIN_PARAMETERS, "seed", "device"})
+        own = sorted(set(options) & {*TRAIN_PARAMETERS, "seed", "device"})
         if own:
             raise ValueError(
                 f"train_options sets {own}: pass these as GMVAEClustering's own parameters "
@@ -316,7 +316,7 @@ class GMVAEClustering(
             )
         config = TrainConfig(
             **options,
-            **{name: getattr(self, name) for name in _TRAIN_PARAMETERS},
+            **{name: getattr(self, name) for name in TRAIN_PARAMETERS},
             seed=seed,
             device=self.device,
         )
