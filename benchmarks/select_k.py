@@ -28,14 +28,13 @@ import ast
 import datetime
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
+from clustering import machine_info  # beside this script
 from sklearn.datasets import load_iris, load_wine
 from sklearn.preprocessing import StandardScaler
 
@@ -72,25 +71,6 @@ def load(name: str) -> tuple[np.ndarray, np.ndarray, tuple[int, int] | None]:
     raise ValueError(f"unknown data {name!r}; one of {', '.join(CANDIDATES)}")
 
 
-def machine() -> dict[str, Any]:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
-        "python": platform.python_version(),
-    }
-
-
 def run(name: str, seed: int, overrides: dict[str, Any], jobs: int) -> dict[str, Any]:
     x, labels, image_shape = load(name)
     n_classes = len(np.unique(labels))
@@ -121,7 +101,7 @@ def run(name: str, seed: int, overrides: dict[str, Any], jobs: int) -> dict[str,
         },
         "table": selection.table,
         "seconds": time.perf_counter() - started,
-        "machine": machine(),
+        "machine": machine_info() | {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
         "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
 
