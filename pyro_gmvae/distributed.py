@@ -203,11 +203,11 @@ class GMVAELightning(_LightningModule):
     def on_train_epoch_start(self) -> None:
         """Begin the epoch's phase if it is new, and set its learning rate, as ``Trainer`` does."""
         runner = self.runner
-        index, position = runner.recipe.locate(runner.epoch)
+        index, _ = runner.locate(runner.epoch)
         if runner.begun <= index:
             self._begin(index)
         for group in runner.optimizer.param_groups:
-            group["lr"] = self.phase.learning_rate(runner.config.lr, position)
+            group["lr"] = runner.learning_rate(runner.epoch)
         self._loss_sum = torch.zeros((), device=runner.device)
         self._examples = 0
         self._began = time.perf_counter()

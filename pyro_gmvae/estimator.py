@@ -95,8 +95,10 @@ class GMVAEClustering(
 
     Args:
         n_clusters: the number of mixture components K.
-        latent_dim: size of the latent code z.
-        hidden: hidden layer sizes of the encoder (the decoder mirrors them).
+        latent_dim: size of the latent code z (0: from the data, see
+            :func:`~pyro_gmvae.config.sized_network`).
+        hidden: hidden layer sizes of the encoder, the decoder mirrors them (``()``: from the
+            data, as ``latent_dim``).
         likelihood: ``"auto"`` (see above), ``"bernoulli"``, ``"continuous_bernoulli"`` or
             ``"gaussian"``.
         guide: ``"marginal"`` (q(z|x), y summed out in the model) or ``"enumerated"``
@@ -107,13 +109,13 @@ class GMVAEClustering(
         anchor_epochs: epochs with each row's cluster held at its start value.
         batch_size: minibatch size (capped at ``n_samples``).
         lr: Adam learning rate.
-        init: the mixture start, ``"tsne"``, ``"spectral"`` or ``"gmm"``.
+        init: the mixture start, ``"umap"``, ``"tsne"``, ``"spectral"`` or ``"gmm"``.
         restarts: mixture initialisations tried at the start, the best by likelihood.
         beta: weight of the KL terms during SVI (1: the exact ELBO).
         image_shape: ``(height, width)`` when rows are flattened grey images, which turns on the
             recipe's random shifts and rotations of training minibatches.
         train_options: other :class:`~pyro_gmvae.config.TrainConfig` fields by name (e.g.
-            ``{"lr_decay": 0.95, "tsne_input": "codes"}``); not those above, ``seed`` or ``device``.
+            ``{"lr_decay": 0.95, "pretrain_steps": 2000}``); not those above, ``seed`` or ``device``.
         score_method: what :meth:`score_samples` returns by default: ``"elbo"`` (the per-row
             ELBO, one draw of z) or ``"iwae"`` (an importance-weighted estimate of log p(x),
             ``n_importance_samples`` draws of z; tighter and slower).
@@ -151,8 +153,8 @@ class GMVAEClustering(
         self,
         n_clusters: int = 10,
         *,
-        latent_dim: int = 10,
-        hidden: tuple[int, ...] = (500, 500, 2000),
+        latent_dim: int = 0,
+        hidden: tuple[int, ...] = (),
         likelihood: str = "auto",
         guide: str = "marginal",
         learn_weights: bool = False,
@@ -161,7 +163,7 @@ class GMVAEClustering(
         anchor_epochs: int = 30,
         batch_size: int = 256,
         lr: float = 1e-3,
-        init: str = "tsne",
+        init: str = "umap",
         restarts: int = 10,
         beta: float = 1.0,
         image_shape: tuple[int, int] | None = None,
@@ -235,8 +237,9 @@ class GMVAEClustering(
     def _check_parameters(self) -> None:
         """Type and range checks of the parameters the configs do not check themselves; the
         rest are checked by ModelConfig and TrainConfig (see :meth:`_model_config`)."""
-        for name in ("n_clusters", "latent_dim", "batch_size", "restarts", "n_importance_samples"):
+        for name in ("n_clusters", "batch_size", "restarts", "n_importance_samples"):
             check_scalar(getattr(self, name), name, numbers.Integral, min_val=1)
+        check_scalar(self.latent_dim, "latent_dim", numbers.Integral, min_val=0)
         for name in ("epochs", "pretrain_epochs", "anchor_epochs"):
             check_scalar(getattr(self, name), name, numbers.Integral, min_val=0)
         for name in ("lr", "beta"):

@@ -60,6 +60,7 @@ class GMVAE(nn.Module):
         config.validate()
         if config.n_features < 1:
             raise ValueError("config.n_features must be set to the size of one observation")
+        config.size_from_data()  # hidden and latent_dim from the data, where not set
         self.config = config
         self.name = name
         K, Z, D = config.clusters, config.latent_dim, config.n_features

@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +47,7 @@ LOCK_FILE = ".lock"
 #: What ``--force`` removes of an old run (and nothing else of the directory).
 RUN_FILES = (CONFIG_FILE, METRICS_FILE, CHECKPOINT_FILE, SCALER_FILE, EVALUATION_FILE)
 #: Options that may change when a run is resumed; every other one must match the saved run.
-RESUMABLE = {"epochs", "device"}
+RESUMABLE = {"epochs", "steps", "device"}
 
 try:  # POSIX; elsewhere runs are not locked
     import fcntl
@@ -235,6 +236,17 @@ def _training_data(config: RunConfig) -> tuple[Dataset, Dataset, Dataset | None]
         )
     config.model.n_features = dataset.n_features
     config.model.image_shape = dataset.image_shape
+    chosen = config.model.size_from_data()  # saved in config.json with the rest
+    if chosen:
+        said = ", ".join(
+            f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, tuple) else v}"
+            for k, v in chosen.items()
+        )
+        print(
+            f"gmvae: sized from the data's {dataset.n_features} features: {said} (pass them to "
+            "choose)",
+            file=sys.stderr,
+        )
     if dataset.kind == "table" and config.model.likelihood != "gaussian":
         raise DataError(
             f"{config.data.data} is a standardized table; the {config.model.likelihood} likelihood "

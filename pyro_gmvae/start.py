@@ -15,6 +15,7 @@ picks ``STARTS[NAME]``; :func:`register_start` adds one, so a new start is one f
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -108,6 +109,31 @@ def tsne_map(x: np.ndarray, perplexity: float, seed: int) -> np.ndarray:
     return TSNE(2, perplexity=perplexity, init=init, random_state=seed).fit_transform(x)
 
 
+def umap_map(x: np.ndarray, components: int, neighbors: int, seed: int) -> np.ndarray:
+    """A ``components``-d UMAP embedding ``(N, components)`` of ``x (N, D)`` with ``min_dist=0``
+    (points of one cluster may pile up, which is what a mixture on the map wants), as N2D
+    (McConville et al. 2019) makes it from autoencoder codes. Approximate nearest neighbours
+    (pynndescent) and a sparse graph: its cost grows as about N log N. Seeded, so the same
+    ``seed`` gives the same map (umap-learn then optimises on one thread)."""
+    if len(x) < 3:  # umap-learn's graph of two points is empty; their map is themselves
+        return np.asarray(x, dtype=np.float64)
+    import umap  # numba compiles on first use: imported only by the start that needs it
+
+    neighbors = max(2, min(neighbors, len(x) - 1))
+    components = max(1, min(components, len(x) - 2))
+    reducer = umap.UMAP(
+        n_components=components,
+        n_neighbors=neighbors,
+        min_dist=0.0,
+        metric="euclidean",
+        random_state=seed,
+        init="spectral" if len(x) > components + 1 else "random",
+    )
+    with warnings.catch_warnings():  # "n_jobs overridden to 1 by setting random_state"
+        warnings.filterwarnings("ignore", message=".*n_jobs.*", category=UserWarning)
+        return np.asarray(reducer.fit_transform(np.asarray(x, dtype=np.float32)), np.float64)
+
+
 def map_clusters(
     embedding: np.ndarray, n_clusters: int, restarts: int, seed: int, uniform: bool
 ) -> np.ndarray:
@@ -192,6 +218,24 @@ def tsne_start(
     return Start(
         one_hot(found[kept][1], n_clusters), source=kept, scores=scores, candidates=candidates
     )
+
+
+@register_start("umap")
+def umap_start(
+    codes: np.ndarray, data: np.ndarray, n_clusters: int, config: TrainConfig, uniform: bool
+) -> Start:
+    """N2D's start (McConville et al. 2019): a full-covariance Gaussian mixture (weights held
+    uniform when the prior's are, ``restarts`` initialisations, best by likelihood) on a
+    ``umap_components``-d UMAP embedding of the codes (``umap_neighbors`` neighbours,
+    ``min_dist=0``).
+
+    UMAP keeps the local neighbourhoods that make a class a connected piece of the code space,
+    as t-SNE does, in more than two dimensions, where ten classes need not share a plane; and its
+    cost grows as about N log N, where the exact-neighbour t-SNE's made 60,000 rows
+    impractical."""
+    embedding = umap_map(codes, config.umap_components, config.umap_neighbors, config.seed)
+    labels = map_clusters(embedding, n_clusters, config.restarts, config.seed, uniform)
+    return Start(one_hot(labels, n_clusters), source="codes")
 
 
 @register_start("spectral")

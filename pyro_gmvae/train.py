@@ -178,13 +178,18 @@ class Batch:
 @dataclass
 class Phase:
     """One stretch of the recipe: ``epochs`` passes over the training rows minimising
-    :meth:`loss`, a per-example loss of a minibatch.
+    :meth:`loss`, a per-example loss of a minibatch, or fewer when ``max_steps`` says so.
 
     Args:
-        epochs: the phase's length (0: the phase is skipped, its ``on_begin`` too).
+        epochs: the phase's length in passes over the data (0: the phase is skipped, its
+            ``on_begin`` too).
         name: what the records' ``phase`` field and the figures call it; unique in a recipe.
+        max_steps: at most this many optimizer steps (of ``batch_size`` rows), rounded to whole
+            epochs and at least one: a larger data set then gets fewer passes, not more steps
+            (None: ``epochs`` alone). See :meth:`length`.
         lr: Adam's learning rate in the phase (None: ``TrainConfig.lr``).
-        lr_decay: the learning rate is multiplied by this every 10 epochs of the phase.
+        lr_decay: the learning rate is multiplied by this every 10 epochs of the phase (every
+            tenth of ``epochs``' length, when ``max_steps`` shortens it).
         new_optimizer: begin with a fresh Adam (its moments forgotten) instead of continuing.
         on_begin: actions called with the trainer, in order, when the phase begins (before the
             optimizer is made), e.g. :class:`MixtureStart`.
@@ -192,6 +197,7 @@ class Phase:
 
     epochs: int
     name: str = "phase"
+    max_steps: int | None = None
     lr: float | None = None
     lr_decay: float = 1.0
     new_optimizer: bool = False
@@ -200,17 +206,32 @@ class Phase:
     def __post_init__(self) -> None:
         if self.epochs < 0:
             raise ConfigError(f"phase {self.name!r}: epochs must be >= 0, not {self.epochs}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(
+                f"phase {self.name!r}: max_steps must be at least 1 (None: no limit), not "
+                f"{self.max_steps}"
+            )
         if not 0 < self.lr_decay <= 1:
             raise ConfigError(f"phase {self.name!r}: lr_decay must be in (0, 1]")
         self.on_begin = tuple(self.on_begin)
+
+    def length(self, batches_per_epoch: int) -> int:
+        """The phase's length in epochs on data of ``batches_per_epoch`` minibatches: ``epochs``,
+        or ``max_steps`` steps rounded to whole epochs (at least one) when that is fewer."""
+        if self.max_steps is None or self.epochs == 0:
+            return self.epochs
+        return min(self.epochs, max(1, round(self.max_steps / batches_per_epoch)))
 
     def loss(self, trainer: Trainer, batch: Batch) -> torch.Tensor:
         """The loss of ``batch``, per example (a scalar tensor to minimise)."""
         raise NotImplementedError
 
-    def learning_rate(self, base_lr: float, epoch: int) -> float:
-        """The learning rate in epoch ``epoch`` (0-based) of the phase."""
-        return (self.lr or base_lr) * self.lr_decay ** (epoch // 10)
+    def learning_rate(self, base_lr: float, epoch: int, length: int | None = None) -> float:
+        """The learning rate in epoch ``epoch`` (0-based) of the phase, whose length is
+        ``length`` epochs (None: ``epochs``): decayed every 10 epochs, or at the same fractions
+        of a phase that ``max_steps`` shortened, so the schedule keeps its shape."""
+        period = 10 if length is None or length >= self.epochs else 10 * length / self.epochs
+        return (self.lr or base_lr) * self.lr_decay ** math.floor(epoch / period + 1e-9)
 
     def check(self, trainer: Trainer) -> None:
         """Refuse, before any training, what this phase cannot do with the trainer's data."""
@@ -220,7 +241,8 @@ class Phase:
 
     def describe(self) -> dict[str, Any]:
         """The phase as plain values, for checkpoints and people."""
-        return {"name": self.name, "kind": type(self).__name__, "epochs": self.epochs}
+        described = {"name": self.name, "kind": type(self).__name__, "epochs": self.epochs}
+        return described | ({} if self.max_steps is None else {"max_steps": self.max_steps})
 
 
 @dataclass
@@ -316,6 +338,7 @@ class MixtureStart:
 
     def __call__(self, trainer: Trainer) -> None:
         name, fn = self.start_function(trainer.config)
+        began = time.perf_counter()
         with trainer.activity(f"mixture start ({name})"):
             codes = trainer.codes()
             data = trainer.x.cpu().numpy()
@@ -334,6 +357,7 @@ class MixtureStart:
         trainer.start_mixture(
             start, codes, trainer.config.cluster_encoder_epochs if epochs is None else epochs
         )
+        trainer.start_info["seconds"] = time.perf_counter() - began  # the record's start_seconds
 
 
 class Recipe(Sequence[Phase]):
@@ -374,7 +398,12 @@ class Recipe(Sequence[Phase]):
 
     @property
     def total_epochs(self) -> int:
+        """The phases' ``epochs`` added up, before any ``max_steps`` (see :meth:`lengths`)."""
         return sum(p.epochs for p in self.phases)
+
+    def lengths(self, batches_per_epoch: int) -> list[int]:
+        """Each phase's length in epochs on data of ``batches_per_epoch`` minibatches."""
+        return [p.length(batches_per_epoch) for p in self.phases]
 
     def replace(self, name: str, phase: Phase) -> Recipe:
         """The recipe with the phase called ``name`` replaced by ``phase``."""
@@ -400,13 +429,16 @@ class Recipe(Sequence[Phase]):
         i = self.index(name)
         return Recipe(self.phases[:i] + self.phases[i + 1 :])
 
-    def locate(self, epoch: int) -> tuple[int, int]:
-        """``(phase index, epoch within that phase)`` of global epoch ``epoch`` (0-based)."""
-        for i, phase in enumerate(self.phases):
-            if epoch < phase.epochs:
+    def locate(self, epoch: int, lengths: Sequence[int] | None = None) -> tuple[int, int]:
+        """``(phase index, epoch within that phase)`` of global epoch ``epoch`` (0-based), the
+        phases ``lengths`` epochs long (None: their ``epochs``)."""
+        lengths = [p.epochs for p in self.phases] if lengths is None else lengths
+        total = sum(lengths)
+        for i, length in enumerate(lengths):
+            if epoch < length:
                 return i, epoch
-            epoch -= phase.epochs
-        raise IndexError(f"epoch {epoch} is past the recipe's {self.total_epochs} epochs")
+            epoch -= length
+        raise IndexError(f"epoch {epoch + total} is past the recipe's {total} epochs")
 
     def describe(self) -> list[dict[str, Any]]:
         return [p.describe() for p in self.phases]
@@ -416,16 +448,34 @@ def default_recipe(config: TrainConfig, elbo: pyro.infer.ELBO | None = None) -> 
     """The recipe of ``gmvae train``, from ``config``: pretraining, then the mixture start and the
     anchor epochs, then SVI with y summed out (``elbo``: its estimator). Without pretraining
     there are no codes to start from: SVI alone, from the prior as it is."""
+    svi_steps = config.steps or None  # 0: no limit
     if config.pretrain_epochs == 0:
-        return Recipe([SVI(config.epochs, beta=config.beta, lr_decay=config.lr_decay, elbo=elbo)])
+        return Recipe(
+            [
+                SVI(
+                    config.epochs,
+                    max_steps=svi_steps,
+                    beta=config.beta,
+                    lr_decay=config.lr_decay,
+                    elbo=elbo,
+                )
+            ]
+        )
     start = (MixtureStart(),)
     anchor = config.anchor_epochs
     return Recipe(
         [
-            Pretrain(config.pretrain_epochs),
-            Anchor(anchor, beta=config.anchor_beta, on_begin=start, new_optimizer=True),
+            Pretrain(config.pretrain_epochs, max_steps=config.pretrain_steps or None),
+            Anchor(
+                anchor,
+                max_steps=config.anchor_steps or None,
+                beta=config.anchor_beta,
+                on_begin=start,
+                new_optimizer=True,
+            ),
             SVI(
                 config.epochs,
+                max_steps=svi_steps,
                 beta=config.beta,
                 lr_decay=config.lr_decay,
                 elbo=elbo,
@@ -530,6 +580,8 @@ class Trainer:
         self.classes: torch.Tensor | None = None  # (N,) each row's class where known, else 0
         self.known = self._known_rows(known)
         self.recipe = default_recipe(config, elbo) if recipe is None else Recipe(recipe)
+        #: Each phase's length in epochs on this data (``max_steps`` applied).
+        self.lengths = self.recipe.lengths(self.batches_per_epoch)
         self.run_dir = None if run_dir is None else Path(run_dir)
         self.run_config = run_config
         # Bound once: JitTraceEnum_ELBO caches its compiled loss by id(model) and id(guide), and
@@ -567,7 +619,12 @@ class Trainer:
                     f"phase {phase.name!r}: a JIT-compiled ELBO cannot take the known labels; "
                     "use TraceEnum_ELBO (the default) when labels are known"
                 )
-        if any(isinstance(a, MixtureStart) for p in self.recipe for a in p.on_begin if p.epochs):
+        if any(
+            isinstance(a, MixtureStart)
+            for p, length in zip(self.recipe, self.lengths, strict=True)
+            for a in p.on_begin
+            if length
+        ):
             # Before any training: rows that are all alike cannot make K clusters (and crash
             # t-SNE), and would only be found out after pretraining.
             distinct = count_distinct(self.x.cpu().numpy(), model.n_clusters)
@@ -610,15 +667,30 @@ class Trainer:
     # ------------------------------------------------------------------------------ position
     @property
     def total_epochs(self) -> int:
-        return self.recipe.total_epochs
+        return sum(self.lengths)
 
     @property
     def batches_per_epoch(self) -> int:
         return math.ceil(len(self.x) / self.config.batch_size)
 
+    def locate(self, epoch: int) -> tuple[int, int]:
+        """``(phase index, epoch within that phase)`` of epoch ``epoch`` (0-based) on this data."""
+        return self.recipe.locate(epoch, self.lengths)
+
     def phase_at(self, epoch: int) -> Phase:
         """The phase that epoch ``epoch`` (0-based) belongs to."""
-        return self.recipe[self.recipe.locate(epoch)[0]]
+        return self.recipe[self.locate(epoch)[0]]
+
+    def learning_rate(self, epoch: int) -> float:
+        """The learning rate of epoch ``epoch`` (0-based), by its phase's schedule."""
+        index, position = self.locate(epoch)
+        return self.recipe[index].learning_rate(self.config.lr, position, self.lengths[index])
+
+    def describe_recipe(self) -> list[dict[str, Any]]:
+        """The recipe as plain values, each phase with its ``length`` in epochs on this data."""
+        return [
+            p.describe() | {"length": n} for p, n in zip(self.recipe, self.lengths, strict=True)
+        ]
 
     # ------------------------------------------------------------------------------- pieces
     def make_optimizer(self) -> torch.optim.Optimizer:
@@ -757,7 +829,7 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         return {
             "config": json.dumps(self.run_config.to_dict()) if self.run_config else None,
-            "recipe": json.dumps(self.recipe.describe()),
+            "recipe": json.dumps(self.describe_recipe()),
             "model": self.model.state_dict(),
             "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
             "epoch": self.epoch,
@@ -841,10 +913,11 @@ class Trainer:
         (the last begun one may be longer or shorter: ``--epochs`` may change on resume)."""
         try:
             saved = json.loads(state["recipe"])
-            done = [(p["name"], p["epochs"]) for p in saved][: state["begun"]]
-        except (KeyError, TypeError, ValueError):
+            # "length": the epochs run on the data (max_steps applied); older checkpoints: epochs
+            done = [(p["name"], p.get("length", p["epochs"])) for p in saved][: state["begun"]]
+        except (KeyError, TypeError, ValueError, AttributeError):
             raise CheckpointError(f"{path} holds no readable recipe") from None
-        here = [(p.name, p.epochs) for p in self.recipe][: len(done)]
+        here = [(p.name, n) for p, n in zip(self.recipe, self.lengths, strict=True)][: len(done)]
         if [n for n, _ in done] != [n for n, _ in here] or done[:-1] != here[:-1]:
             raise CheckpointError(
                 f"{path} was trained with the phases {done}, this recipe has {here}; resume "
@@ -916,12 +989,12 @@ class Trainer:
         self.begun = index + 1
 
     def _run_epoch(self) -> dict[str, Any]:
-        index, position = self.recipe.locate(self.epoch)
+        index, _ = self.locate(self.epoch)
         phase = self.recipe[index]
         if self.begun <= index:
             self._begin(index)
         for group in self.optimizer.param_groups:
-            group["lr"] = phase.learning_rate(self.config.lr, position)
+            group["lr"] = self.learning_rate(self.epoch)
         n, bs = len(self.x), self.config.batch_size
         if self.perm is None:
             self.perm = torch.randperm(n, device=self.device)
@@ -966,6 +1039,8 @@ class Trainer:
             record["start"] = info["source"]
             if info["scores"]:
                 record["start_silhouette"] = info["scores"]
+            if "seconds" in info:
+                record["start_seconds"] = info["seconds"]
         if not isinstance(phase, Pretrain) and self.labels is not None:
             predicted = self.model.predict(self.x)
             record |= clustering_scores(self.labels, predicted)

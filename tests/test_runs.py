@@ -399,3 +399,42 @@ def test_commands_that_load_a_run_refuse_a_malicious_checkpoint(tmp_path, capsys
     assert err.startswith(f"gmvae {command[0]}: error: ") and len(err.splitlines()) == 1
     assert "refused" in err and "could run code" in err
     assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "features, hidden, latent",
+    [(4, (32, 32), 2), (13, (104, 104), 6), (40, (256, 256), 10), (64, (500, 500, 2000), 10)],
+)
+def test_a_network_not_given_is_sized_from_the_data(features, hidden, latent):
+    config = ModelConfig(n_features=features)
+    assert config.size_from_data() == {"hidden": hidden, "latent_dim": latent}
+    assert (config.hidden, config.latent_dim) == (hidden, latent)
+    given = ModelConfig(n_features=features, hidden=(7,), latent_dim=3)
+    assert given.size_from_data() == {} and (given.hidden, given.latent_dim) == ((7,), 3)
+
+
+def test_gmvae_train_prints_and_saves_the_network_it_sized_from_the_data(tmp_path, capsys):
+    import numpy as np
+    from helpers import blobs
+
+    from pyro_gmvae.runs import train_run
+    from pyro_gmvae.train import TrainConfig
+
+    x, _ = blobs(n=60, d=5)
+    np.save(tmp_path / "table.npy", x)
+    config = RunConfig.from_dict(
+        {
+            "data": {"data": str(tmp_path / "table.npy"), "kind": "table"},
+            "model": {"clusters": 3, "likelihood": "gaussian"},
+        }
+    )
+    config.train = TrainConfig(
+        epochs=1, pretrain_epochs=1, anchor_epochs=0, init="gmm", restarts=1, device="cpu"
+    )
+    train_run(config, tmp_path / "run", progress=False, plots=False)
+    assert "sized from the data's 5 features: --hidden 40 40, --latent-dim 2" in (
+        capsys.readouterr().err
+    )
+    saved = RunConfig.load(tmp_path / "run" / "config.json").model
+    assert (saved.hidden, saved.latent_dim) == ((40, 40), 2)
+    assert GMVAE.load(tmp_path / "run").encoder.loc.out_features == 2

@@ -30,7 +30,8 @@ _SPECTRAL_ON_SEPARATED_BLOBS = pytest.mark.filterwarnings(
 
 
 @pytest.mark.parametrize(
-    "init", ["tsne", pytest.param("spectral", marks=_SPECTRAL_ON_SEPARATED_BLOBS), "gmm"]
+    "init",
+    ["umap", "tsne", pytest.param("spectral", marks=_SPECTRAL_ON_SEPARATED_BLOBS), "gmm"],
 )
 def test_every_start_finds_separated_clusters_in_pretrained_codes(init):
     x, labels = blobs()
@@ -137,7 +138,7 @@ def test_starts_that_cannot_run_on_the_rows_are_refused_before_training(
         check_start(init, rows, clusters, small_train(**options))
 
 
-@pytest.mark.parametrize("init", ["tsne", "gmm"])
+@pytest.mark.parametrize("init", ["umap", "tsne", "gmm"])
 def test_tiny_data_with_many_features_and_as_many_clusters_as_rows_starts(init):
     """The data's t-SNE map takes 50 principal components, more than 20 rows have (issue 15,
     #17), and the silhouette of a map with as many clusters as points is undefined."""
@@ -145,7 +146,22 @@ def test_tiny_data_with_many_features_and_as_many_clusters_as_rows_starts(init):
     x = rng.uniform(size=(20, 64)).astype(np.float32)
     codes = rng.normal(size=(20, 2))
     for clusters in (3, 20):
+        if init == "umap":  # and two rows, on which umap-learn's graph is empty
+            two = find_start(init, codes[:2], x[:2], 2, small_train(init=init), True)
+            assert sorted(two.assignments) == [0, 1]
         start = find_start(
             init, codes, x, clusters, small_train(init=init, tsne_input="auto"), True
         )
         assert start.responsibilities.shape == (20, clusters)
+
+
+def test_the_umap_start_is_the_same_for_the_same_seed_and_keeps_its_options_in_range():
+    """UMAP is seeded (one thread), so a run and its repeat start from the same clusters; more
+    neighbours or components than rows are capped instead of crashing umap-learn."""
+    rng = np.random.default_rng(1)
+    codes = np.concatenate([rng.normal(c, 0.3, size=(40, 3)) for c in (-3.0, 0.0, 3.0)])
+    config = small_train(init="umap", umap_neighbors=500, umap_components=400)
+    first = find_start("umap", codes, codes, 3, config, uniform_weights=True)
+    again = find_start("umap", codes, codes, 3, config, uniform_weights=True)
+    np.testing.assert_array_equal(first.assignments, again.assignments)
+    assert clustering_scores(np.repeat([0, 1, 2], 40), first.assignments)["accuracy"] == 1.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import re
 from pathlib import Path
 
@@ -18,10 +19,19 @@ from pyro_gmvae.checkpoints import load_checkpoint
 from pyro_gmvae.config import DataConfig
 from pyro_gmvae.data import load_data
 from pyro_gmvae.dataset import Scaler
-from pyro_gmvae.errors import ConfigError, RunDirectoryError
+from pyro_gmvae.errors import CheckpointError, ConfigError, RunDirectoryError
 from pyro_gmvae.runs import read_metrics, train_run
 from pyro_gmvae.start import Start
-from pyro_gmvae.train import SVI, Anchor, Batch, MixtureStart, Recipe, Trainer, default_recipe
+from pyro_gmvae.train import (
+    SVI,
+    Anchor,
+    Batch,
+    MixtureStart,
+    Pretrain,
+    Recipe,
+    Trainer,
+    default_recipe,
+)
 
 SCORE_KEYS = {"accuracy", "many_to_one_accuracy", "nmi", "ari"}
 RECORD_KEYS = {"epoch", "phase", "loss", "seconds"}
@@ -360,6 +370,53 @@ def test_a_recipe_is_changed_through_its_methods_and_refuses_what_cannot_run():
         recipe.replace("nope", SVI(1))
     with pytest.raises(ConfigError, match="epochs must be >= 0"):
         SVI(-1)
+
+
+def test_a_phase_of_at_most_so_many_steps_gets_fewer_epochs_on_more_data():
+    """The default schedule is the same 150/30/20 epochs on 8,000 rows (32 batches of 256) as
+    before steps existed, and on 8x the rows about the same number of steps, not 8x."""
+    config = TrainConfig()
+    recipe = default_recipe(config)
+    assert recipe.lengths(math.ceil(8000 / 256)) == [150, 30, 20]
+    assert recipe.lengths(math.ceil(1797 / 256)) == [150, 30, 20]  # small data: epochs bind
+    assert recipe.lengths(math.ceil(64000 / 256)) == [19, 4, 3]  # 4750, 1000, 750 steps
+    assert recipe.lengths(10**6) == [1, 1, 1]  # at least one pass each
+    assert Pretrain(0, max_steps=10).length(1) == 0  # 0 epochs still skips the phase
+    assert default_recipe(TrainConfig(pretrain_steps=0)).lengths(10**6)[0] == 150  # 0: no limit
+    with pytest.raises(ConfigError, match="max_steps must be at least 1"):
+        SVI(3, max_steps=0)
+
+
+def test_a_shortened_phase_keeps_the_shape_of_its_learning_rate_schedule():
+    phase = SVI(20, lr_decay=0.5, max_steps=40)  # 10 batches an epoch: 4 epochs, not 20
+    assert phase.length(10) == 4
+    rates = [phase.learning_rate(1.0, e, 4) for e in range(4)]
+    assert rates == pytest.approx([1.0, 1.0, 0.5, 0.5])  # halved half way, as over 20 epochs
+    assert [phase.learning_rate(1.0, e) for e in (9, 10, 19)] == pytest.approx([1.0, 0.5, 0.5])
+
+
+def test_the_trainer_runs_as_many_steps_as_the_capped_recipe_says_and_resumes_by_them(tmp_path):
+    x, _ = blobs(n=100)
+    config = small_train(batch_size=10, checkpoint_every=1)  # 10 batches an epoch
+    recipe = Recipe([Pretrain(6, max_steps=30), SVI(5, max_steps=14)])  # 3 and 1 epochs
+    steps = []
+    model = GMVAE(small_model(n_features=x.shape[1]))
+    trainer = Trainer(model, x, config, recipe=recipe, progress=False, run_dir=tmp_path)
+    trainer.on_batch = lambda t: steps.append((t.epoch, t.batch))
+    history = trainer.run()
+    assert len(steps) == 40 and [r["phase"] for r in history] == ["pretrain"] * 3 + ["svi"]
+    # A checkpoint records the lengths it ran; the same recipe on data of another size (other
+    # lengths) is refused on resume rather than run on a different schedule.
+    other = Trainer(
+        GMVAE(small_model(n_features=x.shape[1])),
+        np.concatenate([x, x]),
+        config,
+        recipe=recipe,
+        progress=False,
+        run_dir=tmp_path,
+    )
+    with pytest.raises(CheckpointError, match=r"\('pretrain', 3\)"):
+        other.resume()
 
 
 def test_an_anchor_phase_without_a_start_says_how_to_give_it_one():

@@ -1,0 +1,154 @@
+"""How the default ``gmvae train`` grows with the number of rows: 8,000 to 64,000 MNIST-like rows.
+
+For each N the rows are mnist8k followed by randomly shifted and rotated copies of it (the
+training augmentation's own function, rotations up to 15 degrees, shifts up to a tenth of the
+width; made on the fly into a temporary ``.npy`` of uint8 grey levels and deleted afterwards,
+never committed), each copy with its original's label. Each size runs the default command with
+figures, as a user would, in a process of its own:
+
+    python -m pyro_gmvae train --data ROWS.npy --clusters 10 --out RUN
+
+and the benchmark reads back the wall time of each phase (the records' ``seconds`` by
+``phase``, the start's ``start_seconds``; "rest" is loading, scoring and the figures), the
+process's peak resident memory (``wait4``), and the accuracy and NMI ``gmvae train`` printed.
+
+From the sizes it fits a growth exponent per phase (time ~ N^b, least squares on the logs) and
+predicts the time at ``--predict`` rows on this CPU from the largest measured size and those
+exponents. Writes ``OUT/scale.json`` after each size (kept: an interrupted benchmark resumes)
+and prints a Markdown table for ``benchmarks/SCALE.md``.
+
+    OMP_NUM_THREADS=2 python benchmarks/scale.py --out benchmarks/results/scale
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from clustering import machine_info  # beside this script
+from starts import rows  # beside this script
+
+from pyro_gmvae import load_data
+from pyro_gmvae.files import atomic_write_text
+from pyro_gmvae.train import read_metrics
+
+from _paths import resolve_mnist8k
+
+PHASES = ("pretrain", "start", "anchor", "svi", "rest")
+
+
+def run_size(n: int, data, work: Path, extra: list[str], seed: int) -> dict:
+    """Train on ``n`` rows in a child process; its phase times, peak memory and scores."""
+    x, labels = rows(data, n, 15.0, 0.1, seed)
+    path = work / f"rows{n}.npz"
+    np.savez(path, images=np.round(x * 255).astype(np.uint8), labels=labels.astype(np.uint8))
+    del x
+    out = work / f"run{n}"
+    command = [sys.executable, "-m", "pyro_gmvae", "train", "--data", str(path)]
+    command += ["--clusters", "10", "--out", str(out), "--no-progress", "--seed", str(seed)]
+    began = time.perf_counter()
+    child = subprocess.Popen(command + extra, stdout=subprocess.PIPE, text=True)
+    stdout = child.stdout.read()
+    _, status, usage = os.wait4(child.pid, 0)
+    wall = time.perf_counter() - began
+    path.unlink()
+    if status != 0:
+        raise SystemExit(f"gmvae train failed on {n} rows (status {status})")
+    result = json.loads(stdout)
+    seconds: dict[str, float] = defaultdict(float)
+    epochs: dict[str, int] = defaultdict(int)
+    for record in read_metrics(out):
+        seconds[record["phase"]] += record["seconds"]
+        epochs[record["phase"]] += 1
+        seconds["start"] += record.get("start_seconds", 0.0)
+    seconds["rest"] = wall - sum(seconds.values())
+    return {
+        "n": n,
+        "wall_seconds": wall,
+        "seconds": dict(seconds),
+        "epochs": dict(epochs),
+        "peak_rss_gib": usage.ru_maxrss / 2**20,  # kilobytes on Linux
+        "accuracy": result["train"]["accuracy"],
+        "nmi": result["train"]["nmi"],
+        "extra_flags": extra,
+    }
+
+
+def exponents(results: list[dict]) -> dict[str, float]:
+    """Per phase, b of time ~ N^b fitted on the logs (needs two sizes)."""
+    n = np.log([r["n"] for r in results])
+    fitted = {}
+    for phase in PHASES + ("wall",):
+        t = [
+            r["wall_seconds"] if phase == "wall" else r["seconds"].get(phase, 0.0) for r in results
+        ]
+        if len(results) > 1 and min(t) > 0:
+            fitted[phase] = float(np.polyfit(n, np.log(t), 1)[0])
+    return fitted
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/scale"))
+    parser.add_argument("--sizes", type=int, nargs="+", default=[8000, 16000, 32000, 64000])
+    parser.add_argument("--predict", type=int, default=1_000_000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data", default=None, help="default: the shared mnist8k.npz")
+    parser.add_argument("extra", nargs="*", help="more gmvae train flags, after --")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    source = args.data or resolve_mnist8k()
+    if source is None:
+        raise SystemExit("mnist8k.npz not found: pass --data or set PYRO_GMVAE_MNIST8K")
+    data = load_data(str(source))
+    path = args.out / "scale.json"
+    saved = json.loads(path.read_text()) if path.exists() else {"results": []}
+    results = saved["results"]
+    with tempfile.TemporaryDirectory() as work:
+        for n in args.sizes:
+            if any(r["n"] == n and r["extra_flags"] == args.extra for r in results):
+                continue
+            results.append(run_size(n, data, Path(work), args.extra, args.seed))
+            saved = {"machine": machine_info() | {"omp": os.environ.get("OMP_NUM_THREADS")}}
+            saved["results"] = sorted(results, key=lambda r: r["n"])
+            atomic_write_text(path, json.dumps(saved, indent=1) + "\n")
+            print(json.dumps(results[-1]), flush=True)
+    results = [r for r in saved["results"] if r["extra_flags"] == args.extra]
+    fitted = exponents(results)
+    print(
+        "\n| rows | "
+        + " | ".join(PHASES)
+        + " | wall | start share | peak memory | accuracy | NMI |"
+    )
+    print("|---" * (len(PHASES) + 6) + "|")
+    for r in results:
+        times = " | ".join(f"{r['seconds'].get(p, 0.0):.0f} s" for p in PHASES)
+        share = r["seconds"].get("start", 0.0) / r["wall_seconds"]
+        print(
+            f"| {r['n']:,} | {times} | {r['wall_seconds'] / 60:.1f} min | {share:.0%} | "
+            f"{r['peak_rss_gib']:.2f} GiB | {r['accuracy']:.3f} | {r['nmi']:.3f} |"
+        )
+    print(
+        "\ngrowth exponent b (time ~ N^b): " + ", ".join(f"{p} {b:.2f}" for p, b in fitted.items())
+    )
+    if results and fitted:
+        last = results[-1]
+        ratio = args.predict / last["n"]
+        predicted = {p: last["seconds"].get(p, 0.0) * ratio ** fitted.get(p, 1.0) for p in PHASES}
+        print(
+            f"predicted at {args.predict:,} rows: {sum(predicted.values()) / 3600:.2f} h ("
+            + ", ".join(f"{p} {t / 60:.0f} min" for p, t in predicted.items())
+            + ")"
+        )
+
+
+if __name__ == "__main__":
+    main()
