@@ -118,7 +118,7 @@ def reference(guide: str = "marginal") -> dict:
 
 
 def without_time(records: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
+    return [{k: v for k, v in r.items() if k not in ("seconds", "start_seconds")} for r in records]
 
 
 def assert_same_as_uninterrupted(trainer: Trainer, run_dir: Path, guide="marginal") -> None:
@@ -550,7 +550,7 @@ def with_nan(x: np.ndarray) -> np.ndarray:
         (lambda: X[:2], [], "fewer rows \\(2\\) than clusters \\(3\\); lower --clusters"),
         (lambda: X[:20, :10] * 255, [], "standardized table; the bernoulli likelihood.*gaussian"),
         (lambda: X, ["--clusters", "0"], "--clusters must be at least 1"),
-        (lambda: X, ["--latent-dim", "0"], "--latent-dim must be at least 1"),
+        (lambda: X, ["--latent-dim", "-1"], "--latent-dim must be at least 1"),
         (lambda: X, ["--lr", "-0.1"], "--lr must be positive"),
         (lambda: X, ["--batch-size", "0"], "--batch-size must be at least 1"),
     ],
@@ -683,7 +683,7 @@ def test_bad_input_to_fit_raises_data_error(x, labels, match):
     ("model_options", "train_options", "match"),
     [
         ({"clusters": 0}, {}, "--clusters must be at least 1, not 0"),
-        ({"latent_dim": 0}, {}, "--latent-dim must be at least 1"),
+        ({"latent_dim": -1}, {}, "--latent-dim must be at least 1"),
         ({"hidden": (16, 0)}, {}, "--hidden sizes must be positive"),
         ({}, {"lr": -1e-3}, "--lr must be positive, not -0.001"),
         ({}, {"lr": float("nan")}, "--lr must be a finite number, not nan"),

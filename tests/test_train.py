@@ -179,9 +179,10 @@ def test_run_directory_contents(table_file, tmp_path):
     assert [r["epoch"] for r in records] == [1, 2, 3, 4, 5]
     first_after_pretraining = records[config.train.pretrain_epochs]
     assert first_after_pretraining["start"] == config.train.init  # the start is named
+    assert first_after_pretraining["start_seconds"] > 0  # and timed
     for r in records:
         keys = RECORD_KEYS | (SCORE_KEYS if r["phase"] == "svi" else set())
-        assert set(r) - {"start"} == keys, r
+        assert set(r) - {"start", "start_seconds"} == keys, r
     assert result["epochs"] == 5
     assert result["loss"] == records[-1]["loss"]
     assert set(result["train"]) == SCORE_KEYS
