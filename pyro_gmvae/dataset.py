@@ -152,7 +152,7 @@ _CHUNK_VALUES = 2**20
 def _scale_images(block: np.ndarray, scale: float) -> np.ndarray:
     """Rows ``(B, D)`` or images ``(B, H, W)`` as float32 rows ``(B, H*W)`` divided by ``scale``:
     the one conversion of images, whether the whole array is copied or a chunk is read."""
-    out = block.reshape(len(block), -1).astype(np.float32)
+    out = block.reshape(len(block), math.prod(block.shape[1:])).astype(np.float32)
     if scale != 1.0:
         out /= np.float32(scale)
     return out
@@ -268,6 +268,8 @@ class ScaledRows:
                 "mask); select columns after reading, e.g. rows[a:b][:, j]"
             )
         key = np.asarray(key)
+        if key.size == 0:
+            key = key.astype(np.intp)  # np.asarray([]) is float64
         if key.dtype == np.bool_:
             if key.shape != (n,):
                 raise IndexError(f"a boolean mask of shape {key.shape} for {n} rows")

@@ -75,6 +75,7 @@ def test_rows_come_back_in_the_order_asked(image_file):
     np.testing.assert_array_equal(rows[-2], full[-2])
     mask = np.arange(120) % 7 == 0
     np.testing.assert_array_equal(rows[mask], full[mask])
+    assert rows[[]].shape == (0, 16)
     with pytest.raises(IndexError):
         rows[120]
     with pytest.raises(IndexError):
