@@ -43,6 +43,7 @@ _SOURCES = {
     "DataConfig": "config",
     "DataError": "errors",
     "Dataset": "dataset",
+    "ScaledRows": "dataset",
     "DistributedConfig": "config",
     "Gaussian": "likelihoods",
     "Likelihood": "likelihoods",
@@ -86,6 +87,7 @@ __all__ = [
     "DataConfig",
     "DataError",
     "Dataset",
+    "ScaledRows",
     "DistributedConfig",
     "Gaussian",
     "Likelihood",
@@ -110,7 +112,7 @@ __all__ = [
 if TYPE_CHECKING:  # type checkers and IDEs see the names; at run time __getattr__ imports them
     from .config import DataConfig, DistributedConfig, ModelConfig, RunConfig, TrainConfig
     from .data import load_data
-    from .dataset import Dataset
+    from .dataset import Dataset, ScaledRows
     from .distributed import distributed_fit
     from .errors import CheckpointError, ConfigError, DataError
     from .estimator import GMVAEClustering

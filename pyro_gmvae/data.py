@@ -4,7 +4,8 @@ Sources understood by :func:`load_data`:
 
 - ``"digits"``: scikit-learn's 8x8 digits (1797 images, bundled, no download);
 - a directory of MNIST/Fashion-MNIST IDX files (gzipped or not), or one ``*-idx3-ubyte`` file;
-- ``.npz`` (arrays ``images``/``labels`` or ``X``/``y``), ``.npy`` (one array, no labels);
+- ``.npz`` (arrays ``images``/``labels`` or ``X``/``y``), ``.npy`` (one array, no labels;
+  memory-mapped, so images larger than memory are read from disk as they are used);
 - ``.csv`` (numeric table, optional header, optional label column).
 
 Each format is read into arrays here; what they become (a :class:`~pyro_gmvae.dataset.Dataset`,
@@ -331,21 +332,30 @@ def _load_npz(path: Path) -> tuple[Any, Any]:
     return x, labels
 
 
-def _load_npy(path: Path) -> np.ndarray:
+def _load_npy(path: Path) -> np.memmap:
+    """The array of an .npy file, memory-mapped: nothing is read but the header until it is
+    used, so images larger than memory train (:class:`~pyro_gmvae.dataset.ScaledRows`); a table
+    is copied, after the memory check, by :func:`~pyro_gmvae.dataset.from_array`."""
     try:
         with open(path, "rb") as f:
             is_npy = f.read(len(np.lib.format.MAGIC_PREFIX)) == np.lib.format.MAGIC_PREFIX
             f.seek(0)
             npy_header = _read_npy_header(f) if is_npy else None  # else np.load says what it is
+            data_offset, file_size = f.tell(), os.fstat(f.fileno()).st_size
         if npy_header is not None:
-            _refuse_objects(path, "the array", npy_header[1])
-        # Memory-mapping reads only the header, so the size check happens before any copy.
-        header = np.load(path, mmap_mode="r", allow_pickle=False)
-        if not isinstance(header, np.ndarray):
+            shape, dtype = npy_header
+            _refuse_objects(path, "the array", dtype)
+            need = math.prod(shape) * dtype.itemsize
+            if file_size - data_offset < need:
+                raise DataError(
+                    f"{path}: truncated .npy file: its header says shape {shape} of {dtype} "
+                    f"({need:,} bytes of data) but the file holds {file_size - data_offset:,} "
+                    "after its header; copy the file again, or re-create it with np.save"
+                )
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+        if not isinstance(array, np.ndarray):
             raise DataError(f"{path}: holds several arrays (an .npz archive); rename it to .npz")
-        check_fits_in_memory(int(header.size), str(path), header.dtype.itemsize)
-        del header
-        return np.load(path, allow_pickle=False)
+        return array
     except DataError:
         raise
     except _READ_ERRORS as err:
@@ -534,7 +544,8 @@ def load_data(
             ``[0, 1]`` or whole numbers in 0..255 are images; the rest, and CSV, are tables).
 
     Returns:
-        A :class:`Dataset` with ``x`` of shape ``(N, D)`` float32.
+        A :class:`Dataset` with ``x`` of shape ``(N, D)`` float32: for images in an ``.npy``
+        file a :class:`~pyro_gmvae.dataset.ScaledRows`, read from disk as it is used.
 
     Raises:
         DataError: for any problem with the input; the message says how to fix it.

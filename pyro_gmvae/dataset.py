@@ -4,12 +4,16 @@ their checks.
 A :class:`Dataset` is a float32 matrix ``x`` of shape ``(N, D)`` plus optional labels (used only for
 evaluation). Images are scaled to ``[0, 1]`` so a Bernoulli likelihood fits them; tables are
 standardized with a :class:`Scaler` that travels with the data, so held-out data can be scaled
-exactly like the training data and samples mapped back to the original units.
+exactly like the training data and samples mapped back to the original units. Images of a
+memory-mapped array (an ``.npy`` file) are not copied: ``x`` is then a :class:`ScaledRows`, which
+reads and scales the rows asked for, a minibatch or a chunk at a time, so data larger than memory
+trains.
 
 :func:`from_array` turns an array into a Dataset (validated, image or table decided, scaled);
 :func:`validate_array`, :func:`check_labels` and :func:`check_finite` are the checks every source
-goes through, and :func:`check_fits_in_memory` the memory guard every loader calls before it
-allocates. Reading files is :mod:`pyro_gmvae.data`'s business: this module imports none of it.
+goes through (a memory-mapped one in chunks), and :func:`check_fits_in_memory` the memory guard
+called wherever the whole data is copied into memory. Reading files is :mod:`pyro_gmvae.data`'s
+business: this module imports none of it.
 
 Every problem raises :class:`~pyro_gmvae.errors.DataError`, whose message names the problem and
 the fix.
@@ -17,8 +21,12 @@ the fix.
 
 from __future__ import annotations
 
+import copy
 import math
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,7 +35,9 @@ from .errors import DataError
 
 __all__ = [
     "Dataset",
+    "ScaledRows",
     "Scaler",
+    "as_rows",
     "available_memory_bytes",
     "check_finite",
     "check_fits_in_memory",
@@ -37,6 +47,7 @@ __all__ = [
     "from_array",
     "labelled_rows",
     "validate_array",
+    "value_range",
 ]
 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -134,12 +145,191 @@ class Scaler:
             ) from err
 
 
+# Values read at a time by the checks that go through data in chunks: a few MiB, whatever N.
+_CHUNK_VALUES = 2**20
+
+
+def _scale_images(block: np.ndarray, scale: float) -> np.ndarray:
+    """Rows ``(B, D)`` or images ``(B, H, W)`` as float32 rows ``(B, H*W)`` divided by ``scale``:
+    the one conversion of images, whether the whole array is copied or a chunk is read."""
+    out = block.reshape(len(block), math.prod(block.shape[1:])).astype(np.float32)
+    if scale != 1.0:
+        out /= np.float32(scale)
+    return out
+
+
+class ScaledRows:
+    """Images read from an array a few rows at a time and scaled to ``[0, 1]`` as they are read:
+    the rows of a :class:`Dataset` too large to copy into memory (an ``.npy`` file opened with
+    ``np.load(path, mmap_mode="r")``).
+
+    ``rows[key]``, for ``key`` an int, a slice, integer indices or a boolean mask of length N,
+    is a float32 numpy array ``(B, D)`` (``(D,)`` for an int): the source's values divided by
+    ``scale``, exactly as :func:`from_array` scales the images it copies. Rows are read in the
+    order they lie in the source (a file is read forwards) and returned in the order asked.
+    :meth:`chunks` reads consecutive rows, :meth:`subset` makes a view of some rows without
+    reading them, and ``np.asarray(rows)`` makes the full ``(N, D)`` float32 copy, for code that
+    needs one, after :func:`check_fits_in_memory`.
+
+    A memory-mapped source's file is checked before each read: once it has changed (another size,
+    modification time or file, e.g. truncated or rewritten by another job), reading raises
+    :class:`~pyro_gmvae.errors.DataError` instead of touching pages the file may no longer hold,
+    which would kill the process with SIGBUS.
+
+    Args:
+        source: ``(M, D)`` rows or ``(M, H, W)`` images of any real dtype, typically memory-mapped.
+        scale: what the values are divided by: 255 for grey levels 0..255, 1 for ``[0, 1]``.
+        index: ``(N,)`` the source rows in view, in order (None: all M of them).
+        name: what to call the data in messages.
+
+    Attributes:
+        shape: ``(N, D)``; ``dtype``: float32; ``ndim``: 2.
+        file: the memory-mapped file, or None for an array in memory.
+    """
+
+    dtype = np.dtype(np.float32)
+    ndim = 2
+
+    def __init__(
+        self,
+        source: np.ndarray,
+        scale: float = 1.0,
+        index: np.ndarray | None = None,
+        name: str = "data",
+    ):
+        if source.ndim not in (2, 3):
+            raise ValueError(f"source must be (M, D) or (M, H, W), not of shape {source.shape}")
+        self.source = source
+        self.scale = float(scale)
+        self.index = None if index is None else np.asarray(index, dtype=np.intp)
+        self.name = name
+        filename = getattr(source, "filename", None) if isinstance(source, np.memmap) else None
+        self.file = None if filename is None else Path(filename)
+        self._stamp = None if self.file is None else self._file_stamp()
+
+    # -------------------------------------------------------------------------------- array
+    def __len__(self) -> int:
+        return len(self.source) if self.index is None else len(self.index)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (len(self), math.prod(self.source.shape[1:]))
+
+    def __repr__(self) -> str:
+        where = self.file or "an array in memory"
+        return f"ScaledRows({len(self)} x {self.shape[1]} float32 from {where}, / {self.scale:g})"
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        if isinstance(key, (int, np.integer)):
+            n = len(self)
+            if not -n <= key < n:
+                raise IndexError(f"row {key} is out of range for {n} rows")
+            return self._read(self._positions(np.array([key % n])))[0]
+        return self._read(self._positions(key))
+
+    def chunks(self, size: int) -> Iterator[np.ndarray]:
+        """The rows in order, ``size`` at a time: float32 arrays ``(size, D)``, the last shorter."""
+        for start in range(0, len(self), size):
+            yield self[start : start + size]
+
+    def subset(self, indices: np.ndarray | list[int]) -> ScaledRows:
+        """Rows ``indices`` (integer indices or a boolean mask of length N) as a view, unread."""
+        view = copy.copy(self)  # the same source and file stamp: a view of the data as opened
+        view.index = self._positions(np.asarray(indices))
+        return view
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        if copy is False:
+            raise ValueError("ScaledRows cannot be an array without a copy; pass copy=None")
+        target = np.dtype(np.float32 if dtype is None else dtype)
+        check_fits_in_memory(
+            math.prod(self.shape),
+            self.name,
+            max(0, target.itemsize - 4),  # the guard counts 4 bytes a value of its own
+            what="a full copy in memory of images otherwise read from disk as needed",
+        )
+        out = np.empty(self.shape, dtype=target)
+        rows = max(1, _CHUNK_VALUES // max(1, self.shape[1]))
+        for start in range(0, len(self), rows):
+            out[start : start + rows] = self[start : start + rows]
+        return out
+
+    # ------------------------------------------------------------------------------- reading
+    def _positions(self, key: Any) -> np.ndarray | slice:
+        """The source rows of ``key``, in the order asked: integer indices, or a slice."""
+        n = len(self)
+        if isinstance(key, slice):
+            if self.index is None:
+                return key
+            return self.index[key]
+        if isinstance(key, tuple):
+            raise TypeError(
+                f"{self.name}: rows are read whole (an int, a slice, integer indices or a boolean "
+                "mask); select columns after reading, e.g. rows[a:b][:, j]"
+            )
+        key = np.asarray(key)
+        if key.size == 0:
+            key = key.astype(np.intp)  # np.asarray([]) is float64
+        if key.dtype == np.bool_:
+            if key.shape != (n,):
+                raise IndexError(f"a boolean mask of shape {key.shape} for {n} rows")
+            key = np.flatnonzero(key)
+        elif not np.issubdtype(key.dtype, np.integer) or key.ndim != 1:
+            raise IndexError(
+                f"rows are selected by integer indices (1-D) or a boolean mask, not {key.dtype} of "
+                f"shape {key.shape}"
+            )
+        if len(key) and (key.min() < -n or key.max() >= n):
+            raise IndexError(f"row indices out of range for {n} rows")
+        key = np.where(key < 0, key + n, key)
+        return key if self.index is None else self.index[key]
+
+    def _read(self, positions: np.ndarray | slice) -> np.ndarray:
+        self._check_file()
+        if isinstance(positions, slice):
+            return _scale_images(self.source[positions], self.scale)
+        if len(positions) < 2 or bool(np.all(positions[1:] >= positions[:-1])):
+            return _scale_images(self.source[positions], self.scale)
+        order = np.argsort(positions, kind="stable")
+        rows = _scale_images(self.source[positions[order]], self.scale)
+        out = np.empty_like(rows)
+        out[order] = rows
+        return out
+
+    def _file_stamp(self) -> tuple[int, int, int, int]:
+        stat = os.stat(self.file)
+        return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+    def _check_file(self) -> None:
+        if self.file is None:
+            return
+        try:
+            now = self._file_stamp()
+        except OSError as err:
+            what = f"it cannot be read any more ({type(err).__name__}: {err})"
+        else:
+            if now == self._stamp:
+                return
+            if now[:2] != self._stamp[:2]:
+                what = "another file has replaced it"
+            elif now[2] != self._stamp[2]:
+                what = f"it held {self._stamp[2]:,} bytes when opened and holds {now[2]:,} now"
+            else:
+                what = "it was written to since it was opened"
+        raise DataError(
+            f"{self.file}: changed while it was being read: {what}; restore the file (train on a "
+            "copy that nothing writes to), then run again: gmvae train --resume continues from "
+            "the last checkpoint"
+        )
+
+
 @dataclass
 class Dataset:
     """Preprocessed data ready for training.
 
     Attributes:
-        x: ``(N, D)`` float32; images scaled to ``[0, 1]``, tables standardized.
+        x: ``(N, D)`` float32; images scaled to ``[0, 1]``, tables standardized. Images of a
+            memory-mapped array are a :class:`ScaledRows`, read from disk as they are used.
         labels: ``(N,)`` int64 or None; for evaluation only, training is unsupervised.
         kind: ``"image"`` or ``"table"``.
         image_shape: ``(H, W)`` with ``H * W == D`` for images; None for tables.
@@ -170,11 +360,13 @@ class Dataset:
     def subset(self, indices: np.ndarray | list[int]) -> Dataset:
         """Rows ``indices`` (integer indices or a boolean mask of length N) as a new Dataset.
 
-        The scaler and names are shared, so the subset stays in the same units.
+        The scaler and names are shared, so the subset stays in the same units; of a
+        :class:`ScaledRows`, the subset is a view, nothing is read.
         """
         indices = np.asarray(indices)
         labels = None if self.labels is None else self.labels[indices]
-        return replace(self, x=self.x[indices], labels=labels)
+        x = self.x.subset(indices) if isinstance(self.x, ScaledRows) else self.x[indices]
+        return replace(self, x=x, labels=labels)
 
     def split(self, fraction: float, seed: int = 0) -> tuple[Dataset, Dataset]:
         """Split into ``(train, heldout)`` with ``fraction`` of the rows held out at random.
@@ -273,37 +465,77 @@ def _as_array(x: Any, name: str) -> np.ndarray:
 
 
 def check_finite(
-    x: np.ndarray,
+    x: np.ndarray | ScaledRows,
     name: str,
     feature_names: list[str] | None = None,
     row_numbers: list[int] | None = None,
 ) -> None:
     """Raise if ``x`` holds NaN or inf, naming how many and the first position.
 
+    Goes through ``x`` in chunks of rows, so a memory-mapped array or a :class:`ScaledRows` is
+    read, never copied whole.
+
     Args:
-        x: ``(N, D)`` or ``(N, H, W)`` array.
+        x: ``(N, D)`` or ``(N, H, W)`` array, or a :class:`ScaledRows`.
         name: what to call the data in the message.
         feature_names: the ``D`` column names, to name the column instead of its index.
         row_numbers: the ``N`` rows' line numbers in the source file, to name the line.
     """
-    if not np.issubdtype(x.dtype, np.inexact):
-        return  # integer and bool arrays cannot hold NaN or inf
-    bad = ~np.isfinite(x)
-    if not bad.any():
+    source = x.source if isinstance(x, ScaledRows) else x
+    if not np.issubdtype(source.dtype, np.inexact):
+        return  # integer and bool arrays cannot hold NaN or inf (nor can they once divided by 255)
+    n_nan = n_inf = 0
+    first = None
+    for start, chunk in _row_chunks(x):
+        bad = ~np.isfinite(chunk)
+        if not bad.any():
+            continue
+        nan = int(np.isnan(chunk).sum())
+        n_nan += nan
+        n_inf += int(bad.sum()) - nan
+        if first is None:
+            at = np.unravel_index(int(np.argmax(bad)), chunk.shape)
+            first = (start + int(at[0]), *(int(i) for i in at[1:]))
+    if first is None:
         return
-    n_nan = int(np.isnan(x).sum())
-    n_inf = int(bad.sum()) - n_nan
-    first = np.unravel_index(int(np.argmax(bad)), x.shape)
     row = f"line {row_numbers[first[0]]}" if row_numbers else f"row {first[0]}"
     if x.ndim == 2:
         col = repr(feature_names[first[1]]) if feature_names else str(first[1])
         where = f"{row}, column {col}"
     else:
-        where = f"{row}, pixel {tuple(int(i) for i in first[1:])}"
+        where = f"{row}, pixel {tuple(first[1:])}"
     raise DataError(
         f"{name}: {n_nan} NaN and {n_inf} infinite (inf) value(s), the first at {where}; "
         "drop or impute the rows with missing or infinite values before loading"
     )
+
+
+def _row_chunks(x: np.ndarray | ScaledRows) -> Iterator[tuple[int, np.ndarray]]:
+    """``(first row, rows)`` of ``x (N, ...)`` in order, about ``_CHUNK_VALUES`` values each."""
+    rows = max(1, _CHUNK_VALUES // max(1, math.prod(x.shape[1:])))
+    for start in range(0, len(x), rows):
+        yield start, x[start : start + rows]
+
+
+def value_range(x: Any) -> tuple[float, float]:
+    """The smallest and largest value of ``x``: NaN when it holds a NaN. An array or a
+    :class:`ScaledRows` is gone through in chunks of rows (never copied whole); anything else
+    (a tensor) by its own ``min`` and ``max``."""
+    if not isinstance(x, (np.ndarray, ScaledRows)):
+        if not hasattr(x, "min"):
+            x = np.asarray(x)
+        else:
+            return float(x.min()), float(x.max())
+    lo, hi = np.inf, -np.inf
+    for _, chunk in _row_chunks(x):
+        lo, hi = np.minimum(lo, chunk.min()), np.maximum(hi, chunk.max())
+    return float(lo), float(hi)
+
+
+def as_rows(x: Any) -> np.ndarray | ScaledRows:
+    """``x`` as rows to index and measure without copying data read from disk: a
+    :class:`ScaledRows` as it is, anything else through ``np.asarray``."""
+    return x if isinstance(x, ScaledRows) else np.asarray(x)
 
 
 def check_labels(
@@ -371,7 +603,7 @@ def _refuse_missing_labels(labels: np.ndarray, name: str, row_numbers: list[int]
     )
 
 
-def check_min_rows(dataset: Dataset | np.ndarray, n_clusters: int) -> None:
+def check_min_rows(dataset: Dataset | np.ndarray | ScaledRows, n_clusters: int) -> None:
     """Raise :class:`DataError` if there are fewer than 2 rows or fewer rows than clusters."""
     n = len(dataset)
     if n < 2:
@@ -411,10 +643,13 @@ def check_fits_in_memory(
     available: int | None = None,
     what: str = "",
 ) -> int | None:
-    """Refuse data that cannot be loaded and trained on in the memory available.
+    """Refuse a full copy of data in memory that does not fit in the memory available.
 
-    Every loader calls this before it allocates, from the size a file's header claims or an
-    estimate, so that it fails early, naming the sizes, rather than being killed half-way.
+    Called wherever the whole data is copied into memory, before the copy: by the loaders of
+    IDX, .npz and CSV files before they read (from the size a header claims, or an estimate), by
+    :func:`from_array` before it standardizes a memory-mapped table, and by ``np.asarray`` of a
+    :class:`ScaledRows`. Images in an .npy file are read from disk as they are used and never
+    come here. So a run fails early, naming the sizes, rather than being killed half-way.
 
     Args:
         n_values: number of values ``N * D`` to be loaded.
@@ -436,9 +671,10 @@ def check_fits_in_memory(
         source = f" ({what})" if what else ""
         raise DataError(
             f"{name}: loading and training on {n_values:,} values{source} needs about "
-            f"{need / 2**30:.1f} GiB but only {available / 2**30:.1f} GiB of memory is available; "
-            "train on a subset of the rows (save x[:n] to a smaller file) or use a machine with "
-            "more memory"
+            f"{need / 2**30:.1f} GiB but only {available / 2**30:.1f} GiB of memory is available "
+            "for this full copy of the data; "
+            "train on a subset of the rows (save x[:n] to a smaller file), save images as an "
+            ".npy file (np.save), which trains without a copy, or use a machine with more memory"
         )
     return available
 
@@ -447,15 +683,17 @@ def check_fits_in_memory(
 # Array -> Dataset
 
 
-def _is_image_range(x: np.ndarray, require_integers: bool) -> bool:
-    lo, hi = x.min(), x.max()
+def _is_image_range(x: np.ndarray, bounds: tuple[float, float], require_integers: bool) -> bool:
+    """Whether ``x``, its values within ``bounds`` (see :func:`value_range`), are images: in
+    ``[0, 1]``, or in 0..255 (whole numbers, if ``require_integers``)."""
+    lo, hi = bounds
     if lo < 0 or hi > 255:
         return False
     if hi <= 1:
         return True
     if not require_integers or np.issubdtype(x.dtype, np.integer):
         return True
-    return bool(np.all(x == np.round(x)))
+    return all(bool(np.all(chunk == np.round(chunk))) for _, chunk in _row_chunks(x))
 
 
 def _square_side(d: int) -> int | None:
@@ -474,19 +712,17 @@ def encode_labels(labels: np.ndarray) -> tuple[np.ndarray, list[str] | None]:
     return labels.astype(np.int64), None
 
 
-def _to_image(x: np.ndarray, name: str) -> np.ndarray:
-    """Scale to [0, 1] as float32: values in [0, 1] are kept, 0..255 grey levels divided."""
-    if not _is_image_range(x, require_integers=False):
+def _image_scale(bounds: tuple[float, float], name: str) -> float:
+    """What images of values within ``bounds`` are divided by: 255 for grey levels, 1 for values
+    in [0, 1]; DataError for anything else."""
+    lo, hi = bounds
+    if not (lo >= 0 and hi <= 255):
         raise DataError(
             f"{name}: images must hold values in [0, 1] or grey levels 0..255, found "
-            f"{float(x.min()):g}..{float(x.max()):g}; rescale them, or pass kind='table' "
-            "(--kind table) to standardize the data as a table"
+            f"{lo:g}..{hi:g}; rescale them, or pass kind='table' (--kind table) to standardize "
+            "the data as a table"
         )
-    scale = 255.0 if x.max() > 1 else 1.0
-    out = x.astype(np.float32)
-    if scale != 1.0:
-        out /= np.float32(scale)
-    return out
+    return 255.0 if hi > 1 else 1.0
 
 
 def from_array(
@@ -512,20 +748,24 @@ def from_array(
         feature_names: the ``D`` column names of a table, kept on the Dataset.
         label_names: the original values of string labels that ``labels`` index into.
     """
+    # A memory-mapped array stays one: images are read from it as they are used, never copied.
+    mapped = isinstance(x, np.memmap)
     validate_array(x, labels, name)
-    x = np.asarray(x)
+    if not mapped:
+        x = np.asarray(x)
     if x.dtype == np.bool_:
-        x = x.astype(np.uint8)
+        x = x.view(np.uint8)  # no copy, and 0/1 either way
     if labels is not None:
         labels, names = encode_labels(check_labels(labels, len(x), name))
         label_names = label_names or names
 
+    bounds = None if kind == "table" else value_range(x)  # one pass, in chunks
     image_shape = (int(x.shape[1]), int(x.shape[2])) if x.ndim == 3 else None
     if kind is None:
         side = _square_side(x.shape[1]) if x.ndim == 2 else None
         if image_shape is not None:
             kind = "image"
-        elif side is not None and side >= 4 and _is_image_range(x, require_integers=True):
+        elif side is not None and side >= 4 and _is_image_range(x, bounds, require_integers=True):
             kind, image_shape = "image", (side, side)
         else:
             kind = "table"
@@ -544,15 +784,15 @@ def from_array(
             )
         image_shape = (side, side)
 
-    x = x.reshape(len(x), -1)
     if kind == "image":
         if scaler is not None:
             raise DataError(
                 f"{name}: a scaler was given but the data is images, which are not standardized; "
                 "pass kind='table' if it is a table, or drop the scaler"
             )
+        scale = _image_scale(bounds, name)
         return Dataset(
-            x=_to_image(x, name),
+            x=ScaledRows(x, scale, name=name) if mapped else _scale_images(x, scale),
             labels=labels,
             kind="image",
             image_shape=image_shape,
@@ -560,7 +800,9 @@ def from_array(
             label_names=label_names,
         )
 
-    x = x.astype(np.float64)
+    if mapped:  # a table is standardized in memory: the one copy of a mapped file made here
+        check_fits_in_memory(x.size, name, x.dtype.itemsize, what=f"a table of shape {x.shape}")
+    x = np.asarray(x.reshape(len(x), -1), dtype=np.float64)
     if np.abs(x).max() > _FLOAT32_MAX:
         raise DataError(
             f"{name}: values up to {np.abs(x).max():g} overflow float32; rescale the columns "

@@ -146,7 +146,8 @@ class GMVAELightning(_LightningModule):
         device = self.trainer.strategy.root_device
         runner.device = device
         runner.model.to(device)
-        runner.x = runner.x.to(device)
+        if isinstance(runner.x, torch.Tensor):  # ScaledRows stay on the host, read per batch
+            runner.x = runner.x.to(device)
         if runner.assignments is not None:
             runner.assignments = runner.assignments.to(device)
 

@@ -21,7 +21,7 @@ import torch
 from pyro import poutine
 from pyro.infer.enum import get_importance_trace
 
-from .dataset import Dataset
+from .dataset import Dataset, ScaledRows
 from .errors import DataError
 from .metrics import class_accuracy, clustering_scores
 from .model import GMVAE
@@ -104,7 +104,7 @@ def _elbo_of_traces(model_trace, guide_trace, n: int) -> torch.Tensor:
 
 def elbo_per_example(
     model: GMVAE,
-    x: np.ndarray | torch.Tensor,
+    x: np.ndarray | torch.Tensor | ScaledRows,
     num_particles: int = 1,
     batch_size: int = 1024,
 ) -> torch.Tensor:
@@ -116,17 +116,20 @@ def elbo_per_example(
     (``num_particles`` draws averaged) with torch's global random state, so
     ``elbo_per_example(model, x).sum() == -TraceEnum_ELBO(max_plate_nesting=1)
     .differentiable_loss(model.model, model.guide, x)`` from the same state (one batch).
+    ``batch_size`` rows at a time (:meth:`GMVAE.batches`: a
+    :class:`~pyro_gmvae.dataset.ScaledRows` is read a chunk at a time, once per particle).
     """
     if num_particles < 1:
         raise ValueError(f"num_particles must be at least 1, not {num_particles}")
-    x = model.as_tensor(x)
+    if not isinstance(x, ScaledRows):
+        x = model.as_tensor(x)  # converted and checked once, not once per particle
     with _inference_mode(model):
         total = torch.zeros(len(x), device=model.device)
         for _ in range(num_particles):
             total += torch.cat(
                 [
                     _elbo_of_traces(*_enumerated_traces(model, xb), len(xb))
-                    for xb in x.split(batch_size)
+                    for xb in model.batches(x, batch_size)
                 ]
             )
     return total / num_particles
@@ -161,7 +164,7 @@ def _proposal_samples(
 
 def log_likelihood(
     model: GMVAE,
-    x: np.ndarray | torch.Tensor,
+    x: np.ndarray | torch.Tensor | ScaledRows,
     num_samples: int = 100,
     batch_size: int | None = None,
 ) -> torch.Tensor:
@@ -176,11 +179,11 @@ def log_likelihood(
     in expectation.
 
     Samples are drawn with torch's global random state, ``batch_size`` examples at a time
-    (default: about 8192 decoder evaluations per batch).
+    (default: about 8192 decoder evaluations per batch; :meth:`GMVAE.batches`, so a
+    :class:`~pyro_gmvae.dataset.ScaledRows` is read a chunk at a time).
     """
     if not 1 <= num_samples <= MAX_NUM_SAMPLES:
         raise ValueError(f"num_samples must be in 1..{MAX_NUM_SAMPLES}, not {num_samples}")
-    x = model.as_tensor(x)
     batch_size = batch_size or max(1, 8192 // num_samples)
     chunk = max(1, 8192 // batch_size)  # samples drawn at once: about 8192 decoder evaluations
 
@@ -195,12 +198,13 @@ def log_likelihood(
         return total - math.log(num_samples)
 
     with _inference_mode(model):
-        return torch.cat([estimate(xb) for xb in x.split(batch_size)])
+        return torch.cat([estimate(xb) for xb in model.batches(x, batch_size)])
 
 
-def checked_input(model: GMVAE, dataset: Dataset) -> torch.Tensor:
-    """``dataset.x`` as the model's input tensor ``(N, D)``, checked to have the model's features
-    and to lie in its likelihood's support.
+def checked_input(model: GMVAE, dataset: Dataset) -> torch.Tensor | ScaledRows:
+    """``dataset.x`` as the model reads it, ``(N, D)``, checked to have the model's features
+    and to lie in its likelihood's support (:meth:`GMVAE.check_input`): a tensor on the
+    model's device, or a :class:`~pyro_gmvae.dataset.ScaledRows` left on disk.
 
     Raises:
         DataError: when it does not, naming the data and what the model was trained on.
@@ -213,9 +217,7 @@ def checked_input(model: GMVAE, dataset: Dataset) -> torch.Tensor:
             f"trained on {expected}; use data of the same kind as its training data"
             + (f" ({shape[0]}x{shape[1]} images)" if shape else " (a table)")
         )
-    x = model.as_tensor(dataset.x, name=dataset.name)
-    model.likelihood.check_support(x, name=dataset.name)
-    return x
+    return model.check_input(dataset.x, name=dataset.name)
 
 
 def evaluate(

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .dataset import value_range
 from .errors import ConfigError, DataError
 
 
@@ -34,13 +35,13 @@ class Likelihood(nn.Module):
         return self(decoder_output).mean
 
     def check_support(self, x: np.ndarray | torch.Tensor, name: str = "data") -> None:
-        """Raise :class:`DataError` when ``x`` lies outside this likelihood's support."""
+        """Raise :class:`DataError` when ``x`` lies outside this likelihood's support; ``x``
+        may be a :class:`~pyro_gmvae.dataset.ScaledRows`, gone through in chunks."""
 
 
 class _UnitInterval(Likelihood):
     def check_support(self, x: np.ndarray | torch.Tensor, name: str = "data") -> None:
-        x = torch.as_tensor(x)
-        lo, hi = float(x.min()), float(x.max())
+        lo, hi = value_range(x)
         if lo < 0.0 or hi > 1.0:
             raise DataError(
                 f"{name}: values range over [{lo:g}, {hi:g}] but the {self.label} likelihood needs "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from torch.nn import functional as F
 
 from .checkpoints import CHECKPOINT_FILE, CONFIG_FILE, load_checkpoint, save_checkpoint
 from .config import ModelConfig, RunConfig
-from .dataset import validate_array
+from .dataset import ScaledRows, check_finite, validate_array
 from .errors import CheckpointError, DataError
 from .likelihoods import Likelihood, make_likelihood
 from .networks import ClusterEncoder, Decoder, Encoder
@@ -324,16 +325,18 @@ class GMVAE(nn.Module):
         return (x[~known], pick(x_view, ~known)), (x[known], pick(x_view, known), y_obs[known])
 
     # -------------------------------------------------------------------------------- inference
-    def as_tensor(self, x: np.ndarray | torch.Tensor, name: str = "x") -> torch.Tensor:
-        """``x`` as a float tensor on the model's device, checked for shape and finiteness."""
+    def as_tensor(self, x: np.ndarray | torch.Tensor | ScaledRows, name: str = "x") -> torch.Tensor:
+        """``x`` as a float tensor on the model's device, checked for shape and finiteness.
+
+        A :class:`~pyro_gmvae.dataset.ScaledRows` is copied whole here (``np.asarray``, after
+        the memory check); :meth:`batches` and :meth:`check_input` read one a chunk at a time.
+        """
+        if isinstance(x, ScaledRows):
+            x = np.asarray(x)
         if not isinstance(x, torch.Tensor):
             validate_array(x, name=name)  # before np.asarray, which fails on ragged rows
             x = torch.as_tensor(np.asarray(x), dtype=torch.float32)
-        if x.dim() != 2 or x.shape[1] != self.config.n_features:
-            raise DataError(
-                f"{name} has shape {tuple(x.shape)}; the model expects (N, {self.config.n_features}): "
-                "flatten images to one row each and use data with the features it was trained on"
-            )
+        self._check_width(tuple(x.shape), name)
         x = x.to(device=self.device, dtype=torch.float32)
         # Tensors skip validate_array above, and float64 beyond float32's range is inf here.
         # A NaN or inf anywhere makes the sum non-finite: one pass and no copy, where
@@ -343,24 +346,67 @@ class GMVAE(nn.Module):
             validate_array(x.detach().cpu().numpy(), name=name)  # names the first bad value
         return x
 
+    def _check_width(self, shape: tuple[int, ...], name: str) -> None:
+        if len(shape) != 2 or shape[1] != self.config.n_features:
+            raise DataError(
+                f"{name} has shape {shape}; the model expects (N, {self.config.n_features}): "
+                "flatten images to one row each and use data with the features it was trained on"
+            )
+
+    def batches(
+        self, x: np.ndarray | torch.Tensor | ScaledRows, batch_size: int = 4096, name: str = "x"
+    ) -> Iterator[torch.Tensor]:
+        """``x (N, D)`` as :meth:`as_tensor`'s checked tensors on the model's device,
+        ``batch_size`` rows each, in order. A :class:`~pyro_gmvae.dataset.ScaledRows` is read
+        and converted a chunk at a time, so that one batch of it is in memory at once, never
+        the whole; anything else is converted whole, then split."""
+        if not isinstance(x, ScaledRows):
+            yield from self.as_tensor(x, name).split(batch_size)
+            return
+        self._check_width(x.shape, name)
+        for chunk in x.chunks(batch_size):
+            yield self.as_tensor(chunk, name)
+
+    def check_input(
+        self, x: np.ndarray | torch.Tensor | ScaledRows, name: str = "x"
+    ) -> torch.Tensor | ScaledRows:
+        """``x (N, D)`` as training and inference read it, checked for its shape, finite values
+        and the likelihood's support: :meth:`as_tensor`'s tensor, or a
+        :class:`~pyro_gmvae.dataset.ScaledRows` as it is (on the host, read from disk as it is
+        used), checked a chunk at a time."""
+        if isinstance(x, ScaledRows):
+            self._check_width(x.shape, name)
+            check_finite(x, name)
+        else:
+            x = self.as_tensor(x, name)
+        self.likelihood.check_support(x, name)
+        return x
+
     def cluster_log_posterior_given_z(self, z: torch.Tensor) -> torch.Tensor:
         """log p(y|z) exactly, from Bayes' rule over the K clusters; ``z (N, Z) -> (N, K)``."""
         log_joint = self.cluster_log_joint(z)  # (K, N)
         return (log_joint - log_joint.logsumexp(0)).T
 
     @torch.no_grad()
-    def _batched(self, fn, x: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
-        return torch.cat([fn(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+    def _batched(
+        self,
+        fn: Callable[[torch.Tensor], torch.Tensor],
+        x: np.ndarray | torch.Tensor | ScaledRows,
+        batch_size: int = 4096,
+    ) -> torch.Tensor:
+        """``fn`` of each of :meth:`batches`, concatenated: ``(N, ...)`` on the device."""
+        return torch.cat([fn(b) for b in self.batches(x, batch_size)])
 
     @torch.no_grad()
-    def predict_log_proba(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:
+    def predict_log_proba(self, x: np.ndarray | torch.Tensor | ScaledRows) -> torch.Tensor:
         """Log-probability of each cluster for each example, shape ``(N, K)``.
 
         Enumerated guide: log q(y|x), from the cluster encoder. Marginal guide, which has no
         q(y|x): the exact log p(y|z), by Bayes' rule over the K clusters, at z the mean of q(z|x)
-        (as VaDE assigns clusters).
+        (as VaDE assigns clusters). Works in batches of rows, so a
+        :class:`~pyro_gmvae.dataset.ScaledRows` is read a chunk at a time.
         """
-        return self._batched(self.cluster_log_proba, self.as_tensor(x))
+        return self._batched(self.cluster_log_proba, x)
 
     def cluster_log_proba(self, x: torch.Tensor) -> torch.Tensor:
         """log q(y|x) as a differentiable function of the parameters, ``(N, D) -> (N, K)``:
@@ -370,19 +416,19 @@ class GMVAE(nn.Module):
             return F.log_softmax(self.cluster_encoder(x), -1)
         return self.cluster_log_posterior_given_z(self.encoder(x)[0])
 
-    def predict_proba(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
+    def predict_proba(self, x: np.ndarray | torch.Tensor | ScaledRows) -> np.ndarray:
         """:meth:`predict_log_proba` exponentiated, as a numpy array ``(N, K)``; rows sum to 1:
         q(y|x) for the enumerated guide, p(y|z) at the mean of q(z|x) for the marginal guide."""
         return self.predict_log_proba(x).exp().cpu().numpy()
 
-    def predict(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
+    def predict(self, x: np.ndarray | torch.Tensor | ScaledRows) -> np.ndarray:
         """The most probable cluster of each example, ``(N,)`` int64."""
         return self.predict_log_proba(x).argmax(-1).cpu().numpy()
 
     @torch.no_grad()
-    def encode(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
-        """The posterior mean of z, ``(N, Z)`` (averaged over q(y|x) for the enumerated guide)."""
-        x = self.as_tensor(x)
+    def encode(self, x: np.ndarray | torch.Tensor | ScaledRows) -> np.ndarray:
+        """The posterior mean of z, ``(N, Z)`` (averaged over q(y|x) for the enumerated guide);
+        in batches of rows, as :meth:`predict_log_proba`."""
 
         def mean(b: torch.Tensor) -> torch.Tensor:
             if self.cluster_encoder is None:
@@ -395,7 +441,7 @@ class GMVAE(nn.Module):
         return self._batched(mean, x).cpu().numpy()
 
     @torch.no_grad()
-    def reconstruct(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
+    def reconstruct(self, x: np.ndarray | torch.Tensor | ScaledRows) -> np.ndarray:
         """E[x | z = encode(x)], ``(N, D)``."""
         z = torch.as_tensor(self.encode(x), device=self.device)
         return self.likelihood.mean(self.decoder(z)).cpu().numpy()

@@ -25,7 +25,7 @@ from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from .dataset import Dataset
+from .dataset import Dataset, ScaledRows, as_rows
 from .files import atomic_write_bytes
 from .metrics import contingency, match_clusters, matched_confusion
 from .model import GMVAE
@@ -346,13 +346,13 @@ def _finish_profiles(
 
 # ------------------------------------------------------------------------------- reconstructions
 def reconstructions_figure(
-    model: GMVAE, x: np.ndarray, n: int = 10, *, dataset: Dataset | None = None
+    model: GMVAE, x: np.ndarray | ScaledRows, n: int = 10, *, dataset: Dataset | None = None
 ) -> Figure:
     """Examples and their reconstructions ``E[x | z = encode(x)]``: originals above
     reconstructions for images, overlaid profiles for tables. ``x (N, D)``; the ``n`` examples
-    shown are spread evenly over its rows."""
+    shown are spread evenly over its rows (the only ones read of a ScaledRows)."""
     _positive(n, "n")
-    x = np.asarray(x)
+    x = as_rows(x)
     if x.ndim != 2 or x.shape[1] != model.config.n_features or len(x) == 0:
         raise ValueError(
             f"x must have shape (N, {model.config.n_features}) with N >= 1, not {x.shape}"
@@ -418,7 +418,7 @@ def cluster_colours_by_label(
 
 def latent_figure(
     model: GMVAE,
-    x: np.ndarray,
+    x: np.ndarray | ScaledRows,
     labels: np.ndarray | None = None,
     *,
     label_names: list[str] | None = None,
@@ -432,7 +432,7 @@ def latent_figure(
     """
     from sklearn.decomposition import PCA
 
-    x = np.asarray(x)
+    x = as_rows(x)  # data on disk: the points kept are read, no more
     if labels is not None and len(labels) != len(x):
         raise ValueError(f"{len(labels)} labels for {len(x)} examples")
     if len(x) > MAX_POINTS:

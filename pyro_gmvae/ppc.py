@@ -516,8 +516,9 @@ def posterior_predictive_checks(
         raise ValueError(f"loglik_samples must be at least 1, not {loglik_samples}")
     if max_examples is not None and max_examples < 1:
         raise ValueError(f"max_examples must be at least 1 (or None), not {max_examples}")
-    all_x = checked_input(model, dataset)
-    x_heldout = None if heldout is None else checked_input(model, heldout)
+    # The checks compare statistics of whole data sets: data read from disk is copied here.
+    all_x = model.as_tensor(checked_input(model, dataset))
+    x_heldout = None if heldout is None else model.as_tensor(checked_input(model, heldout))
     rng = np.random.default_rng(seed)
     notes: list[str] = []
     x = _subset(all_x, max_examples, rng, "training", notes)

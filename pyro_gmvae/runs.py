@@ -31,7 +31,7 @@ import numpy as np
 from .checkpoints import CHECKPOINT_FILE, CONFIG_FILE
 from .config import DistributedConfig, RunConfig
 from .data import load_data
-from .dataset import Dataset, Scaler, check_min_rows
+from .dataset import Dataset, ScaledRows, Scaler, check_min_rows
 from .errors import CheckpointError, ConfigError, DataError, RunDirectoryError
 from .files import atomic_write_text
 from .metrics import class_accuracy, clustering_scores
@@ -190,17 +190,15 @@ def split_heldout(dataset: Dataset, fraction: float, seed: int) -> tuple[Dataset
     return dataset.split(fraction, seed=seed)
 
 
-def data_fingerprint(x: np.ndarray) -> dict[str, Any]:
+def data_fingerprint(x: np.ndarray | ScaledRows) -> dict[str, Any]:
     """What identifies training data ``x (N, D)`` without storing it: its size and a hash of up
-    to 256 evenly spaced rows (a whole pass over millions of rows would cost more than a check)."""
-    x = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
+    to 256 evenly spaced rows (a whole pass over millions of rows would cost more than a check),
+    the only rows read of a :class:`~pyro_gmvae.dataset.ScaledRows`."""
     rows = np.unique(np.linspace(0, len(x) - 1, min(len(x), 256)).round().astype(np.int64))
-    digest = hashlib.sha256(np.asarray(x.shape, np.int64).tobytes() + x[rows].tobytes())
-    return {
-        "rows": int(x.shape[0]),
-        "features": int(x.shape[1]),
-        "sample_sha256": digest.hexdigest(),
-    }
+    sample = np.ascontiguousarray(np.asarray(x[rows], dtype=np.float32))
+    shape = (len(x), x.shape[1])
+    digest = hashlib.sha256(np.asarray(shape, np.int64).tobytes() + sample.tobytes())
+    return {"rows": shape[0], "features": shape[1], "sample_sha256": digest.hexdigest()}
 
 
 def _check_fingerprint(saved: dict[str, Any] | None, here: dict[str, Any], out: Path) -> None:
@@ -376,20 +374,22 @@ def _train_leader(
         result: dict[str, Any] = {"run_dir": str(out), "epochs": trainer.epoch}
         if trainer.history:
             result["loss"] = trainer.history[-1]["loss"]
+        predicted = {}  # each part once, in batches: data on disk is read a chunk at a time
         for part, data in (("train", train_data), ("heldout", heldout)):
             if data is not None and data.labels is not None:
-                result[part] = clustering_scores(data.labels, model.predict(data.x))
+                predicted[part] = model.predict(data.x)
+                result[part] = clustering_scores(data.labels, predicted[part])
         if trainer.known is not None:
             # Clusters are classes: plain accuracy, on the rows training saw unlabelled and on
             # the held-out rows.
             unseen = ~trainer.known.cpu().numpy()
             if unseen.any():
                 result["train"]["class_accuracy"] = class_accuracy(
-                    train_data.labels[unseen], model.predict(train_data.x[unseen])
+                    train_data.labels[unseen], predicted["train"][unseen]
                 )
             if heldout is not None:
                 result["heldout"]["class_accuracy"] = class_accuracy(
-                    heldout.labels, model.predict(heldout.x)
+                    heldout.labels, predicted["heldout"]
                 )
             result["labels_known"] = int((~unseen).sum())
         if plots:

@@ -4,7 +4,9 @@ from which the prior p(y) p(z|y) begins. Pure functions of arrays; nothing here 
 A start is a function ``start(codes, data, n_clusters, config, uniform_weights) -> Start``:
 
 - ``codes (N, Z)``: the means of q(z|x) of the training rows, float64;
-- ``data (N, D)``: the training rows themselves (float32, as trained on);
+- ``data (N, D)``: the training rows themselves (float32, as trained on): an array, or for data
+  read from disk as it is used a :class:`~pyro_gmvae.dataset.ScaledRows`, whose rows
+  ``data[idx]`` are read on demand and which ``np.asarray(data)`` copies whole;
 - ``config``: the :class:`~pyro_gmvae.config.TrainConfig`, for the start's own options;
 - ``uniform_weights``: whether the prior holds its weights at ``1/K`` (a start may fit the same
   family).
@@ -28,6 +30,7 @@ from sklearn.metrics import silhouette_score
 from sklearn.mixture import GaussianMixture
 
 from .config import TrainConfig
+from .dataset import ScaledRows
 from .errors import ConfigError, DataError
 from .metrics import cluster_accuracy, match_clusters
 
@@ -329,14 +332,17 @@ def check_start(name: str, n_rows: int, n_clusters: int, config: TrainConfig) ->
             )
 
 
-def count_distinct(x: np.ndarray, at_least: int) -> int:
-    """How many distinct rows ``x (N, D)`` has, counting no further than needed: the first rows
-    are looked at before all of them, which costs ``O(N log N)`` only when they do not suffice."""
-    for size in (min(len(x), 4096), len(x)):
-        distinct = len(np.unique(x[:size], axis=0))
-        if distinct >= at_least or size == len(x):
-            return distinct
-    return distinct  # pragma: no cover
+def count_distinct(x: np.ndarray | ScaledRows, at_least: int) -> int:
+    """How many distinct rows ``x (N, D)`` has, counting no further than needed: 4096 rows at a
+    time, the distinct ones kept (fewer than ``at_least`` while counting goes on), so the whole
+    of ``x`` is neither copied nor sorted (a :class:`~pyro_gmvae.dataset.ScaledRows` is read a
+    chunk at a time) and the first rows usually suffice."""
+    distinct = np.empty((0, *x.shape[1:]), dtype=x.dtype)
+    for start in range(0, len(x), 4096):
+        distinct = np.unique(np.concatenate([distinct, x[start : start + 4096]]), axis=0)
+        if len(distinct) >= at_least:
+            break
+    return len(distinct)
 
 
 def find_start(

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from .checkpoints import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 from .config import RunConfig, TrainConfig
-from .dataset import check_min_rows, labelled_rows
+from .dataset import ScaledRows, check_min_rows, labelled_rows
 from .errors import CheckpointError, ConfigError, DataError, RunDirectoryError
 from .files import atomic_write_text
 from .metrics import class_accuracy, clustering_scores
@@ -341,7 +341,7 @@ class MixtureStart:
         began = time.perf_counter()
         with trainer.activity(f"mixture start ({name})"):
             codes = trainer.codes()
-            data = trainer.x.cpu().numpy()
+            data = trainer.host_rows()
             uniform = not trainer.model.config.learn_weights
             if fn is None:
                 start = find_start(
@@ -526,7 +526,11 @@ class Trainer:
 
     Args:
         model: the GMVAE to fit (changed in place).
-        x: training data ``(N, D)``, already preprocessed (images in [0, 1]).
+        x: training data ``(N, D)``, already preprocessed (images in [0, 1]): an array or
+            tensor, copied to the device as one float32 tensor, or a
+            :class:`~pyro_gmvae.dataset.ScaledRows` (images in an .npy file, as
+            :func:`~pyro_gmvae.data.load_data` gives them), kept where it is, on disk, and read
+            a minibatch at a time: the same rows in the same order, so the same training.
         config: the training options.
         recipe: the phases to run; default :func:`default_recipe` of ``config``.
         labels: ``(N,)`` reference labels, for scoring each epoch, and the classes of the rows
@@ -548,7 +552,7 @@ class Trainer:
     def __init__(
         self,
         model: GMVAE,
-        x: np.ndarray | torch.Tensor,
+        x: np.ndarray | torch.Tensor | ScaledRows,
         config: TrainConfig,
         *,
         recipe: Recipe | Iterable[Phase] | None = None,
@@ -568,8 +572,8 @@ class Trainer:
         self.config = config
         self.device = resolve_device(config.device)
         self.model = model.to(self.device)
-        self.x = model.as_tensor(x)
-        model.likelihood.check_support(self.x)
+        #: The training rows: a float32 tensor on the device, or the ScaledRows given.
+        self.x = model.check_input(x)
         check_min_rows(self.x, model.n_clusters)  # the mixture fit needs a row per cluster
         if labels is not None and len(labels) != len(self.x):
             raise DataError(
@@ -627,7 +631,7 @@ class Trainer:
         ):
             # Before any training: rows that are all alike cannot make K clusters (and crash
             # t-SNE), and would only be found out after pretraining.
-            distinct = count_distinct(self.x.cpu().numpy(), model.n_clusters)
+            distinct = count_distinct(self.host_rows(), model.n_clusters)
             if distinct < model.n_clusters:
                 raise DataError(
                     f"the {len(self.x)} training rows take only {distinct} distinct values, "
@@ -701,13 +705,24 @@ class Trainer:
         fused = self.device.type == "cuda" or _TORCH_VERSION >= (2, 4)
         return torch.optim.Adam(self.model.parameters(), lr=self.config.lr, fused=fused)
 
+    def host_rows(self) -> np.ndarray | ScaledRows:
+        """The training rows ``(N, D)`` float32 on the host, as a start reads them: the training
+        tensor copied, or the :class:`~pyro_gmvae.dataset.ScaledRows` itself (``np.asarray``
+        copies it, for a start that needs the whole)."""
+        return self.x if isinstance(self.x, ScaledRows) else self.x.cpu().numpy()
+
     def minibatch(self, idx: torch.Tensor) -> Batch:
         """The rows ``idx`` and, for images with augmentation on, a randomly moved view.
 
         In ``view`` mode the networks see the view and the likelihood scores the original; in
-        ``data`` mode the view replaces the original altogether.
+        ``data`` mode the view replaces the original altogether. Rows of a
+        :class:`~pyro_gmvae.dataset.ScaledRows` are read from disk (in file order, returned in
+        the order of ``idx``) and copied to the device.
         """
-        xb = self.x[idx]
+        if isinstance(self.x, ScaledRows):
+            xb = torch.as_tensor(self.x[idx.cpu().numpy()], device=self.device)
+        else:
+            xb = self.x[idx]
         c = self.config
         labelled = {}
         if self.known is not None:
@@ -1005,8 +1020,10 @@ class Trainer:
         self.model.train()
         while self.batch < n_batches:
             idx = self.perm[self.batch * bs : (self.batch + 1) * bs]
+            # Outside the try: a DataError (a ValueError) from reading the data is not a NaN.
+            batch = self.minibatch(idx)
             try:
-                loss = phase.loss(self, self.minibatch(idx))
+                loss = phase.loss(self, batch)
             except ValueError:
                 # Pyro refuses distributions with NaN parameters: a step since the last check
                 # (deferred on a GPU) made the weights non-finite. Name the batch, not Pyro.
@@ -1109,7 +1126,7 @@ class Trainer:
 
 def fit(
     model: GMVAE,
-    x: np.ndarray | torch.Tensor,
+    x: np.ndarray | torch.Tensor | ScaledRows,
     config: TrainConfig | None = None,
     **kwargs: Any,
 ) -> list[dict[str, Any]]:
