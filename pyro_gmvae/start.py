@@ -17,6 +17,7 @@ picks ``STARTS[NAME]``; :func:`register_start` adds one, so a new start is one f
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -120,6 +121,11 @@ def umap_map(x: np.ndarray, components: int, neighbors: int, seed: int) -> np.nd
     ``seed`` gives the same map (umap-learn then optimises on one thread)."""
     if len(x) < 3:  # umap-learn's graph of two points is empty; their map is themselves
         return np.asarray(x, dtype=np.float64)
+    # numba's default OpenMP threading layer leaves its threads spinning beside torch's own
+    # OpenMP pool: torch steps after the start were measured 2-16x slower (one torch thread, the
+    # 2-core box loaded).
+    # numba's own work queue does not spin. A layer the user chose (the variable) is kept.
+    os.environ.setdefault("NUMBA_THREADING_LAYER", "workqueue")
     import umap  # numba compiles on first use: imported only by the start that needs it
 
     neighbors = max(2, min(neighbors, len(x) - 1))
