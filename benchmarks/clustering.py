@@ -1,16 +1,22 @@
 """Clustering benchmark: pyro_gmvae's default recipe against KMeans and Gaussian mixtures.
 
 For each dataset and seed, trains pyro_gmvae exactly as ``gmvae train`` would (``train_run`` with
-the library's defaults, K=10, any recipe flag overridable here) and fits, on the same data in the
-same process, the baselines:
+the library's defaults, K = the number of classes, any recipe flag overridable here) and fits, on
+the same data in the same process, the baselines:
 
-- ``kmeans-raw`` / ``kmeans-pca50``: scikit-learn KMeans, ``n_init=10``, on the pixels or on 50
-  principal components (PCA fitted on the training rows);
+- ``kmeans-raw`` / ``kmeans-pca50``: scikit-learn KMeans, ``n_init=10``, on the pixels (or table
+  columns) or on 50 principal components (PCA fitted on the training rows);
 - ``gmm-diag-raw``: scikit-learn GaussianMixture with diagonal covariances on the pixels (full
-  784x784 covariances are singular on MNIST's constant border pixels, and slow);
-- ``gmm-full-pca50``: GaussianMixture with full covariances on 50 principal components.
+  784x784 covariances are singular on MNIST's constant border pixels, and slow) or columns;
+- ``gmm-full-pca50``: GaussianMixture with full covariances on 50 principal components (images);
+- ``gmm-full-raw``: GaussianMixture with full covariances on the columns (tables).
 
 scikit-learn's defaults otherwise (GaussianMixture: one k-means initialisation, ``reg_covar=1e-6``).
+Images (``mnist8k``, ``digits``) get ``pyro_gmvae kmeans-raw kmeans-pca50 gmm-diag-raw
+gmm-full-pca50``; the tables ``iris``, ``wine`` and ``breast_cancer`` (scikit-learn's bundled ones,
+standardized by ``load_data`` as ``gmvae train`` standardizes a table, trained with ``--likelihood
+gaussian``) get ``pyro_gmvae kmeans-raw gmm-diag-raw gmm-full-raw``; ``--methods`` runs the methods
+it names on every dataset.
 
 Labels are used for scoring only. With ``--heldout-fraction f`` every method is fitted on the same
 random ``1 - f`` of the rows (``Dataset.split`` with the run's seed) and also scored on the unseen
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import io
 import json
 import os
 import platform
@@ -43,6 +50,7 @@ import pyro
 import sklearn
 import torch
 from sklearn.cluster import KMeans
+from sklearn.datasets import load_breast_cancer, load_iris, load_wine
 from sklearn.decomposition import PCA
 from sklearn.mixture import GaussianMixture
 from threadpoolctl import threadpool_limits
@@ -57,7 +65,7 @@ from pyro_gmvae.config import (
 )
 from pyro_gmvae.data import load_data
 from pyro_gmvae.dataset import Dataset
-from pyro_gmvae.files import atomic_write_text
+from pyro_gmvae.files import atomic_write_bytes, atomic_write_text
 from pyro_gmvae.metrics import clustering_scores
 from pyro_gmvae.runs import train_run
 from pyro_gmvae.train import TrainingDiverged
@@ -65,7 +73,12 @@ from pyro_gmvae.train import TrainingDiverged
 from _paths import resolve_mnist8k  # benchmarks/_paths.py, beside this script
 
 GMVAE = "pyro_gmvae"
-BASELINES = ("kmeans-raw", "kmeans-pca50", "gmm-diag-raw", "gmm-full-pca50")
+#: What each kind of data is compared with when --methods is not given.
+IMAGE_BASELINES = ("kmeans-raw", "kmeans-pca50", "gmm-diag-raw", "gmm-full-pca50")
+TABLE_BASELINES = ("kmeans-raw", "gmm-diag-raw", "gmm-full-raw")
+BASELINES = tuple(dict.fromkeys(IMAGE_BASELINES + TABLE_BASELINES))
+#: scikit-learn's bundled tables with class labels, by their --datasets name.
+TABLES = {"iris": load_iris, "wine": load_wine, "breast_cancer": load_breast_cancer}
 PCA_COMPONENTS = 50
 REPO = Path(__file__).resolve().parents[1]
 
@@ -140,6 +153,24 @@ def resolve_spec(name: str) -> str:
             "root); set PYRO_GMVAE_MNIST8K to its path or leave mnist8k out of --datasets"
         )
     return str(path)
+
+
+def table_spec(name: str, folder: Path) -> str:
+    """scikit-learn's table ``name`` as a ``.npz`` in ``folder`` (``X`` as scikit-learn gives it,
+    ``y`` the classes) that ``gmvae train`` reads; ``load_data`` standardizes it, as it does any
+    table. Written once, atomically, so a resumed benchmark trains on the same file."""
+    path = folder / f"{name}.npz"
+    if not path.exists():
+        x, y = TABLES[name](return_X_y=True)
+        buffer = io.BytesIO()
+        np.savez(buffer, X=x.astype(np.float64), y=y.astype(np.int64))
+        atomic_write_bytes(path, buffer.getvalue())
+    return str(path)
+
+
+def n_classes(dataset: Dataset) -> int | None:
+    """How many classes the labels name (None without labels): the K each dataset is run with."""
+    return None if dataset.labels is None else len(np.unique(dataset.labels))
 
 
 def split(dataset: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset | None]:
@@ -254,13 +285,27 @@ def render(header: list[str], rows: list[list[str]], markdown: bool = False) -> 
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
+def clusters_note(recipes: dict[str, Any]) -> str:
+    """``K = 10 (mnist8k, digits), 3 (iris)``: the K of each dataset, from the recipes."""
+    by_k: dict[int, list[str]] = {}
+    for dataset, recipe in recipes.items():
+        by_k.setdefault(recipe["model"]["clusters"], []).append(dataset)
+    return "K = " + ", ".join(f"{k} ({', '.join(names)})" for k, names in by_k.items())
+
+
 def markdown_report(
-    header: list[str], rows: list[list[str]], machine: str, command: str, when: str
+    header: list[str],
+    rows: list[list[str]],
+    machine: str,
+    command: str,
+    when: str,
+    clusters: str = "",
 ) -> str:
     """The table with what it means, the machine(s) it ran on and the command(s) that made it."""
     return (
         f"{render(header, rows, markdown=True)}\n\n"
-        f"Accuracy: best one-to-one matching of the 10 clusters to the 10 classes (Hungarian); "
+        f"Accuracy: best one-to-one matching of the K clusters to the K classes (Hungarian"
+        f"{'; ' + clusters if clusters else ''}); "
         f"mean ± standard deviation over seeds, and the worst seed. Time: wall-clock seconds "
         f"per run (training and scoring).\n\n"
         f"{machine}\n\nRun on {when}.\n\n"
@@ -280,7 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--datasets",
         nargs="+",
         default=["mnist8k", "digits"],
-        help="mnist8k, digits, or any --data spec of gmvae train",
+        help=f"mnist8k, digits, {', '.join(TABLES)} (scikit-learn's tables), or any --data spec "
+        "of gmvae train",
     )
     p.add_argument("--seeds", type=int, default=5, help="number of seeds (0, 1, ..., S-1)")
     p.add_argument(
@@ -300,9 +346,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--methods",
         nargs="+",
-        default=[GMVAE, *BASELINES],
+        default=None,
         choices=[GMVAE, *BASELINES],
-        help="what to run",
+        help=f"what to run on every dataset (default: {GMVAE} and, on images, "
+        f"{' '.join(IMAGE_BASELINES)}; on tables, {' '.join(TABLE_BASELINES)})",
     )
     p.add_argument(
         "--heldout-fraction",
@@ -329,7 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep the pyro_gmvae run directories in OUT/runs (else a temp folder)",
     )
     # The recipe: gmvae train's own flags, suppressed unless given, so the defaults are the
-    # library's. K is 10 unless --clusters says otherwise.
+    # library's. K is the number of classes of each dataset unless --clusters says otherwise;
+    # tables get --likelihood gaussian unless it is given.
     for cls in (ModelConfig, TrainConfig):
         add_arguments(p, cls, suppress_defaults=True)
     return p
@@ -357,7 +405,6 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_info()
     print(format_machine(machine), flush=True)
 
-    model_config = from_arguments(ModelConfig, args, base=ModelConfig(clusters=10))
     records: list[dict[str, Any]] = []
     report: dict[str, Any] = {
         "command": command,
@@ -372,18 +419,28 @@ def main(argv: list[str] | None = None) -> int:
 
     with scratch, threadpool_limits(args.threads):
         for name in args.datasets:
-            spec = resolve_spec(name)
-            dataset = load_data(spec)
+            table = name in TABLES
+            spec = table_spec(name, out / "data") if table else resolve_spec(name)
+            kind = "table" if table else None
+            dataset = load_data(spec, kind=kind)
             label = Path(name).stem if name != "mnist8k" else name
+            base = ModelConfig(clusters=n_classes(dataset) or ModelConfig().clusters)
+            if dataset.kind == "table":
+                base.likelihood = "gaussian"
+            model_config = from_arguments(ModelConfig, args, base=base)
+            methods = args.methods or [
+                GMVAE,
+                *(TABLE_BASELINES if dataset.kind == "table" else IMAGE_BASELINES),
+            ]
             for seed in range(args.first_seed, args.first_seed + args.seeds):
                 train, heldout = split(dataset, args.heldout_fraction, seed)
                 config = RunConfig(
-                    data=DataConfig(data=spec, heldout_fraction=args.heldout_fraction),
+                    data=DataConfig(data=spec, kind=kind, heldout_fraction=args.heldout_fraction),
                     model=ModelConfig(**vars(model_config)),
                     train=from_arguments(TrainConfig, args, base=TrainConfig(seed=seed)),
                 )
                 report["recipes"].setdefault(label, config.to_dict())
-                for method in args.methods:
+                for method in methods:
                     record = {
                         "dataset": label,
                         "method": method,
@@ -414,7 +471,10 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(render(header, rows))
     atomic_write_text(
-        markdown_path, markdown_report(header, rows, format_machine(machine), command, when)
+        markdown_path,
+        markdown_report(
+            header, rows, format_machine(machine), command, when, clusters_note(report["recipes"])
+        ),
     )
     print(f"\nper-seed results: {out / 'results.json'}; Markdown table: {markdown_path}")
     return 0
@@ -438,10 +498,16 @@ def merge(paths: list[Path], markdown_path: Path | None) -> int:
         )
         commands = "\n".join(sorted({report["command"] for report in reports}))
         when = max(report["date"] for report in reports)
+        recipes = {k: v for report in reports for k, v in report["recipes"].items()}
         atomic_write_text(
             markdown_path,
             markdown_report(
-                header, rows, "Where each part ran:\n\n" + "\n".join(where), commands, when
+                header,
+                rows,
+                "Where each part ran:\n\n" + "\n".join(where),
+                commands,
+                when,
+                clusters_note(recipes),
             ),
         )
     return 0
