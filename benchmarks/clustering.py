@@ -18,12 +18,17 @@ standardized by ``load_data`` as ``gmvae train`` standardizes a table, trained w
 gaussian``) get ``pyro_gmvae kmeans-raw gmm-diag-raw gmm-full-raw``; ``--methods`` runs the methods
 it names on every dataset.
 
+Every pyro_gmvae run is also scored at its start: the clusters of the training rows that its
+mixture start found on the pretrained codes (the checkpoint's ``assignments``), as
+``start_accuracy`` and ``start_nmi``, so that a table shows what the GMVAE's own training adds to
+its start.
+
 Labels are used for scoring only. With ``--heldout-fraction f`` every method is fitted on the same
 random ``1 - f`` of the rows (``Dataset.split`` with the run's seed) and also scored on the unseen
 rest, clusters assigned by the fitted model alone.
 
-Prints the machine and one table (mean +- std over seeds and worst seed of accuracy and NMI, mean
-wall time per run); writes every per-seed result to ``OUT/results.json`` (after each run, so an
+Prints the machine and the tables (mean +- std over seeds and worst seed of accuracy and NMI, mean
+wall time per run; pyro_gmvae's start against its end); writes every per-seed result to ``OUT/results.json`` (after each run, so an
 interrupted benchmark keeps what it measured) and the table as Markdown to ``--markdown``. See
 ``benchmarks/README.md`` for the command lines.
 """
@@ -55,6 +60,7 @@ from sklearn.decomposition import PCA
 from sklearn.mixture import GaussianMixture
 from threadpoolctl import threadpool_limits
 
+from pyro_gmvae.checkpoints import CHECKPOINT_FILE, load_checkpoint
 from pyro_gmvae.config import (
     DataConfig,
     ModelConfig,
@@ -208,13 +214,20 @@ def run_baseline(
     }
 
 
-def run_gmvae(config: RunConfig, run_dir: Path) -> dict[str, Any]:
-    """Train with ``train_run`` (what ``gmvae train`` does) and collect its scores."""
+def run_gmvae(config: RunConfig, run_dir: Path, train: Dataset) -> dict[str, Any]:
+    """Train with ``train_run`` (what ``gmvae train`` does) and collect its scores, and those of
+    its start: the cluster of each training row that the mixture start found (the run's
+    checkpoint's ``assignments``, in the order of ``train``'s rows), scored against ``train``'s
+    labels; None where there was no start (no pretraining) or there are no labels."""
     pyro.clear_param_store()  # nothing of the previous run may leak into this one
     result = train_run(config, run_dir, force=True, progress=False, plots=False)
+    assignments = load_checkpoint(run_dir / CHECKPOINT_FILE)["assignments"]
+    start = None if assignments is None else scores(train, assignments.cpu().numpy())
     return {
         "train": result.get("train"),
         "heldout": result.get("heldout"),
+        "start_accuracy": None if start is None else start["accuracy"],
+        "start_nmi": None if start is None else start["nmi"],
         "epochs": result.get("epochs"),
         "loss": result.get("loss"),
     }
@@ -275,6 +288,36 @@ def summary_rows(records: list[dict[str, Any]], heldout: bool) -> tuple[list[str
     return header, rows
 
 
+def start_rows(records: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """One row per dataset of pyro_gmvae's runs: the accuracy and NMI of its mixture start (the
+    clusters the Anchor phase begins from) and of the trained model, on the training rows, and
+    on how many seeds the end is at least as accurate as the start."""
+    header = ["dataset", "seeds", "start acc", "final acc", "final >= start"]
+    header += ["start NMI", "final NMI"]
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        if r["method"] == GMVAE and r["error"] is None and r["train"] is not None:
+            if r.get("start_accuracy") is not None:
+                groups.setdefault(r["dataset"], []).append(r)
+    rows = []
+    for dataset, runs in groups.items():
+        start = [r["start_accuracy"] for r in runs]
+        final = [r["train"]["accuracy"] for r in runs]
+        kept = sum(f >= s for s, f in zip(start, final, strict=True))
+        rows.append(
+            [
+                dataset,
+                str(len(runs)),
+                _mean_std(start),
+                _mean_std(final),
+                f"{kept} of {len(runs)}",
+                _mean_std([r["start_nmi"] for r in runs]),
+                _mean_std([r["train"]["nmi"] for r in runs]),
+            ]
+        )
+    return header, rows
+
+
 def render(header: list[str], rows: list[list[str]], markdown: bool = False) -> str:
     """A plain fixed-width table, or a Markdown one."""
     if markdown:
@@ -294,20 +337,31 @@ def clusters_note(recipes: dict[str, Any]) -> str:
 
 
 def markdown_report(
-    header: list[str],
-    rows: list[list[str]],
+    records: list[dict[str, Any]],
+    heldout: bool,
     machine: str,
     command: str,
     when: str,
     clusters: str = "",
 ) -> str:
-    """The table with what it means, the machine(s) it ran on and the command(s) that made it."""
+    """The tables with what they mean, the machine(s) they ran on and the command(s) that made
+    them."""
+    header, rows = summary_rows(records, heldout)
+    start_header, start = start_rows(records)
+    starts = (
+        f"{GMVAE} at its start (the clusters of the training rows found by the mixture start on "
+        f"the pretrained codes, from which the anchor epochs begin) and at its end, on the "
+        f"training rows:\n\n{render(start_header, start, markdown=True)}\n\n"
+        if start
+        else ""
+    )
     return (
         f"{render(header, rows, markdown=True)}\n\n"
         f"Accuracy: best one-to-one matching of the K clusters to the K classes (Hungarian"
         f"{'; ' + clusters if clusters else ''}); "
         f"mean ± standard deviation over seeds, and the worst seed. Time: wall-clock seconds "
         f"per run (training and scoring).\n\n"
+        f"{starts}"
         f"{machine}\n\nRun on {when}.\n\n"
         f"Command:\n\n```\n{command}\n```\n"
     )
@@ -453,7 +507,7 @@ def main(argv: list[str] | None = None) -> int:
                     try:
                         if method == GMVAE:
                             run_dir = runs_root / f"{label}-seed{seed}"
-                            record |= run_gmvae(config, run_dir)
+                            record |= run_gmvae(config, run_dir, train)
                             if not args.keep_runs:  # checkpoints of big networks add up
                                 shutil.rmtree(run_dir)
                         else:
@@ -467,17 +521,30 @@ def main(argv: list[str] | None = None) -> int:
                     atomic_write_text(out / "results.json", json.dumps(report, indent=2) + "\n")
                     print(_progress_line(record), file=sys.stderr, flush=True)
 
-    header, rows = summary_rows(records, heldout=args.heldout_fraction > 0)
     print()
-    print(render(header, rows))
+    print_tables(records, heldout=args.heldout_fraction > 0)
     atomic_write_text(
         markdown_path,
         markdown_report(
-            header, rows, format_machine(machine), command, when, clusters_note(report["recipes"])
+            records,
+            args.heldout_fraction > 0,
+            format_machine(machine),
+            command,
+            when,
+            clusters_note(report["recipes"]),
         ),
     )
     print(f"\nper-seed results: {out / 'results.json'}; Markdown table: {markdown_path}")
     return 0
+
+
+def print_tables(records: list[dict[str, Any]], heldout: bool) -> None:
+    """The summary table and, where pyro_gmvae ran, its start against its end."""
+    print(render(*summary_rows(records, heldout)))
+    start_header, start = start_rows(records)
+    if start:
+        print(f"\n{GMVAE}: its mixture start and its end, on the training rows")
+        print(render(start_header, start))
 
 
 def merge(paths: list[Path], markdown_path: Path | None) -> int:
@@ -485,8 +552,7 @@ def merge(paths: list[Path], markdown_path: Path | None) -> int:
     reports = [json.loads(Path(p).read_text()) for p in paths]
     records = [r for report in reports for r in report["runs"]]
     heldout = any(report["heldout_fraction"] > 0 for report in reports)
-    header, rows = summary_rows(records, heldout=heldout)
-    print(render(header, rows))
+    print_tables(records, heldout)
     if markdown_path is not None:
         where = sorted(
             {
@@ -502,8 +568,8 @@ def merge(paths: list[Path], markdown_path: Path | None) -> int:
         atomic_write_text(
             markdown_path,
             markdown_report(
-                header,
-                rows,
+                records,
+                heldout,
                 "Where each part ran:\n\n" + "\n".join(where),
                 commands,
                 when,
@@ -520,6 +586,8 @@ def _progress_line(record: dict[str, Any]) -> str:
     if record["train"] is None:
         return f"{where}: {record['seconds']:.1f}s (no labels to score)"
     text = f"{where}: acc {record['train']['accuracy']:.3f} NMI {record['train']['nmi']:.3f}"
+    if record.get("start_accuracy") is not None:
+        text += f" (start acc {record['start_accuracy']:.3f})"
     if record["heldout"] is not None:
         text += f", held-out acc {record['heldout']['accuracy']:.3f}"
     return text + f" ({record['seconds']:.1f}s)"
