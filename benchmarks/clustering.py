@@ -1,9 +1,13 @@
-"""Clustering benchmark: pyro_gmvae's default recipe against KMeans and Gaussian mixtures.
+"""Clustering benchmark: pyro_gmvae's default recipe against N2D, KMeans and Gaussian mixtures.
 
 For each dataset and seed, trains pyro_gmvae exactly as ``gmvae train`` would (``train_run`` with
 the library's defaults, K = the number of classes, any recipe flag overridable here) and fits, on
-the same data in the same process, the baselines:
+the same data, split and seed in the same process, the baselines:
 
+- ``n2d``: N2D's recipe with N2D's settings (McConville et al. 2019; what is and is not N2D:
+  :func:`run_n2d`): an autoencoder d-500-500-2000-10 pretrained as pyro_gmvae pretrains but on the
+  plain data, a 10-d UMAP of its codes (20 neighbours, ``min_dist=0``), and a full-covariance
+  GaussianMixture with scikit-learn's defaults on that map;
 - ``kmeans-raw`` / ``kmeans-pca50``: scikit-learn KMeans, ``n_init=10``, on the pixels (or table
   columns) or on 50 principal components (PCA fitted on the training rows);
 - ``gmm-diag-raw``: scikit-learn GaussianMixture with diagonal covariances on the pixels (full
@@ -12,11 +16,11 @@ the same data in the same process, the baselines:
 - ``gmm-full-raw``: GaussianMixture with full covariances on the columns (tables).
 
 scikit-learn's defaults otherwise (GaussianMixture: one k-means initialisation, ``reg_covar=1e-6``).
-Images (``mnist8k``, ``digits``) get ``pyro_gmvae kmeans-raw kmeans-pca50 gmm-diag-raw
+Images (``mnist8k``, ``digits``) get ``pyro_gmvae n2d kmeans-raw kmeans-pca50 gmm-diag-raw
 gmm-full-pca50``; the tables ``iris``, ``wine`` and ``breast_cancer`` (scikit-learn's bundled ones,
 standardized by ``load_data`` as ``gmvae train`` standardizes a table, trained with ``--likelihood
-gaussian``) get ``pyro_gmvae kmeans-raw gmm-diag-raw gmm-full-raw``; ``--methods`` runs the methods
-it names on every dataset.
+gaussian``) get ``pyro_gmvae n2d kmeans-raw gmm-diag-raw gmm-full-raw``; ``--methods`` runs the
+methods it names on every dataset.
 
 Every pyro_gmvae run is also scored at its start: the clusters of the training rows that its
 mixture start found on the pretrained codes (the checkpoint's ``assignments``), as
@@ -36,6 +40,7 @@ interrupted benchmark keeps what it measured) and the table as Markdown to ``--m
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import io
 import json
@@ -47,6 +52,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +66,7 @@ from sklearn.decomposition import PCA
 from sklearn.mixture import GaussianMixture
 from threadpoolctl import threadpool_limits
 
+from pyro_gmvae import GMVAE, Pretrain, Recipe, Trainer
 from pyro_gmvae.checkpoints import CHECKPOINT_FILE, load_checkpoint
 from pyro_gmvae.config import (
     DataConfig,
@@ -73,19 +80,29 @@ from pyro_gmvae.data import load_data
 from pyro_gmvae.dataset import Dataset
 from pyro_gmvae.files import atomic_write_bytes, atomic_write_text
 from pyro_gmvae.metrics import clustering_scores
+from pyro_gmvae.rng import seed_everything
 from pyro_gmvae.runs import train_run
 from pyro_gmvae.train import TrainingDiverged
 
 from _paths import resolve_mnist8k  # benchmarks/_paths.py, beside this script
 
-GMVAE = "pyro_gmvae"
+PYRO_GMVAE = "pyro_gmvae"
+N2D = "n2d"
 #: What each kind of data is compared with when --methods is not given.
 IMAGE_BASELINES = ("kmeans-raw", "kmeans-pca50", "gmm-diag-raw", "gmm-full-pca50")
 TABLE_BASELINES = ("kmeans-raw", "gmm-diag-raw", "gmm-full-raw")
+IMAGE_BASELINES = (N2D, *IMAGE_BASELINES)
+TABLE_BASELINES = (N2D, *TABLE_BASELINES)
 BASELINES = tuple(dict.fromkeys(IMAGE_BASELINES + TABLE_BASELINES))
 #: scikit-learn's bundled tables with class labels, by their --datasets name.
 TABLES = {"iris": load_iris, "wine": load_wine, "breast_cancer": load_breast_cancer}
 PCA_COMPONENTS = 50
+#: N2D's settings (github.com/rymc/n2d, run.sh for MNIST): the autoencoder's hidden layers and
+#: code size, and its UMAP's dimensions and neighbours (min_dist 0).
+N2D_HIDDEN = (500, 500, 2000)
+N2D_LATENT = 10
+N2D_COMPONENTS = 10
+N2D_NEIGHBORS = 20
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -214,6 +231,85 @@ def run_baseline(
     }
 
 
+def run_n2d(config: RunConfig, train: Dataset, heldout: Dataset | None) -> dict[str, Any]:
+    """N2D (McConville et al. 2019, "N2D: (Not Too) Deep Clustering via Clustering the Local
+    Manifold of an Autoencoded Embedding"; github.com/rymc/n2d) on ``train``, scored there and on
+    ``heldout``, with the pyro_gmvae run ``config`` of the same dataset and seed.
+
+    As N2D does:
+
+    - an autoencoder d-500-500-2000-10 with ReLU between its layers, trained on the plain data (no
+      moved copies: ``augment_rotation=0``, ``augment_shift=0``) by Adam, learning rate 1e-3,
+      minibatches of 256;
+    - a 10-d UMAP embedding of the codes, 20 neighbours, ``min_dist=0``, Euclidean, umap-learn's
+      defaults otherwise;
+    - a GaussianMixture with full covariances and scikit-learn's defaults (free weights, one k-means
+      initialisation, ``reg_covar=1e-6``) on the embedding; each row's cluster is its most probable
+      component.
+
+    Not as N2D does:
+
+    - the network is the library's (``GMVAE(ModelConfig(hidden=(500, 500, 2000), latent_dim=10))``)
+      and trains as pyro_gmvae's ``Pretrain`` phase does: the loss is -log p(x | z = the mean of
+      q(z|x)) with the run's likelihood (Bernoulli for images, where N2D's Keras autoencoder has a
+      linear output and a squared error; Gaussian with a learned scale per column for tables),
+      gradients clipped at the run's ``--clip-norm`` (10); and for the pyro_gmvae run's pretraining
+      epochs (150, at most ``--pretrain-steps`` 4800 steps: 150 epochs on mnist8k and digits),
+      where N2D trains for 1000 epochs on all 70,000 MNIST digits;
+    - the random state is the run's seed, where N2D fixes 0 everywhere;
+    - the code and the embedding have 10 dimensions on every dataset. N2D sets both to its number of
+      clusters (10 on MNIST; 6 on its 6-class HAR), so on the tables (2 or 3 classes) this is N2D's
+      MNIST setting, not what its rule would choose;
+    - held-out rows (N2D has none) are mapped by the fitted UMAP's ``transform`` and assigned by
+      the fitted mixture, with nothing refitted.
+
+    On images the network, its initial weights (seeded as ``gmvae train`` seeds) and its
+    pretraining are pyro_gmvae's own but for the moved copies; the ``umap`` start of pyro_gmvae then
+    differs only in its mixture (weights held uniform, 10 restarts, ``reg_covar=1e-4``).
+    """
+    import umap  # numba compiles on first use: only when n2d runs
+
+    pyro.clear_param_store()
+    settings = dataclasses.replace(config.train, augment_rotation=0.0, augment_shift=0.0)
+    seed_everything(settings.seed)  # the weights, as train_run draws the pyro_gmvae run's
+    model = GMVAE(
+        ModelConfig(
+            clusters=config.model.clusters,
+            hidden=N2D_HIDDEN,
+            latent_dim=N2D_LATENT,
+            likelihood=config.model.likelihood,
+            n_features=train.n_features,
+            image_shape=train.image_shape,
+        )
+    )
+    pretrain = Pretrain(settings.pretrain_epochs, max_steps=settings.pretrain_steps or None)
+    # Trainer.run, not fit: fit stops quietly on Ctrl-C, which would score a half-trained network.
+    trainer = Trainer(model, train.x, settings, recipe=Recipe([pretrain]), progress=False)
+    history = trainer.run()
+    reducer = umap.UMAP(
+        n_components=N2D_COMPONENTS,
+        n_neighbors=N2D_NEIGHBORS,
+        min_dist=0.0,
+        metric="euclidean",
+        random_state=settings.seed,
+    )
+    with warnings.catch_warnings():  # "n_jobs value 1 overridden to 1 by setting random_state"
+        warnings.filterwarnings("ignore", message=".*n_jobs.*", category=UserWarning)
+        embedding = reducer.fit_transform(model.encode(train.x))
+    mixture = GaussianMixture(
+        config.model.clusters, covariance_type="full", random_state=settings.seed
+    ).fit(embedding)
+    heldout_clusters = None
+    if heldout is not None:
+        heldout_clusters = mixture.predict(reducer.transform(model.encode(heldout.x)))
+    return {
+        "train": scores(train, mixture.predict(embedding)),
+        "heldout": scores(heldout, heldout_clusters),
+        "epochs": trainer.epoch,
+        "loss": history[-1]["loss"] if history else None,
+    }
+
+
 def run_gmvae(config: RunConfig, run_dir: Path, train: Dataset) -> dict[str, Any]:
     """Train with ``train_run`` (what ``gmvae train`` does) and collect its scores, and those of
     its start: the cluster of each training row that the mixture start found (the run's
@@ -296,7 +392,7 @@ def start_rows(records: list[dict[str, Any]]) -> tuple[list[str], list[list[str]
     header += ["start NMI", "final NMI"]
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in records:
-        if r["method"] == GMVAE and r["error"] is None and r["train"] is not None:
+        if r["method"] == PYRO_GMVAE and r["error"] is None and r["train"] is not None:
             if r.get("start_accuracy") is not None:
                 groups.setdefault(r["dataset"], []).append(r)
     rows = []
@@ -349,7 +445,7 @@ def markdown_report(
     header, rows = summary_rows(records, heldout)
     start_header, start = start_rows(records)
     starts = (
-        f"{GMVAE} at its start (the clusters of the training rows found by the mixture start on "
+        f"{PYRO_GMVAE} at its start (the clusters of the training rows found by the mixture start on "
         f"the pretrained codes, from which the anchor epochs begin) and at its end, on the "
         f"training rows:\n\n{render(start_header, start, markdown=True)}\n\n"
         if start
@@ -401,8 +497,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--methods",
         nargs="+",
         default=None,
-        choices=[GMVAE, *BASELINES],
-        help=f"what to run on every dataset (default: {GMVAE} and, on images, "
+        choices=[PYRO_GMVAE, *BASELINES],
+        help=f"what to run on every dataset (default: {PYRO_GMVAE} and, on images, "
         f"{' '.join(IMAGE_BASELINES)}; on tables, {' '.join(TABLE_BASELINES)})",
     )
     p.add_argument(
@@ -483,7 +579,7 @@ def main(argv: list[str] | None = None) -> int:
                 base.likelihood = "gaussian"
             model_config = from_arguments(ModelConfig, args, base=base)
             methods = args.methods or [
-                GMVAE,
+                PYRO_GMVAE,
                 *(TABLE_BASELINES if dataset.kind == "table" else IMAGE_BASELINES),
             ]
             for seed in range(args.first_seed, args.first_seed + args.seeds):
@@ -505,16 +601,22 @@ def main(argv: list[str] | None = None) -> int:
                     }
                     start = time.perf_counter()
                     try:
-                        if method == GMVAE:
+                        if method == PYRO_GMVAE:
                             run_dir = runs_root / f"{label}-seed{seed}"
                             record |= run_gmvae(config, run_dir, train)
                             if not args.keep_runs:  # checkpoints of big networks add up
                                 shutil.rmtree(run_dir)
+                        elif method == N2D:
+                            record |= run_n2d(config, train, heldout)
                         else:
                             record |= run_baseline(
                                 method, train, heldout, model_config.clusters, seed
                             )
                     except TrainingDiverged as e:  # a failed seed counts, and is shown
+                        record |= {"error": str(e), "train": None, "heldout": None}
+                    except ValueError as e:  # so does a mixture that EM could not fit
+                        if "ill-defined empirical covariance" not in str(e):
+                            raise
                         record |= {"error": str(e), "train": None, "heldout": None}
                     record["seconds"] = time.perf_counter() - start
                     records.append(record)
@@ -543,7 +645,7 @@ def print_tables(records: list[dict[str, Any]], heldout: bool) -> None:
     print(render(*summary_rows(records, heldout)))
     start_header, start = start_rows(records)
     if start:
-        print(f"\n{GMVAE}: its mixture start and its end, on the training rows")
+        print(f"\n{PYRO_GMVAE}: its mixture start and its end, on the training rows")
         print(render(start_header, start))
 
 
