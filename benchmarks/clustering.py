@@ -521,6 +521,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write the table as Markdown here (default OUT/results.md)",
     )
     p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the benchmark of OUT/results.json: the runs it holds (dataset, method, "
+        "seed) are kept and not run again; refused where a dataset's recipe or "
+        "--heldout-fraction differs from the one it was run with",
+    )
+    p.add_argument(
         "--keep-runs",
         action="store_true",
         help="keep the pyro_gmvae run directories in OUT/runs (else a temp folder)",
@@ -564,6 +571,11 @@ def main(argv: list[str] | None = None) -> int:
         "recipes": {},
         "runs": records,
     }
+    if args.resume and (out / "results.json").exists():
+        report = resumed(out / "results.json", report)
+        records = report["runs"]
+        print(f"resuming {out / 'results.json'}: {len(records)} runs kept", flush=True)
+    done = {(r["dataset"], r["method"], r["seed"]) for r in records}
     scratch = tempfile.TemporaryDirectory(prefix="gmvae-benchmark-")
     runs_root = out / "runs" if args.keep_runs else Path(scratch.name)
 
@@ -589,8 +601,16 @@ def main(argv: list[str] | None = None) -> int:
                     model=ModelConfig(**vars(model_config)),
                     train=from_arguments(TrainConfig, args, base=TrainConfig(seed=seed)),
                 )
-                report["recipes"].setdefault(label, config.to_dict())
+                recipe = json.loads(json.dumps(config.to_dict()))  # as results.json holds it
+                saved = report["recipes"].setdefault(label, recipe)
+                if _without_seed(saved) != _without_seed(recipe):
+                    raise SystemExit(
+                        f"benchmark: {out / 'results.json'} ran {label} with another recipe; "
+                        "resume with the flags it was run with, or choose another --out"
+                    )
                 for method in methods:
+                    if (label, method, seed) in done:
+                        continue
                     record = {
                         "dataset": label,
                         "method": method,
@@ -625,19 +645,40 @@ def main(argv: list[str] | None = None) -> int:
 
     print()
     print_tables(records, heldout=args.heldout_fraction > 0)
+    earlier = report.get("earlier", [])
+    machines = sorted({format_machine(r["machine"]) for r in earlier} | {format_machine(machine)})
     atomic_write_text(
         markdown_path,
         markdown_report(
             records,
             args.heldout_fraction > 0,
-            format_machine(machine),
-            command,
+            "\n\n".join(machines),
+            "\n".join(dict.fromkeys([*(r["command"] for r in earlier), command])),
             when,
             clusters_note(report["recipes"]),
         ),
     )
     print(f"\nper-seed results: {out / 'results.json'}; Markdown table: {markdown_path}")
     return 0
+
+
+def resumed(path: Path, report: dict[str, Any]) -> dict[str, Any]:
+    """``report`` (of the benchmark beginning now) continuing the one saved in ``path``: its runs
+    and recipes kept, its commands, dates and machines listed under ``earlier``."""
+    saved = json.loads(path.read_text())
+    if saved["heldout_fraction"] != report["heldout_fraction"]:
+        raise SystemExit(
+            f"benchmark: {path} was run with --heldout-fraction {saved['heldout_fraction']}; "
+            "resume with it, or choose another --out"
+        )
+    earlier = saved.pop("earlier", [])
+    earlier.append({k: saved[k] for k in ("command", "date", "machine")})
+    return report | {"recipes": saved["recipes"], "runs": saved["runs"], "earlier": earlier}
+
+
+def _without_seed(recipe: dict[str, Any]) -> dict[str, Any]:
+    """A recipe of ``report["recipes"]`` but its seed (that of its dataset's first seed run)."""
+    return recipe | {"train": {k: v for k, v in recipe["train"].items() if k != "seed"}}
 
 
 def print_tables(records: list[dict[str, Any]], heldout: bool) -> None:
