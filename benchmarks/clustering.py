@@ -32,8 +32,9 @@ random ``1 - f`` of the rows (``Dataset.split`` with the run's seed) and also sc
 rest, clusters assigned by the fitted model alone.
 
 Prints the machine and the tables (mean +- std over seeds and worst seed of accuracy and NMI, mean
-wall time per run; pyro_gmvae's start against its end); writes every per-seed result to ``OUT/results.json`` (after each run, so an
-interrupted benchmark keeps what it measured) and the table as Markdown to ``--markdown``. See
+wall time per run; pyro_gmvae's start against its end); writes every per-seed result to
+``OUT/results.json`` (after each run, so an interrupted benchmark keeps what it measured, and
+``--resume`` continues it) and the tables as Markdown to ``--markdown``. See
 ``benchmarks/README.md`` for the command lines.
 """
 
@@ -149,6 +150,7 @@ def machine_info() -> dict[str, Any]:
         "scikit-learn": sklearn.__version__,
         "platform": platform.platform(),
         "commit": commit,
+        "numba_threading_layer": os.environ.get("NUMBA_THREADING_LAYER"),
     }
 
 
@@ -552,6 +554,13 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 <= args.heldout_fraction < 1:
         parser.error("--heldout-fraction must be in [0, 1)")
     torch.set_num_threads(args.threads)
+    # umap-learn's numba runs its parallel loops on OpenMP threads by default; once they have run
+    # (the umap start, n2d's map), every later torch step of the process was 2-16x slower on the
+    # 2-core box (digits anchor epochs 0.5-4 s instead of 0.25 s; see benchmarks/README.md).
+    # numba's own thread pool does not interfere. Read when numba is first imported, which is
+    # after this line (umap is imported where a map is made). NUMBA_THREADING_LAYER=omp measures
+    # the default.
+    os.environ.setdefault("NUMBA_THREADING_LAYER", "workqueue")
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     out = args.out or REPO / "benchmarks/results" / (
         "clustering-" + datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
