@@ -568,6 +568,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     markdown_path = args.markdown or out / "results.md"
     command = shlex.join(["python", "benchmarks/clustering.py", *(argv or sys.argv[1:])])
+    if "OMP_NUM_THREADS" in os.environ:  # the times depend on it
+        command = f"OMP_NUM_THREADS={shlex.quote(os.environ['OMP_NUM_THREADS'])} {command}"
     machine = machine_info()
     print(format_machine(machine), flush=True)
 
