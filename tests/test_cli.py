@@ -196,7 +196,7 @@ def fast_args(data, out, *extra: str) -> list[str]:
     "flag, value",
     [
         ("--clusters", "0"),
-        ("--latent-dim", "0"),
+        ("--latent-dim", "-1"),
         ("--lr", "-1"),
         ("--likelihood", "nope"),
         ("--guide", "nope"),
@@ -427,7 +427,7 @@ def test_select_bad_clusters_exit_2_in_one_line(blobs_csv, tmp_path, capsys, clu
     [
         (["--heldout-fraction", "1"], "--heldout-fraction"),
         (["--jobs", "0"], "--jobs"),
-        (["--latent-dim", "0"], "--latent-dim"),
+        (["--latent-dim", "-1"], "--latent-dim"),
         (["--likelihood", "bernoulli"], "--likelihood"),
         (["--init", "nope"], "--init"),
     ],

@@ -355,7 +355,7 @@ def test_too_few_rows_for_the_clusters_raises():
 def test_invalid_parameters_are_named():
     x = np.zeros((10, 2))
     with pytest.raises(ValueError, match="latent_dim"):
-        GMVAEClustering(latent_dim=0).fit(x)
+        GMVAEClustering(latent_dim=-1).fit(x)
     with pytest.raises(ValueError, match="guide must be one of"):
         GMVAEClustering(n_clusters=2, guide="amortised", **TINY).fit(x)
     with pytest.raises(ValueError, match="no TrainConfig fields"):
