@@ -38,14 +38,12 @@ from pathlib import Path
 
 import numpy as np
 from clustering import machine_info  # beside this script
-from starts import rows  # beside this script
+from starts import rows, source_rows  # beside this script
 
 from pyro_gmvae import GMVAE, clustering_scores, load_data
 from pyro_gmvae.checkpoints import load_checkpoint
 from pyro_gmvae.files import atomic_write_text
 from pyro_gmvae.train import read_metrics
-
-from _paths import resolve_mnist8k
 
 PHASES = ("pretrain", "start", "anchor", "svi", "rest")
 
@@ -121,10 +119,7 @@ def main() -> None:
     parser.add_argument("extra", nargs="*", help="more gmvae train flags, after --")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    source = args.data or resolve_mnist8k()
-    if source is None:
-        raise SystemExit("mnist8k.npz not found: pass --data or set PYRO_GMVAE_MNIST8K")
-    data = load_data(str(source))
+    data = source_rows(args.data)
     path = args.out / "scale.json"
     saved = json.loads(path.read_text()) if path.exists() else {"results": []}
     results = saved["results"]

@@ -75,6 +75,14 @@ def pretrained(out: Path, data, seed: int) -> GMVAE:
     return model
 
 
+def source_rows(spec: str | None):
+    """The data to grow from: ``spec`` (a ``--data`` of ``gmvae train``), else mnist8k."""
+    source = spec or resolve_mnist8k()
+    if source is None:
+        raise SystemExit("mnist8k.npz not found: pass --data or set PYRO_GMVAE_MNIST8K")
+    return load_data(str(source))
+
+
 def rows(data, n: int, rotation: float, shift: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """``n`` rows: ``data`` and then moved copies of it, with their labels."""
     torch.manual_seed(seed)
@@ -98,10 +106,7 @@ def main() -> None:
     parser.add_argument("--data", default=None, help="default: the shared mnist8k.npz")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    source = args.data or resolve_mnist8k()
-    if source is None:
-        raise SystemExit("mnist8k.npz not found: pass --data or set PYRO_GMVAE_MNIST8K")
-    data = load_data(str(source))
+    data = source_rows(args.data)
     results_path = args.out / "starts.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else []
     done = {(r["start"], r["n"]) for r in results}

@@ -448,19 +448,11 @@ def default_recipe(config: TrainConfig, elbo: pyro.infer.ELBO | None = None) -> 
     """The recipe of ``gmvae train``, from ``config``: pretraining, then the mixture start and the
     anchor epochs, then SVI with y summed out (``elbo``: its estimator). Without pretraining
     there are no codes to start from: SVI alone, from the prior as it is."""
-    svi_steps = config.steps or None  # 0: no limit
+    svi = dict(  # 0 steps: no limit
+        max_steps=config.steps or None, beta=config.beta, lr_decay=config.lr_decay, elbo=elbo
+    )
     if config.pretrain_epochs == 0:
-        return Recipe(
-            [
-                SVI(
-                    config.epochs,
-                    max_steps=svi_steps,
-                    beta=config.beta,
-                    lr_decay=config.lr_decay,
-                    elbo=elbo,
-                )
-            ]
-        )
+        return Recipe([SVI(config.epochs, **svi)])
     start = (MixtureStart(),)
     anchor = config.anchor_epochs
     return Recipe(
@@ -475,10 +467,7 @@ def default_recipe(config: TrainConfig, elbo: pyro.infer.ELBO | None = None) -> 
             ),
             SVI(
                 config.epochs,
-                max_steps=svi_steps,
-                beta=config.beta,
-                lr_decay=config.lr_decay,
-                elbo=elbo,
+                **svi,
                 # Without anchor epochs the start begins SVI itself.
                 on_begin=() if anchor else start,
                 new_optimizer=not anchor,
