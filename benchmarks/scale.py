@@ -6,7 +6,7 @@ width; made on the fly into a temporary ``.npy`` of uint8 grey levels, which tra
 from disk, and deleted afterwards, never committed), each copy with its original's label. Each
 size runs the default command with figures, as a user would, in a process of its own:
 
-    python -m pyro_gmvae train --data ROWS.npy --clusters 10 --out RUN
+    python -m pyro_gmvae train --data ROWS.npy --clusters 10 --out RUN [EXTRA FLAGS]
 
 and the benchmark reads back the wall time of each phase (the records' ``seconds`` by
 ``phase``, the start's ``start_seconds``; "rest" is loading, scoring and the figures), the
@@ -21,7 +21,7 @@ predicts the time at ``--predict`` rows on this CPU from the largest measured si
 exponents. Writes ``OUT/scale.json`` after each size (kept: an interrupted benchmark resumes)
 and prints a Markdown table for ``benchmarks/SCALE.md``.
 
-    OMP_NUM_THREADS=2 python benchmarks/scale.py --out benchmarks/results/scale
+    OMP_NUM_THREADS=2 python benchmarks/scale.py --out benchmarks/results/scale -- --init umap
 """
 
 from __future__ import annotations

@@ -162,12 +162,12 @@ class TrainConfig:
         default=4800,
     )
     init: str = _help(
-        "how the mixture prior starts from the pretrained codes: umap (a Gaussian mixture on a "
-        "10-d UMAP embedding of the codes, as N2D), tsne (a Gaussian mixture on 2-d t-SNE "
-        "maps of the codes and of the data), spectral (clusters of the codes' "
-        "nearest-neighbour graph) or gmm (a Gaussian mixture on the codes themselves, as in "
-        "VaDE)",
-        default="umap",
+        "how the mixture prior starts from the pretrained codes: tsne (a Gaussian mixture on 2-d "
+        "t-SNE maps of the codes and of the data), umap (a Gaussian mixture on a 10-d UMAP "
+        "embedding of the codes, as N2D: for tens of thousands of rows and more), spectral "
+        "(clusters of the codes' nearest-neighbour graph) or gmm (a Gaussian mixture on the "
+        "codes themselves, as in VaDE)",
+        default="tsne",
     )
     init_neighbors: int = _help("neighbours per code in the graph of --init spectral", default=10)
     tsne_perplexity: float = _help(

@@ -109,7 +109,8 @@ class GMVAEClustering(
         anchor_epochs: epochs with each row's cluster held at its start value.
         batch_size: minibatch size (capped at ``n_samples``).
         lr: Adam learning rate.
-        init: the mixture start, ``"umap"``, ``"tsne"``, ``"spectral"`` or ``"gmm"``.
+        init: the mixture start, ``"tsne"``, ``"umap"`` (for large data), ``"spectral"`` or
+            ``"gmm"``.
         restarts: mixture initialisations tried at the start, the best by likelihood.
         beta: weight of the KL terms during SVI (1: the exact ELBO).
         image_shape: ``(height, width)`` when rows are flattened grey images, which turns on the
@@ -163,7 +164,7 @@ class GMVAEClustering(
         anchor_epochs: int = 30,
         batch_size: int = 256,
         lr: float = 1e-3,
-        init: str = "umap",
+        init: str = "tsne",
         restarts: int = 10,
         beta: float = 1.0,
         image_shape: tuple[int, int] | None = None,
