@@ -296,9 +296,7 @@ class GMVAELightning(_LightningModule):
             "seconds": time.perf_counter() - self._began,
             "processes": self.trainer.world_size,
         }
-        info = runner.start_info
-        if info is not None and info["epoch"] == runner.epoch and info["source"] is not None:
-            record |= {"start": info["source"], "start_silhouette": info["scores"]}
+        record |= runner.start_record()
         leader = self.trainer.global_rank == 0
         if leader and not isinstance(phase, Pretrain) and runner.labels is not None:
             record |= clustering_scores(runner.labels, runner.model.predict(runner.x))

@@ -679,6 +679,20 @@ class Trainer:
         index, position = self.locate(epoch)
         return self.recipe[index].learning_rate(self.config.lr, position, self.lengths[index])
 
+    def start_record(self) -> dict[str, Any]:
+        """What the record of the current epoch says of a mixture start made as it began: the
+        start's ``start`` name, its ``start_silhouette`` scores (if any) and ``start_seconds``;
+        nothing in other epochs."""
+        info = self.start_info
+        if info is None or info["epoch"] != self.epoch or info["source"] is None:
+            return {}
+        record: dict[str, Any] = {"start": info["source"]}
+        if info["scores"]:
+            record["start_silhouette"] = info["scores"]
+        if "seconds" in info:
+            record["start_seconds"] = info["seconds"]
+        return record
+
     def describe_recipe(self) -> list[dict[str, Any]]:
         """The recipe as plain values, each phase with its ``length`` in epochs on this data."""
         return [
@@ -1040,13 +1054,7 @@ class Trainer:
             "loss": self.epoch_loss / n,
             "seconds": time.perf_counter() - start,
         }
-        info = self.start_info
-        if info is not None and info["epoch"] == self.epoch and info["source"] is not None:
-            record["start"] = info["source"]
-            if info["scores"]:
-                record["start_silhouette"] = info["scores"]
-            if "seconds" in info:
-                record["start_seconds"] = info["seconds"]
+        record |= self.start_record()
         if not isinstance(phase, Pretrain) and self.labels is not None:
             predicted = self.model.predict(self.x)
             record |= clustering_scores(self.labels, predicted)
