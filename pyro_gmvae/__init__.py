@@ -43,6 +43,7 @@ _SOURCES = {
     "DataConfig": "config",
     "DataError": "errors",
     "Dataset": "dataset",
+    "MISSING_LABEL": "dataset",
     "ScaledRows": "dataset",
     "DistributedConfig": "config",
     "Gaussian": "likelihoods",
@@ -87,6 +88,7 @@ __all__ = [
     "DataConfig",
     "DataError",
     "Dataset",
+    "MISSING_LABEL",
     "ScaledRows",
     "DistributedConfig",
     "Gaussian",
@@ -112,7 +114,7 @@ __all__ = [
 if TYPE_CHECKING:  # type checkers and IDEs see the names; at run time __getattr__ imports them
     from .config import DataConfig, DistributedConfig, ModelConfig, RunConfig, TrainConfig
     from .data import load_data
-    from .dataset import Dataset, ScaledRows
+    from .dataset import MISSING_LABEL, Dataset, ScaledRows
     from .distributed import distributed_fit
     from .errors import CheckpointError, ConfigError, DataError
     from .estimator import GMVAEClustering

@@ -347,7 +347,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if not 1 <= args.num_samples <= MAX_NUM_SAMPLES:
         raise ConfigError(f"--num-samples must be in 1..{MAX_NUM_SAMPLES}, not {args.num_samples}")
     run, dataset = _open_run_data(args)
-    tied = run.config is not None and run.config.train.labels_known > 0
+    tied = run.config is not None and run.config.train.semi_supervised
     result = evaluate(
         run.model, dataset, num_samples=args.num_samples, seed=args.seed, classes=tied
     )

@@ -229,10 +229,12 @@ class TrainConfig:
         "images only: shift training minibatches at random by up to this fraction of the width",
         default=0.1,
     )
-    labels_known: int = _help(
+    labels_known: int | str = _help(
         "train with this many rows' labels known (drawn at random with --seed, balanced per "
-        "class): y is observed on them and summed out on the others, cluster k is class k, and "
-        "accuracy is plain, with no matching (0: clustering, labels only score)",
+        "class, among the rows that have a label), or all: every training row that has one (a "
+        "label may then be missing on some rows): y is observed on them and summed out on the "
+        "others, cluster k is class k, and accuracy is plain, with no matching (0: clustering, "
+        "labels only score)",
         default=0,
     )
     aux_weight: float = _help(
@@ -255,10 +257,16 @@ class TrainConfig:
             "anchor_steps",
             "checkpoint_every",
             "cluster_encoder_epochs",
-            "labels_known",
         ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 0")
+        known = self.labels_known
+        if isinstance(known, bool) or not (
+            known == "all" or (isinstance(known, int) and known >= 0)
+        ):
+            raise ConfigError(
+                f"--labels-known must be a number of rows (0: none) or all, not {known!r}"
+            )
         if not 0 <= self.seed < 2**32:
             raise ConfigError(f"--seed must be in 0..{2**32 - 1}, not {self.seed}")
         if self.batch_size < 1:
@@ -301,6 +309,11 @@ class TrainConfig:
             raise ConfigError(f"--clip-norm must be >= 0, not {self.clip_norm}")
         if self.device is not None and self.device.split(":")[0] not in ("cpu", "cuda"):
             raise ConfigError(f"--device must be cpu or cuda, not {self.device!r}")
+
+    @property
+    def semi_supervised(self) -> bool:
+        """Whether training sees labels: ``labels_known`` is all or a number above 0."""
+        return self.labels_known != 0
 
 
 @dataclass
@@ -487,11 +500,21 @@ def add_arguments(
             )
         elif "tuple" in kind:
             action = group.add_argument(flag, type=int, nargs="+", default=default, help=help_text)
+        elif kind == "int | str":  # a number, or a word such as all, that validate() checks
+            action = group.add_argument(flag, type=_int_or_word, default=default, help=help_text)
         else:
             base = {"int": int, "float": float}.get(kind.split(" ")[0], str)
             action = group.add_argument(flag, type=base, default=default, help=help_text)
         actions[f.name] = action
     return actions
+
+
+def _int_or_word(text: str) -> int | str:
+    """A flag's value for an ``int | str`` field: an int where it reads as one, else the word."""
+    try:
+        return int(text)
+    except ValueError:
+        return text
 
 
 def from_arguments(cls: type[C], args: argparse.Namespace, base: C | None = None) -> C:

@@ -40,6 +40,7 @@ from .dataset import (
     check_labels,
     encode_labels,
     from_array,
+    has_label,
 )
 from .errors import DataError
 
@@ -267,8 +268,8 @@ def _refuse_objects(path: Path, array: str, dtype: np.dtype) -> None:
         raise DataError(
             f"{path}: {array} holds Python objects (dtype {dtype}); object arrays are refused "
             "because loading them would need pickle, which can run code from the file; save "
-            "labels as numbers or fixed-width strings (np.asarray(labels, dtype=str)) and the "
-            "data as numbers"
+            "labels as numbers or fixed-width strings (np.asarray(labels, dtype=str); a missing "
+            "label as NaN or '') and the data as numbers"
         )
 
 
@@ -434,9 +435,10 @@ def _estimate_csv_values(path: Path) -> tuple[int, float, str]:
 
 
 def _load_csv(
-    path: Path, label_column: str | None
+    path: Path, label_column: str | None, allow_missing_labels: bool
 ) -> tuple[np.ndarray, np.ndarray | None, list[str], list[str] | None, list[int]]:
-    """Returns features (N, D) float64, labels, feature names, label names, line numbers."""
+    """Returns features (N, D) float64, labels (int64 codes, :data:`MISSING_LABEL` where a cell
+    is missing), feature names, label names, line numbers."""
     try:
         n_values, value_bytes, what = _estimate_csv_values(path)
         # The memory measured now, before parsing, is what later checks compare with: they must
@@ -510,13 +512,20 @@ def _load_csv(
 
     labels, label_names = None, None
     if label_column is not None:
-        cells = [c.strip() for c in cells_by_column[columns.index(label_column)]]
-        check_labels(np.array(cells, dtype=str), len(cells), str(path), row_numbers=lines)
-        numbers = [float(c) if _is_number(c) else None for c in cells]
+        cells = np.array([c.strip() for c in cells_by_column[columns.index(label_column)]], str)
+        # Numbers are classes only if every label there is a whole number: the missing cells
+        # (empty or "nan") say nothing either way.
+        present = has_label(cells)
+        numbers = [float(c) if _is_number(c) else None for c in cells[present]]
         if all(v is not None and abs(v) < 2**53 and v == round(v) for v in numbers):
-            labels = np.array([int(v) for v in numbers], dtype=np.int64)
+            labels = np.full(len(cells), np.nan)
+            labels[present] = numbers
         else:
-            labels, label_names = encode_labels(np.array(cells, dtype=str))
+            labels = cells
+        checked = check_labels(
+            labels, len(cells), str(path), row_numbers=lines, allow_missing=allow_missing_labels
+        )
+        labels, label_names = encode_labels(checked)
     return x, labels, feature_names, label_names, lines
 
 
@@ -530,6 +539,7 @@ def load_data(
     label_column: str | None = None,
     scaler: Scaler | None = None,
     kind: str | None = None,
+    allow_missing_labels: bool = False,
 ) -> Dataset:
     """Load, validate and preprocess training data.
 
@@ -542,6 +552,10 @@ def load_data(
         kind: ``"image"`` or ``"table"`` to override the guess (3-D arrays, digits and IDX
             are images; 2-D arrays with a square number D >= 16 of features that are all in
             ``[0, 1]`` or whole numbers in 0..255 are images; the rest, and CSV, are tables).
+        allow_missing_labels: accept labels missing on some rows (an empty or "nan" CSV cell,
+            NaN, -1 or an empty string in an .npz), kept as
+            :data:`~pyro_gmvae.dataset.MISSING_LABEL`: for training with the labels that exist
+            (``--labels-known``); by default they are refused.
 
     Returns:
         A :class:`Dataset` with ``x`` of shape ``(N, D)`` float32: for images in an ``.npy``
@@ -569,18 +583,24 @@ def load_data(
     if path.is_dir():
         _no_label_column(label_column, spec)
         x, labels = _load_idx_dir(path)
-        return from_array(x, labels, spec, kind=kind, scaler=scaler)
+        return from_array(
+            x, labels, spec, kind=kind, scaler=scaler, allow_missing_labels=allow_missing_labels
+        )
 
     suffix = path.suffix.lower()
     if suffix == ".npz":
         _no_label_column(label_column, spec)
         x, labels = _load_npz(path)
-        return from_array(x, labels, spec, kind=kind, scaler=scaler)
+        return from_array(
+            x, labels, spec, kind=kind, scaler=scaler, allow_missing_labels=allow_missing_labels
+        )
     if suffix == ".npy":
         _no_label_column(label_column, spec)
         return from_array(_load_npy(path), None, spec, kind=kind, scaler=scaler)
     if suffix == ".csv":
-        x, labels, feature_names, label_names, lines = _load_csv(path, label_column)
+        x, labels, feature_names, label_names, lines = _load_csv(
+            path, label_column, allow_missing_labels
+        )
         check_finite(x, spec, feature_names, lines)
         return from_array(
             x,
@@ -590,12 +610,15 @@ def load_data(
             scaler=scaler,
             feature_names=feature_names,
             label_names=label_names,
+            allow_missing_labels=allow_missing_labels,
         )
     base = path.name.lower().removesuffix(".gz")
     if base.endswith("ubyte") or "idx" in base:
         _no_label_column(label_column, spec)
         x, labels = _load_idx_pair(path, _sibling_labels(path), spec)
-        return from_array(x, labels, spec, kind=kind, scaler=scaler)
+        return from_array(
+            x, labels, spec, kind=kind, scaler=scaler, allow_missing_labels=allow_missing_labels
+        )
     raise DataError(f"{spec}: unknown file type {path.suffix or '(no extension)'!r}; {SUPPORTED}")
 
 

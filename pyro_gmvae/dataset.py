@@ -1,8 +1,9 @@
 """The data a GMVAE trains on, whatever file it came from: :class:`Dataset`, :class:`Scaler` and
 their checks.
 
-A :class:`Dataset` is a float32 matrix ``x`` of shape ``(N, D)`` plus optional labels (used only for
-evaluation). Images are scaled to ``[0, 1]`` so a Bernoulli likelihood fits them; tables are
+A :class:`Dataset` is a float32 matrix ``x`` of shape ``(N, D)`` plus optional labels (to score
+the clustering, or to train with some labels known), :data:`MISSING_LABEL` where a row has none
+(accepted only when asked for: ``allow_missing_labels``). Images are scaled to ``[0, 1]`` so a Bernoulli likelihood fits them; tables are
 standardized with a :class:`Scaler` that travels with the data, so held-out data can be scaled
 exactly like the training data and samples mapped back to the original units. Images of a
 memory-mapped array (an ``.npy`` file) are not copied: ``x`` is then a :class:`ScaledRows`, which
@@ -34,6 +35,7 @@ import numpy as np
 from .errors import DataError
 
 __all__ = [
+    "MISSING_LABEL",
     "Dataset",
     "ScaledRows",
     "Scaler",
@@ -45,12 +47,18 @@ __all__ = [
     "check_min_rows",
     "encode_labels",
     "from_array",
+    "has_label",
     "labelled_rows",
     "validate_array",
     "value_range",
 ]
 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+#: The label of a row that has none, in :attr:`Dataset.labels` and wherever labels are passed
+#: (``fit(..., labels=y)``), as in scikit-learn's semi-supervised estimators: labels are classes
+#: 0, 1, ..., so it is never one. Rows without a label are left out of every score.
+MISSING_LABEL = -1
 
 
 @dataclass
@@ -330,7 +338,9 @@ class Dataset:
     Attributes:
         x: ``(N, D)`` float32; images scaled to ``[0, 1]``, tables standardized. Images of a
             memory-mapped array are a :class:`ScaledRows`, read from disk as they are used.
-        labels: ``(N,)`` int64 or None; for evaluation only, training is unsupervised.
+        labels: ``(N,)`` int64 or None: each row's class, 0, 1, ..., or :data:`MISSING_LABEL`
+            where it has none (only when loaded with ``allow_missing_labels``). They score the
+            clustering, and training sees them only with some labels known (``--labels-known``).
         kind: ``"image"`` or ``"table"``.
         image_shape: ``(H, W)`` with ``H * W == D`` for images; None for tables.
         name: human-readable source, e.g. ``"digits"`` or the file path.
@@ -356,6 +366,11 @@ class Dataset:
     def n_features(self) -> int:
         """Number of features D (pixels for images)."""
         return int(self.x.shape[1])
+
+    @property
+    def labelled(self) -> np.ndarray | None:
+        """``(N,)`` bool: the rows that have a label (:func:`has_label`); None without labels."""
+        return None if self.labels is None else has_label(self.labels)
 
     def subset(self, indices: np.ndarray | list[int]) -> Dataset:
         """Rows ``indices`` (integer indices or a boolean mask of length N) as a new Dataset.
@@ -384,19 +399,37 @@ class Dataset:
         return self.subset(np.sort(order[n_heldout:])), self.subset(np.sort(order[:n_heldout]))
 
 
-def labelled_rows(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
-    """A boolean mask ``(N,)`` of ``n`` rows drawn at random with ``seed``, balanced per class:
-    ``n // C`` of each of the C classes of ``labels (N,)`` and the remainder from classes drawn at
-    random; a class with fewer rows gives all it has and the others make up the difference.
+def labelled_rows(labels: np.ndarray, n: int | str, seed: int = 0) -> np.ndarray:
+    """A boolean mask ``(N,)`` of the rows whose label training sees, among the rows of
+    ``labels (N,)`` that have one (:func:`has_label`): ``"all"`` of them, or ``n`` drawn at random
+    with ``seed``, balanced per class: ``n // C`` of each of the C classes and the remainder from
+    classes drawn at random; a class with fewer rows gives all it has and the others make up the
+    difference.
 
     Raises:
-        DataError: ``n`` below 1 or above the number of rows.
+        DataError: no row has a label, or ``n`` is below 1 or above the rows that have one.
     """
     labels = np.asarray(labels)
-    if not 1 <= n <= len(labels):
+    present = has_label(labels)
+    have = int(present.sum())
+    if have == 0:
+        raise DataError(
+            f"none of the {len(labels)} training rows has a label; give some rows their label, "
+            "or train without --labels-known"
+        )
+    if isinstance(n, str):
+        if n == "all":
+            return present
+        raise DataError(f"the rows to label are a number or 'all', not {n!r}")
+    if not 1 <= n <= have:
+        if have < len(labels):
+            raise DataError(
+                f"cannot label {n} rows: only {have} of the {len(labels)} training rows have a "
+                f"label; pass --labels-known {have} or fewer, or --labels-known all"
+            )
         raise DataError(f"cannot label {n} of {len(labels)} rows; pass 1 to {len(labels)}")
     rng = np.random.default_rng(seed)
-    classes = np.unique(labels)
+    classes = np.unique(labels[present])
     rows = {c: rng.permutation(np.flatnonzero(labels == c)) for c in classes}
     share = dict.fromkeys(classes, 0)
     left = n
@@ -418,13 +451,16 @@ def labelled_rows(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
 # Validation
 
 
-def validate_array(x: Any, labels: Any = None, name: str = "data") -> None:
+def validate_array(
+    x: Any, labels: Any = None, name: str = "data", *, allow_missing_labels: bool = False
+) -> None:
     """Check an array handed in from Python before it is used for training.
 
     Args:
         x: ``(N, D)`` table or images, or ``(N, H, W)`` images; any numeric dtype.
         labels: optional ``(N,)`` integer (or string) labels.
         name: what to call the data in error messages.
+        allow_missing_labels: accept labels missing on some rows (see :func:`check_labels`).
 
     Raises:
         DataError: on a non-numeric dtype, rank other than 2 or 3, zero rows or features,
@@ -452,7 +488,7 @@ def validate_array(x: Any, labels: Any = None, name: str = "data") -> None:
         raise DataError(f"{name}: data has 0 features (shape {x.shape}); give at least 1 column")
     check_finite(x, name)
     if labels is not None:
-        check_labels(labels, len(x), name)
+        check_labels(labels, len(x), name, allow_missing=allow_missing_labels)
 
 
 def _as_array(x: Any, name: str) -> np.ndarray:
@@ -539,19 +575,27 @@ def as_rows(x: Any) -> np.ndarray | ScaledRows:
 
 
 def check_labels(
-    labels: Any, n: int, name: str, row_numbers: list[int] | None = None
+    labels: Any,
+    n: int,
+    name: str,
+    row_numbers: list[int] | None = None,
+    *,
+    allow_missing: bool = False,
 ) -> np.ndarray:
     """Check ``labels`` for ``n`` rows of data; returns them as an ``(n,)`` array.
 
-    Labels are integers, whole floats, bools or strings, one a row. Every source of labels comes
-    through here, so a missing label (NaN, or an empty or "nan" string) is refused alike whether
-    it came from a CSV cell, an .npz array or Python.
+    Labels are classes 0, 1, ... (integers, whole floats or bools) or strings, one a row. Every
+    source of labels comes through here, so a missing label (NaN, :data:`MISSING_LABEL`, or an
+    empty or "nan" string) is treated alike whether it came from a CSV cell, an .npz array or
+    Python: refused unless ``allow_missing``, which training with labels known asks for (the
+    rows that have a label are the ones it can learn from; a clustering is scored on every row).
 
     Args:
         labels: ``(n,)`` labels.
         n: number of rows of the data they label.
         name: what to call the data in messages.
         row_numbers: the ``n`` rows' line numbers in the source file, to name the line.
+        allow_missing: accept labels missing on some (or all) rows.
     """
     labels = _as_array(labels, f"{name} labels")
     if labels.ndim != 1:
@@ -569,38 +613,53 @@ def check_labels(
         raise DataError(f"{name}: labels have dtype {labels.dtype}; pass integer or string labels")
     if np.iscomplexobj(labels):
         raise DataError(f"{name}: labels hold complex values; pass integer labels")
-    _refuse_missing_labels(labels, name, row_numbers)
+    missing = _missing_labels(labels)
+    if missing.any() and not allow_missing:
+        first = int(np.argmax(missing))
+        where = f"line {row_numbers[first]}" if row_numbers else f"row {first}"
+        raise DataError(
+            f"{name}: {int(missing.sum())} missing label(s) (empty, NaN or {MISSING_LABEL}), the "
+            f"first at {where}; label those rows or drop them (a clustering is scored on every "
+            "row), or train with the labels that exist: --labels-known all (in Python, load "
+            "with allow_missing_labels=True)"
+        )
     if strings:
         return labels
-    if not np.all(np.isfinite(labels)):
+    present = labels[~missing]
+    if not np.all(np.isfinite(present)):
         raise DataError(f"{name}: labels hold infinite values; pass integer labels")
-    if np.issubdtype(labels.dtype, np.floating) and np.any(labels != np.round(labels)):
+    if np.issubdtype(labels.dtype, np.floating) and np.any(present != np.round(present)):
         raise DataError(
             f"{name}: labels are not whole numbers; pass integer class labels (they are for "
             "evaluation, not regression targets)"
         )
+    if len(present) and present.min() < 0:
+        raise DataError(
+            f"{name}: labels hold negative numbers (down to {present.min():g}); pass classes "
+            f"0, 1, ... ({MISSING_LABEL} marks a missing label), or string labels"
+        )
     return labels
 
 
-def _refuse_missing_labels(labels: np.ndarray, name: str, row_numbers: list[int] | None) -> None:
-    """Missing labels must not become a class of their own: NaN, or a string empty or "nan"."""
+def _missing_labels(labels: np.ndarray) -> np.ndarray:
+    """``(N,)`` bool: the missing labels of 1-D ``labels``: NaN or :data:`MISSING_LABEL`, or a
+    string empty or "nan", so that a missing label never becomes a class of its own."""
     if labels.dtype.kind in "US":
         text = np.char.lower(np.char.strip(labels.astype(str)))
         # float() reads these as NaN: a spreadsheet's or pandas' missing value, written out.
-        missing = np.isin(text, ["", "nan", "+nan", "-nan"])
-    elif np.issubdtype(labels.dtype, np.floating):
-        missing = np.isnan(labels)
-    else:
-        return  # integers and bools cannot be missing
-    if not missing.any():
-        return
-    first = int(np.argmax(missing))
-    where = f"line {row_numbers[first]}" if row_numbers else f"row {first}"
-    raise DataError(
-        f"{name}: {int(missing.sum())} missing label(s) (empty or NaN), the first at {where}; "
-        "label those rows or drop them (labels only score the clustering: a missing one would "
-        "count as a class of its own)"
-    )
+        return np.isin(text, ["", "nan", "+nan", "-nan"])
+    if np.issubdtype(labels.dtype, np.floating):
+        return np.isnan(labels) | (labels == MISSING_LABEL)
+    if labels.dtype == np.bool_:
+        return np.zeros(labels.shape, dtype=bool)
+    return labels == MISSING_LABEL
+
+
+def has_label(labels: Any) -> np.ndarray:
+    """``(N,)`` bool: which rows of ``labels (N,)`` have a label, True but where it is missing
+    (:data:`MISSING_LABEL`, as :attr:`Dataset.labels` holds it, NaN, or an empty or "nan"
+    string, as a file may)."""
+    return ~_missing_labels(np.asarray(labels))
 
 
 def check_min_rows(dataset: Dataset | np.ndarray | ScaledRows, n_clusters: int) -> None:
@@ -702,14 +761,19 @@ def _square_side(d: int) -> int | None:
 
 
 def encode_labels(labels: np.ndarray) -> tuple[np.ndarray, list[str] | None]:
-    """``(N,)`` integer labels as int64; string labels as indices into their sorted unique values.
+    """``(N,)`` integer labels as int64; string labels as indices into their sorted unique values;
+    a missing label (see :func:`check_labels`) as :data:`MISSING_LABEL`, never a class or a name.
 
     Returns the ``(N,)`` int64 codes and, for string labels, the names they index (else None).
     """
+    missing = _missing_labels(labels)
+    codes = np.full(len(labels), MISSING_LABEL, dtype=np.int64)
     if labels.dtype.kind in "US":
-        names, codes = np.unique(labels.astype(str), return_inverse=True)
-        return codes.astype(np.int64).reshape(-1), [str(n) for n in names]
-    return labels.astype(np.int64), None
+        names, present = np.unique(labels[~missing].astype(str), return_inverse=True)
+        codes[~missing] = present.reshape(-1)
+        return codes, [str(n) for n in names]
+    codes[~missing] = labels[~missing].astype(np.int64)
+    return codes, None
 
 
 def _image_scale(bounds: tuple[float, float], name: str) -> float:
@@ -734,6 +798,7 @@ def from_array(
     scaler: Scaler | None,
     feature_names: list[str] | None = None,
     label_names: list[str] | None = None,
+    allow_missing_labels: bool = False,
 ) -> Dataset:
     """Validate, decide image vs table (unless ``kind`` says), and preprocess into a Dataset.
 
@@ -747,16 +812,20 @@ def from_array(
         scaler: for tables, a scaler fitted on training data; None fits one on ``x``.
         feature_names: the ``D`` column names of a table, kept on the Dataset.
         label_names: the original values of string labels that ``labels`` index into.
+        allow_missing_labels: accept labels missing on some rows (NaN, :data:`MISSING_LABEL`,
+            empty or "nan" strings), kept as :data:`MISSING_LABEL`: for training with the labels
+            that exist; by default they are refused (:func:`check_labels`).
     """
     # A memory-mapped array stays one: images are read from it as they are used, never copied.
     mapped = isinstance(x, np.memmap)
-    validate_array(x, labels, name)
+    validate_array(x, labels, name, allow_missing_labels=allow_missing_labels)
     if not mapped:
         x = np.asarray(x)
     if x.dtype == np.bool_:
         x = x.view(np.uint8)  # no copy, and 0/1 either way
     if labels is not None:
-        labels, names = encode_labels(check_labels(labels, len(x), name))
+        checked = check_labels(labels, len(x), name, allow_missing=allow_missing_labels)
+        labels, names = encode_labels(checked)
         label_names = label_names or names
 
     bounds = None if kind == "table" else value_range(x)  # one pass, in chunks

@@ -298,7 +298,8 @@ class GMVAELightning(_LightningModule):
         }
         record |= runner.start_record()
         leader = self.trainer.global_rank == 0
-        if leader and not isinstance(phase, Pretrain) and runner.labels is not None:
+        scored = runner.labelled is not None and runner.labelled.any()
+        if leader and not isinstance(phase, Pretrain) and scored:
             record |= clustering_scores(runner.labels, runner.model.predict(runner.x))
         runner.epoch += 1
         runner.perm, runner.batch, runner.epoch_loss = None, 0, 0.0

@@ -240,11 +240,13 @@ def evaluate(
     - ``accuracy`` (best one-to-one matching of clusters to labels, Hungarian),
       ``many_to_one_accuracy`` (each cluster named after its majority label; reported always,
       equal to ``accuracy`` or above, and the meaningful one when K > number of classes),
-      ``nmi``, ``ari``, ``n_classes``: from :func:`~pyro_gmvae.metrics.clustering_scores` when
-      the data has labels, else None;
+      ``nmi``, ``ari``, ``n_classes``: from :func:`~pyro_gmvae.metrics.clustering_scores` on
+      the examples that have a label, None when none has;
     - ``class_accuracy``: with ``classes`` (a model trained with some labels known, whose
       cluster k is class k) and labels, the fraction of examples predicted as their label, with
-      no matching.
+      no matching;
+    - ``rows_without_label``: when some examples' label is missing, how many (the scores above
+      are on the others).
 
     Randomness (the draws of z) comes from ``seed`` in a forked torch random state, so the
     caller's random state is left as it was and results are reproducible.
@@ -273,10 +275,14 @@ def evaluate(
         "ari": None,
     }
     if dataset.labels is not None:
-        result["n_classes"] = len(np.unique(dataset.labels))
-        result |= clustering_scores(dataset.labels, clusters)
-        if classes:
-            result["class_accuracy"] = class_accuracy(dataset.labels, clusters)
+        labelled = dataset.labelled
+        if labelled.any():
+            result["n_classes"] = len(np.unique(dataset.labels[labelled]))
+            result |= clustering_scores(dataset.labels, clusters)
+            if classes:
+                result["class_accuracy"] = class_accuracy(dataset.labels, clusters)
+        if not labelled.all():
+            result["rows_without_label"] = int((~labelled).sum())
     return result
 
 
@@ -288,9 +294,13 @@ def format_evaluation(result: dict[str, Any]) -> str:
     what = f"{result['n']} examples"
     if result["n_classes"] is not None:
         what += f", {result['n_classes']} classes"
+    unlabelled = result.get("rows_without_label", 0)
+    if unlabelled:
+        what += f"; {unlabelled} without a label, left out of the scores"
     rows.append(("data", f"{result['data']} ({what})" if "data" in result else what))
     if result["accuracy"] is None:
-        rows.append(("accuracy", "- (the data has no labels)"))
+        none = "no example has a label" if unlabelled else "the data has no labels"
+        rows.append(("accuracy", f"- ({none})"))
     else:
         if "class_accuracy" in result:
             rows.append(

@@ -1,6 +1,10 @@
-"""Clustering scores against reference labels (labels are for scoring only, never for training).
+"""Clustering scores against reference labels, and the accuracy of classes when some labels were
+known in training.
 
-One matching of clusters to labels serves everything that pairs them: :func:`match_clusters` (the
+:func:`clustering_scores` and :func:`class_accuracy`, which every report goes through, score the
+rows that have a label and leave out those whose label is missing
+(:data:`~pyro_gmvae.dataset.MISSING_LABEL`); the functions below them take labels that are all
+present. One matching of clusters to labels serves everything that pairs them: :func:`match_clusters` (the
 best one-to-one matching, Hungarian algorithm) gives :func:`cluster_accuracy`, the ordered
 :func:`matched_confusion` matrix of the confusion figure, and the colours of the latent figure.
 """
@@ -10,6 +14,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+from .dataset import has_label
 
 
 def contingency(
@@ -61,10 +67,13 @@ def cluster_accuracy(labels: np.ndarray, clusters: np.ndarray) -> float:
 
 def class_accuracy(labels: np.ndarray, predicted: np.ndarray) -> float:
     """The fraction of ``predicted (N,)`` equal to ``labels (N,)``, with no matching: the
-    accuracy of a model whose clusters are tied to classes (trained with some labels known)."""
-    labels, predicted = np.asarray(labels), np.asarray(predicted)
-    if len(labels) != len(predicted) or len(labels) == 0:
-        raise ValueError(f"{len(labels)} labels for {len(predicted)} predictions")
+    accuracy of a model whose clusters are tied to classes (trained with some labels known).
+    Rows whose label is missing are left out.
+
+    Raises:
+        ValueError: lengths that differ, or no row with a label.
+    """
+    labels, predicted = _labelled(labels, predicted, "predictions")
     return float((labels == predicted).mean())
 
 
@@ -99,12 +108,27 @@ def matched_confusion(
 
 
 def clustering_scores(labels: np.ndarray, clusters: np.ndarray) -> dict[str, float]:
-    """``accuracy``, ``many_to_one_accuracy``, ``nmi`` and ``ari`` of ``clusters`` vs ``labels``."""
-    if len(labels) != len(clusters):
-        raise ValueError(f"{len(labels)} labels for {len(clusters)} cluster assignments")
+    """``accuracy``, ``many_to_one_accuracy``, ``nmi`` and ``ari`` of ``clusters (N,)`` vs
+    ``labels (N,)``, on the rows that have a label (those whose label is missing are left out).
+
+    Raises:
+        ValueError: lengths that differ, or no row with a label.
+    """
+    labels, clusters = _labelled(labels, clusters, "cluster assignments")
     return {
         "accuracy": cluster_accuracy(labels, clusters),
         "many_to_one_accuracy": many_to_one_accuracy(labels, clusters),
         "nmi": float(normalized_mutual_info_score(labels, clusters)),
         "ari": float(adjusted_rand_score(labels, clusters)),
     }
+
+
+def _labelled(labels: np.ndarray, other: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of ``labels (N,)`` and ``other (N,)`` that have a label."""
+    labels, other = np.asarray(labels), np.asarray(other)
+    if len(labels) != len(other):
+        raise ValueError(f"{len(labels)} labels for {len(other)} {what}")
+    present = has_label(labels)
+    if not present.any():
+        raise ValueError(f"none of the {len(labels)} labels is present: nothing to score")
+    return labels[present], other[present]

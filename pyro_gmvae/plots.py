@@ -25,7 +25,7 @@ from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from .dataset import Dataset, ScaledRows, as_rows
+from .dataset import Dataset, ScaledRows, as_rows, has_label
 from .files import atomic_write_bytes
 from .metrics import contingency, match_clusters, matched_confusion
 from .model import GMVAE
@@ -428,7 +428,8 @@ def latent_figure(
     ``labels (N,)`` are given, in a second panel by label. The cluster means mu_y are marked.
 
     With labels, each cluster takes the colour of the label it is matched to
-    (:func:`cluster_colours_by_label`), so that the two panels can be compared colour for colour.
+    (:func:`cluster_colours_by_label`), so that the two panels can be compared colour for colour;
+    rows whose label is missing are left out of the matching and drawn grey in the second panel.
     """
     from sklearn.decomposition import PCA
 
@@ -439,6 +440,11 @@ def latent_figure(
         keep = np.sort(np.random.default_rng(seed).choice(len(x), MAX_POINTS, replace=False))
         x = x[keep]
         labels = None if labels is None else np.asarray(labels)[keep]
+    if labels is not None:
+        labels = np.asarray(labels)
+        labelled = has_label(labels)
+        if not labelled.any():
+            labels = None  # nothing to colour by
     codes = model.encode(x)
     clusters = model.predict(x)
     centres = model.cluster_means.detach().cpu().numpy()
@@ -465,14 +471,14 @@ def latent_figure(
         names = [f"cluster {k}" for k in range(K)]
         title = "Latent codes by predicted cluster"
     else:
-        labels = np.asarray(labels)
-        colours, label_colours, matched = cluster_colours_by_label(labels, clusters, K)
-        present = np.unique(labels)
+        named, named_clusters = labels[labelled], clusters[labelled]
+        colours, label_colours, matched = cluster_colours_by_label(named, named_clusters, K)
+        present = np.unique(named)
         name_of = {
             int(v): str(label_names[v]) if label_names is not None else f"label {v}"
             for v in present
         }
-        counts = contingency(labels, clusters, K)
+        counts = contingency(named, named_clusters, K)
         names = [
             f"cluster {k} = {name_of[matched[k]]}"
             if k in matched
@@ -484,6 +490,11 @@ def latent_figure(
     axes[0].scatter(*centres.T, marker="X", s=50, c="k", edgecolors="w", label="cluster means")
     axes[0].set_title(title)
     if labels is not None:
+        if not labelled.all():
+            unlabelled = codes[~labelled]
+            axes[1].scatter(
+                *unlabelled.T, s=4, color="0.8", alpha=0.6, label=f"no label ({len(unlabelled)})"
+            )
         values = [int(v) for v in present]
         _scatter_by_group(
             axes[1],
@@ -520,7 +531,14 @@ def confusion_figure(
 ) -> Figure:
     """Counts of each label (rows) in each cluster (columns), the columns ordered by the best
     one-to-one matching of clusters to labels (:func:`~pyro_gmvae.metrics.matched_confusion`),
-    the matched pairs outlined; the accuracy in the title is that of those pairs."""
+    the matched pairs outlined; the accuracy in the title is that of those pairs. Rows whose
+    label is missing are left out, and the title says how many."""
+    labels, clusters = np.asarray(labels), np.asarray(clusters)
+    left_out = 0
+    if labels.ndim == 1 and labels.shape == clusters.shape:  # else matched_confusion says so
+        labelled = has_label(labels)
+        left_out = int((~labelled).sum())
+        labels, clusters = labels[labelled], clusters[labelled]
     M, order = matched_confusion(labels, clusters, n_clusters)
     matched = match_clusters(labels, clusters, n_clusters)  # the matching that ordered M
     pairs = [(c, order.index(k)) for k, c in matched.items()]  # (row, column) of matched cells
@@ -548,7 +566,10 @@ def confusion_figure(
     ax.set_yticks(range(L), [str(names[v]) for v in range(L)])
     ax.set(xlabel="cluster (ordered by the matching;\nmatched pairs outlined)", ylabel="label")
     # A figure title sits above the colour bar as well as the matrix, never across it.
-    fig.suptitle(f"Clusters vs labels\nmatched accuracy {accuracy:.3f}", fontsize=10)
+    title = f"Clusters vs labels\nmatched accuracy {accuracy:.3f}"
+    if left_out:
+        title += f"\n({left_out} rows without a label left out)"
+    fig.suptitle(title, fontsize=10)
     return _fit_contents(fig)
 
 
@@ -559,7 +580,8 @@ def training_figures(
     """The figures of a training run, written into ``out_dir/figures``; returns their paths.
 
     ``training_curves.png`` (when ``history`` has epochs), ``samples.png``,
-    ``reconstructions.png``, ``latent.png`` and, when ``dataset`` has labels, ``confusion.png``.
+    ``reconstructions.png``, ``latent.png`` and, when some rows of ``dataset`` have a label,
+    ``confusion.png``.
     """
     figures_dir = Path(out_dir) / FIGURES_DIR
     written = []
@@ -582,7 +604,7 @@ def training_figures(
             figures_dir / "latent.png",
         ),
     ]
-    if dataset.labels is not None:
+    if dataset.labels is not None and dataset.labelled.any():
         fig = confusion_figure(
             dataset.labels,
             model.predict(dataset.x),

@@ -184,46 +184,62 @@ def prepare_run_directory(path: str | Path, *, resume: bool, force: bool) -> Pat
 # ------------------------------------------------------------------------------ the data
 def split_heldout(dataset: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset | None]:
     """The split of every run: ``fraction`` of the rows held out at random with the run's
-    ``seed``; ``(dataset, None)`` when ``fraction`` is 0."""
+    ``seed``, whether they have a label or not; ``(dataset, None)`` when ``fraction`` is 0."""
     if fraction == 0:
         return dataset, None
     return dataset.split(fraction, seed=seed)
 
 
-def data_fingerprint(x: np.ndarray | ScaledRows) -> dict[str, Any]:
+def data_fingerprint(
+    x: np.ndarray | ScaledRows, labels: np.ndarray | None = None
+) -> dict[str, Any]:
     """What identifies training data ``x (N, D)`` without storing it: its size and a hash of up
     to 256 evenly spaced rows (a whole pass over millions of rows would cost more than a check),
-    the only rows read of a :class:`~pyro_gmvae.dataset.ScaledRows`."""
+    the only rows read of a :class:`~pyro_gmvae.dataset.ScaledRows`; with ``labels (N,)`` (a run
+    that trains with labels known) a hash of all of them too, since they decide which rows
+    training sees labelled."""
     rows = np.unique(np.linspace(0, len(x) - 1, min(len(x), 256)).round().astype(np.int64))
     sample = np.ascontiguousarray(np.asarray(x[rows], dtype=np.float32))
     shape = (len(x), x.shape[1])
     digest = hashlib.sha256(np.asarray(shape, np.int64).tobytes() + sample.tobytes())
-    return {"rows": shape[0], "features": shape[1], "sample_sha256": digest.hexdigest()}
+    fingerprint = {"rows": shape[0], "features": shape[1], "sample_sha256": digest.hexdigest()}
+    if labels is not None:
+        codes = np.ascontiguousarray(labels, dtype=np.int64)
+        fingerprint["labels_sha256"] = hashlib.sha256(codes.tobytes()).hexdigest()
+    return fingerprint
 
 
 def _check_fingerprint(saved: dict[str, Any] | None, here: dict[str, Any], out: Path) -> None:
     if saved is None:
         return
-    if saved == here:
-        return
-    if (saved.get("rows"), saved.get("features")) != (here["rows"], here["features"]):
-        what = (
-            f"{saved.get('rows')} rows of {saved.get('features')} features there, "
-            f"{here['rows']} of {here['features']} here"
+    if any(saved.get(key) != here[key] for key in ("rows", "features", "sample_sha256")):
+        if (saved.get("rows"), saved.get("features")) != (here["rows"], here["features"]):
+            what = (
+                f"{saved.get('rows')} rows of {saved.get('features')} features there, "
+                f"{here['rows']} of {here['features']} here"
+            )
+        else:
+            what = "the same size, but other values"
+        raise CheckpointError(
+            f"{out} was trained on other data ({what}); resume with the data, "
+            "--heldout-fraction and seed it was trained with, or start a new run"
         )
-    else:
-        what = "the same size, but other values"
-    raise CheckpointError(
-        f"{out} was trained on other data ({what}); resume with the data, --heldout-fraction "
-        "and seed it was trained with, or start a new run"
-    )
+    # Runs saved before the labels were fingerprinted have no labels_sha256: the data must do.
+    if "labels_sha256" in saved and saved["labels_sha256"] != here.get("labels_sha256"):
+        raise CheckpointError(
+            f"{out} was trained with other labels (the same data, but labels changed or filled "
+            "in since); resume with the labels it was trained with, or start a new run"
+        )
 
 
 def _training_data(config: RunConfig) -> tuple[Dataset, Dataset, Dataset | None]:
     """The run's data, its training part and its held-out part, checked against the model's
     options; fills ``config.model``'s sizes from the data."""
     dataset = load_data(
-        config.data.data, label_column=config.data.label_column, kind=config.data.kind
+        config.data.data,
+        label_column=config.data.label_column,
+        kind=config.data.kind,
+        allow_missing_labels=config.train.semi_supervised,  # the rows with a label train
     )
     train_data, heldout = split_heldout(dataset, config.data.heldout_fraction, config.train.seed)
     check_min_rows(train_data, config.model.clusters)
@@ -343,7 +359,9 @@ def _train_leader(
     dataset, train_data, heldout = _training_data(config)
     seed_everything(config.train.seed)
     model = GMVAE(config.model)
-    fingerprint = data_fingerprint(train_data.x)
+    fingerprint = data_fingerprint(
+        train_data.x, train_data.labels if config.train.semi_supervised else None
+    )
     trainer = Trainer(
         model,
         train_data.x,
@@ -376,22 +394,25 @@ def _train_leader(
             result["loss"] = trainer.history[-1]["loss"]
         predicted = {}  # each part once, in batches: data on disk is read a chunk at a time
         for part, data in (("train", train_data), ("heldout", heldout)):
-            if data is not None and data.labels is not None:
+            if data is not None and data.labels is not None and data.labelled.any():
                 predicted[part] = model.predict(data.x)
                 result[part] = clustering_scores(data.labels, predicted[part])
+                if not data.labelled.all():  # the scores are on the rows that have a label
+                    result[part]["rows_without_label"] = int((~data.labelled).sum())
         if trainer.known is not None:
-            # Clusters are classes: plain accuracy, on the rows training saw unlabelled and on
-            # the held-out rows.
-            unseen = ~trainer.known.cpu().numpy()
+            # Clusters are classes: plain accuracy, on the rows with a label that training saw
+            # unlabelled and on the held-out rows with a label.
+            known = trainer.known.cpu().numpy()
+            unseen = train_data.labelled & ~known
             if unseen.any():
                 result["train"]["class_accuracy"] = class_accuracy(
                     train_data.labels[unseen], predicted["train"][unseen]
                 )
-            if heldout is not None:
+            if "heldout" in predicted:
                 result["heldout"]["class_accuracy"] = class_accuracy(
                     heldout.labels, predicted["heldout"]
                 )
-            result["labels_known"] = int((~unseen).sum())
+            result["labels_known"] = int(known.sum())
         if plots:
             from .plots import training_figures
 
@@ -456,7 +477,8 @@ def load_run_data(
 ) -> tuple[Dataset, list[str]]:
     """``spec`` preprocessed as ``run`` saw its training data: images as images, tables
     standardized with the run's ``scaler.json``; labels from ``label_column``, or from the run's
-    own label column when ``spec`` is a CSV. Returns the data and warnings for the user."""
+    own label column when ``spec`` is a CSV, missing on some rows only for a run trained with
+    labels known (as its training data may be). Returns the data and warnings for the user."""
     warnings = []
     if run.scaler is None and not run.is_image:
         warnings.append(
@@ -470,6 +492,7 @@ def load_run_data(
         label_column=label_column,
         scaler=run.scaler,
         kind="image" if run.is_image else "table",
+        allow_missing_labels=run.config is not None and run.config.train.semi_supervised,
     )
     return dataset, warnings
 

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from .checkpoints import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 from .config import RunConfig, TrainConfig
-from .dataset import ScaledRows, check_min_rows, labelled_rows
+from .dataset import MISSING_LABEL, ScaledRows, check_min_rows, has_label, labelled_rows
 from .errors import CheckpointError, ConfigError, DataError, RunDirectoryError
 from .files import atomic_write_text
 from .metrics import class_accuracy, clustering_scores
@@ -523,10 +523,13 @@ class Trainer:
         config: the training options.
         recipe: the phases to run; default :func:`default_recipe` of ``config``.
         labels: ``(N,)`` reference labels, for scoring each epoch, and the classes of the rows
-            that ``known`` marks.
+            that ``known`` marks: classes 0, 1, ..., and
+            :data:`~pyro_gmvae.dataset.MISSING_LABEL` (-1) on rows that have none, which every
+            score leaves out (as ``load_data(..., allow_missing_labels=True)`` gives them).
         known: ``(N,)`` bool, the rows whose label training sees (y observed there, enumerated
-            elsewhere; cluster k is class k); None: ``config.labels_known`` rows drawn with the
-            seed, balanced per class, or none when that is 0 (clustering, labels only score).
+            elsewhere; cluster k is class k), each with a label; None: ``config.labels_known``
+            rows drawn with the seed, balanced per class, among the rows that have a label (all
+            of those for ``"all"``), or none when that is 0 (clustering, labels only score).
         run_dir: where metrics and checkpoints go; ``None`` keeps everything in memory.
         run_config: the run's full configuration, saved inside each checkpoint.
         elbo: the SVI phase's estimator in the default recipe (give a recipe or this, not both).
@@ -570,6 +573,8 @@ class Trainer:
                 "(or no labels)"
             )
         self.labels = None if labels is None else np.asarray(labels)
+        #: ``(N,)`` bool, the rows that have a label (the rows scored); None without labels.
+        self.labelled = None if labels is None else has_label(self.labels)
         self.classes: torch.Tensor | None = None  # (N,) each row's class where known, else 0
         self.known = self._known_rows(known)
         self.recipe = default_recipe(config, elbo) if recipe is None else Recipe(recipe)
@@ -630,7 +635,7 @@ class Trainer:
 
     def _known_rows(self, known: np.ndarray | torch.Tensor | None) -> torch.Tensor | None:
         """The rows whose class training sees, a bool tensor ``(N,)`` on the device, or None."""
-        if known is None and self.config.labels_known == 0:
+        if known is None and not self.config.semi_supervised:
             return None
         if self.labels is None:
             raise DataError(
@@ -645,6 +650,15 @@ class Trainer:
                 f"known must be a bool mask of shape ({len(self.x)},), one per training row, "
                 f"not {known.dtype} of shape {known.shape}"
             )
+        unlabelled = known & ~self.labelled
+        if unlabelled.any():
+            raise DataError(
+                f"known marks {int(unlabelled.sum())} row(s) whose label is missing "
+                f"({MISSING_LABEL}, the first row {int(np.argmax(unlabelled))}); mark only rows "
+                "that have a label"
+            )
+        if not known.any():
+            raise DataError("known marks no row; mark at least one, or pass no known")
         named = self.labels[known]
         K = self.model.n_clusters
         if not np.issubdtype(named.dtype, np.integer) or named.min() < 0 or named.max() >= K:
@@ -1055,12 +1069,12 @@ class Trainer:
             "seconds": time.perf_counter() - start,
         }
         record |= self.start_record()
-        if not isinstance(phase, Pretrain) and self.labels is not None:
+        if not isinstance(phase, Pretrain) and self.labelled is not None and self.labelled.any():
             predicted = self.model.predict(self.x)
             record |= clustering_scores(self.labels, predicted)
             if self.known is not None:
-                # Clusters are classes: plain accuracy, on the rows whose label training never saw.
-                unseen = ~self.known.cpu().numpy()
+                # Clusters are classes: plain accuracy, on the rows with a label training never saw.
+                unseen = self.labelled & ~self.known.cpu().numpy()
                 if unseen.any():
                     record["class_accuracy"] = class_accuracy(
                         self.labels[unseen], predicted[unseen]

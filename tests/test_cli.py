@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import json
+import re
 import subprocess
 import sys
 
@@ -14,6 +15,7 @@ import pytest
 
 from pyro_gmvae.cli import main
 from pyro_gmvae.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from pyro_gmvae.errors import ConfigError
 from pyro_gmvae.runs import read_metrics
 
 CONFIG_CLASSES = (DataConfig, ModelConfig, TrainConfig)
@@ -210,6 +212,8 @@ def fast_args(data, out, *extra: str) -> list[str]:
         ("--tsne-input", "pixels"),
         ("--anchor-epochs", "-1"),
         ("--anchor-beta", "0"),
+        ("--labels-known", "some"),
+        ("--labels-known", "-1"),
     ],
 )
 def test_impossible_option_exits_2_naming_the_flag(table, tmp_path, capsys, flag, value):
@@ -221,6 +225,25 @@ def test_impossible_option_exits_2_naming_the_flag(table, tmp_path, capsys, flag
     assert err.startswith("gmvae train: error:")
     assert flag in err
     assert not out.exists() or not any(out.iterdir())  # nothing was written
+
+
+def test_labels_known_all_round_trips_from_the_flag_through_config_json(tmp_path):
+    from pyro_gmvae.cli import build_parser
+    from pyro_gmvae.config import from_arguments
+
+    for flag, value in (("all", "all"), ("12", 12), ("0", 0)):
+        args = build_parser().parse_args(["train", "--out", "x", "--labels-known", flag])
+        assert from_arguments(TrainConfig, args).labels_known == value
+    config = RunConfig(train=TrainConfig(labels_known="all"))
+    config.save(tmp_path / "config.json")
+    assert json.loads((tmp_path / "config.json").read_text())["train"]["labels_known"] == "all"
+    loaded = RunConfig.load(tmp_path / "config.json")
+    assert loaded == config and loaded.train.semi_supervised
+    assert not TrainConfig().semi_supervised
+    with pytest.raises(ConfigError, match="--labels-known must be a number of rows"):
+        RunConfig.from_dict({"train": {"labels_known": "some"}}).validate()
+    with pytest.raises(ConfigError, match=re.escape("labels_known must be int | str")):
+        RunConfig.from_dict({"train": {"labels_known": True}})
 
 
 def test_unparseable_value_is_argparses_exit_2(capsys):

@@ -25,7 +25,7 @@ from hypothesis.extra import numpy as hnp
 
 from pyro_gmvae import dataset
 from pyro_gmvae.data import load_data
-from pyro_gmvae.dataset import Dataset, Scaler, validate_array
+from pyro_gmvae.dataset import MISSING_LABEL, Dataset, Scaler, validate_array
 from pyro_gmvae.errors import DataError
 
 PROPERTY = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -462,7 +462,7 @@ def test_csv_string_labels(tmp_path):
         (["a,b", "1,2"], "c", r"label column 'c' is not in the header \(columns: 'a', 'b'\)"),
         (["a,b", "1,nan", "inf,2", "3,nan"], None, r"2 NaN and 1 infinite.*line 2, column 'b'"),
         (["a,b"], None, "0 rows"),
-        (["a,b", "1,"], "b", r"1 missing label\(s\) \(empty or NaN\), the first at line 2"),
+        (["a,b", "1,"], "b", r"1 missing label\(s\) \(empty, NaN or -1\), the first at line 2"),
         (["y", "1", "2"], "y", "0 features"),
         (["a,a", "1,2"], None, "duplicate column name"),
         ([], None, "the file is empty"),
@@ -543,10 +543,44 @@ def test_missing_labels_are_refused_alike_from_csv_and_npz(tmp_path):
         with pytest.raises(DataError) as info:
             load_data(path, label_column="y" if path.suffix == ".csv" else None)
         where = "line 3" if path.suffix == ".csv" else "row 1"
-        prefix = f"{path}: 1 missing label(s) (empty or NaN), the first at {where}; "
+        prefix = f"{path}: 1 missing label(s) (empty, NaN or -1), the first at {where}; "
         assert str(info.value).startswith(prefix), (source, str(info.value))
         messages[source] = str(info.value).removeprefix(prefix)
     assert len(set(messages.values())) == 1, messages
+
+
+def test_missing_labels_are_kept_as_missing_alike_from_csv_and_npz_when_allowed(tmp_path):
+    """Issue 18: training with the labels that exist loads the rest as MISSING_LABEL, never a
+    class or a name of their own."""
+    for source, make in MISSING_LABELS.items():
+        path = make(tmp_path)
+        column = "y" if path.suffix == ".csv" else None
+        data = load_data(path, label_column=column, allow_missing_labels=True)
+        assert data.labels.tolist() == [0, MISSING_LABEL, 1], source
+        assert data.labelled.tolist() == [True, False, True], source
+        strings = "string" in source or "strings" in source
+        assert data.label_names == (["cat", "dog"] if strings else None), source
+
+
+def test_csv_whole_number_labels_with_missing_cells_stay_numbers(tmp_path):
+    """Numbers, not strings sorted as text: with a missing cell, "10" must not come before "2"."""
+    path = write_csv(tmp_path / "n.csv", ["a,y", "1,2", "2,", "3,10", "4,nan", "5,0"])
+    with pytest.raises(DataError, match=r"2 missing label\(s\) .* the first at line 3"):
+        load_data(path, label_column="y")
+    data = load_data(path, label_column="y", allow_missing_labels=True)
+    assert data.labels.tolist() == [2, MISSING_LABEL, 10, MISSING_LABEL, 0]
+    assert data.label_names is None
+    assert np.array_equal(data.subset([0, 1]).labelled, [True, False])
+
+
+def test_npz_integer_labels_mark_a_missing_one_as_minus_one(tmp_path):
+    """As scikit-learn's semi-supervised estimators do: integer arrays cannot hold NaN."""
+    path = _savez(tmp_path, np.array([0, -1, 1]))
+    with pytest.raises(DataError, match=r"1 missing label\(s\) \(empty, NaN or -1\).*row 1"):
+        load_data(path)
+    assert load_data(path, allow_missing_labels=True).labels.tolist() == [0, MISSING_LABEL, 1]
+    with pytest.raises(DataError, match="negative numbers"):
+        load_data(_savez(tmp_path, np.array([0, -2, 1])), allow_missing_labels=True)
 
 
 def test_csv_not_utf8(tmp_path):

@@ -37,9 +37,11 @@ def test_validate_array_accepts_good_data():
         (
             np.zeros((2, 2)),
             [np.nan, 1],
-            r"my: 1 missing label\(s\) \(empty or NaN\), the first at row 0",
+            r"my: 1 missing label\(s\) \(empty, NaN or -1\), the first at row 0",
         ),
         (np.zeros((3, 2)), ["a", " ", "NAN"], r"2 missing label\(s\) .* the first at row 1"),
+        (np.zeros((3, 2)), [0, 1, -1], r"1 missing label\(s\) .* at row 2; .*--labels-known all"),
+        (np.zeros((2, 2)), [0, -2], r"negative numbers \(down to -2\); pass classes 0, 1"),
         (np.zeros((2, 2)), [np.inf, 1], "labels hold infinite values"),
         (np.zeros((2, 2)), [1j, 1], "labels hold complex values"),
         (np.zeros((2, 2), complex), None, "not real numbers"),

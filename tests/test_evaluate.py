@@ -16,11 +16,12 @@ from pyro.infer import TraceEnum_ELBO
 from pyro_gmvae import GMVAE, ModelConfig
 from pyro_gmvae.cli import main
 from pyro_gmvae.data import load_data
-from pyro_gmvae.dataset import Dataset, Scaler
+from pyro_gmvae.dataset import MISSING_LABEL, Dataset, Scaler
 from pyro_gmvae.errors import DataError
 from pyro_gmvae.evaluate import (
     elbo_per_example,
     evaluate,
+    format_evaluation,
     log_likelihood,
 )
 from pyro_gmvae.metrics import clustering_scores
@@ -186,6 +187,25 @@ def test_evaluate_without_labels_reports_no_clustering_scores():
     assert result["n_classes"] is None
     assert sum(result["cluster_sizes"]) == 20
     assert math.isfinite(result["elbo"]) and math.isfinite(result["log_likelihood"])
+
+
+def test_evaluate_scores_the_rows_that_have_a_label_and_counts_the_others():
+    model, x = tiny_model("marginal"), binary_data(40)
+    labels = np.random.default_rng(1).integers(0, 2, 40)
+    labels[::5] = MISSING_LABEL
+    result = evaluate(model, as_dataset(x, labels), num_samples=5, classes=True)
+    clusters, present = model.predict(x), labels != MISSING_LABEL
+    assert result["rows_without_label"] == 8 and result["n"] == 40
+    assert result["class_accuracy"] == pytest.approx((clusters == labels)[present].mean())
+    assert result["nmi"] == pytest.approx(
+        clustering_scores(labels[present], clusters[present])["nmi"]
+    )
+    assert "8 without a label, left out of the scores" in format_evaluation(result)
+
+    nothing = evaluate(model, as_dataset(x, np.full(40, MISSING_LABEL)), num_samples=5)
+    assert nothing["accuracy"] is None and nothing["n_classes"] is None
+    assert nothing["rows_without_label"] == 40
+    assert "- (no example has a label)" in format_evaluation(nothing)
 
 
 def test_evaluate_refuses_data_of_another_width():

@@ -8,7 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pyro_gmvae.dataset import MISSING_LABEL
 from pyro_gmvae.metrics import (
+    class_accuracy,
     cluster_accuracy,
     clustering_scores,
     contingency,
@@ -122,6 +124,24 @@ def test_identical_partitions_score_one_whatever_their_names(partition, random):
 def test_clustering_scores_refuse_lengths_that_differ():
     with pytest.raises(ValueError, match="3 labels for 2"):
         clustering_scores(np.zeros(3, int), np.zeros(2, int))
+
+
+def test_scores_leave_out_the_rows_whose_label_is_missing():
+    labels = np.array([0, 0, MISSING_LABEL, 1, 1, MISSING_LABEL, 2])
+    clusters = np.array([1, 1, 0, 0, 2, 2, 2])
+    present = labels != MISSING_LABEL
+    # By hand, on the 5 rows with a label: cluster 0 holds label 1 once, cluster 1 label 0
+    # twice, cluster 2 labels 1 and 2 once each. Matched one-to-one (1 -> 0, 0 -> 1, 2 -> 2)
+    # 4 of 5 are right, and each cluster named after its majority label gets 1 + 2 + 1 = 4.
+    scores = clustering_scores(labels, clusters)
+    assert scores["accuracy"] == pytest.approx(4 / 5)
+    assert scores["many_to_one_accuracy"] == pytest.approx(4 / 5)
+    assert scores == pytest.approx(clustering_scores(labels[present], clusters[present]))
+    assert class_accuracy(labels, clusters) == pytest.approx(1 / 5)  # only row 6: 2 == 2
+    with pytest.raises(ValueError, match="none of the 2 labels is present"):
+        clustering_scores(np.full(2, MISSING_LABEL), np.zeros(2, int))
+    with pytest.raises(ValueError, match="none of the 2 labels is present"):
+        class_accuracy(np.full(2, MISSING_LABEL), np.zeros(2, int))
 
 
 # --------------------------------------------------------------------------- matched confusion

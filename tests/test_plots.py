@@ -14,7 +14,7 @@ import pytest
 
 from pyro_gmvae import GMVAE, ModelConfig
 from pyro_gmvae.cli import main
-from pyro_gmvae.dataset import Dataset, Scaler
+from pyro_gmvae.dataset import MISSING_LABEL, Dataset, Scaler
 from pyro_gmvae.metrics import match_clusters
 from pyro_gmvae.plots import (
     DPI,
@@ -380,6 +380,36 @@ def test_confusion_title_is_whole_and_clear_of_the_colour_bar(clusters, n_labels
 
     assert accuracy == pytest.approx(cluster_accuracy(labels, predicted), abs=5e-4)
     assert len(matrix.patches) == min(clusters, n_labels)
+
+
+def test_figures_leave_out_the_rows_without_a_label_and_say_so(monkeypatch, tmp_path):
+    data = _images(n=120)
+    clusters = np.array([2, 0, 1, 3])[data.labels]  # the labels under other names
+    labels = data.labels.copy()
+    labels[::4] = MISSING_LABEL  # 30 rows without a label
+    model = _model(clusters=4)
+    monkeypatch.setattr(model, "predict", lambda x: clusters[: len(x)])
+
+    fig = confusion_figure(labels, clusters, 4)
+    title = fig.get_suptitle()
+    assert "matched accuracy 1.000" in title and "(30 rows without a label left out)" in title
+    counts = [int(t.get_text()) for t in fig.axes[0].texts]
+    assert sum(counts) == 90
+    _assert_all_inside(fig)
+
+    fig = latent_figure(model, data.x, labels)
+    by_label = _legend_labels(fig.axes[1])
+    assert by_label[0] == "no label (30)" and len(by_label) == 5
+    assert [n for n in _legend_labels(fig.axes[0]) if n.startswith("cluster 2")] == [
+        "cluster 2 = label 0"
+    ]
+    _assert_all_inside(fig)
+
+    unlabelled = Dataset(
+        x=data.x, labels=np.full(120, MISSING_LABEL), kind="image", image_shape=(6, 5), name="u"
+    )
+    paths = training_figures(model, unlabelled, [], tmp_path)
+    assert sorted(p.name for p in paths) == ["latent.png", "reconstructions.png", "samples.png"]
 
 
 def test_confusion_figure_refuses_mismatched_inputs():

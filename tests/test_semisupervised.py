@@ -8,6 +8,7 @@ shapes under enumeration are those of two sibling plates.
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pyro
@@ -24,14 +25,18 @@ from pyro_gmvae import (
     ConfigError,
     DataError,
     MixtureStart,
+    RunConfig,
     Start,
     Trainer,
     default_recipe,
     fit,
 )
 from pyro_gmvae.cli import main
-from pyro_gmvae.dataset import labelled_rows
+from pyro_gmvae.data import load_data
+from pyro_gmvae.dataset import MISSING_LABEL, labelled_rows
+from pyro_gmvae.metrics import cluster_accuracy
 from pyro_gmvae.reference import hand_loss
+from pyro_gmvae.runs import load_run_data, open_run, split_heldout
 from pyro_gmvae.start import tie_to_classes
 
 #: Which of the N = 5 rows are labelled, and the classes of all rows (ignored where unknown).
@@ -299,3 +304,114 @@ def test_a_jit_elbo_is_refused_when_labels_are_known():
             elbo=JitTraceEnum_ELBO(max_plate_nesting=1),
             progress=False,
         )
+
+
+# ----------------------------------------------------------------------------- missing labels
+def test_labelled_rows_are_drawn_among_the_rows_that_have_a_label():
+    labels = np.repeat(np.arange(3), 20)
+    labels[::3] = MISSING_LABEL  # 20 rows without a label, 40 with one
+    present = labels != MISSING_LABEL
+    mask = labelled_rows(labels, 12, seed=0)
+    assert mask.sum() == 12 and not (mask & ~present).any()
+    assert sorted(np.bincount(labels[mask], minlength=3)) == [4, 4, 4]
+    assert np.array_equal(labelled_rows(labels, "all"), present)
+    with pytest.raises(DataError, match="only 40 of the 60 training rows have a label; pass "):
+        labelled_rows(labels, 41)
+    with pytest.raises(DataError, match="none of the 4 training rows has a label"):
+        labelled_rows(np.full(4, MISSING_LABEL), "all")
+
+
+def test_labels_known_all_marks_every_row_with_a_label_and_scores_only_those():
+    x, labels = permuted_blobs()
+    labels = labels.copy()
+    labels[::4] = MISSING_LABEL
+    model = GMVAE(small_model(n_features=x.shape[1]))
+    trainer = Trainer(model, x, small_train(labels_known="all"), labels=labels, progress=False)
+    assert np.array_equal(trainer.known.cpu().numpy(), labels != MISSING_LABEL)
+    with pytest.raises(DataError, match=r"known marks 75 row\(s\) whose label is missing \(-1, "):
+        Trainer(model, x, small_train(), labels=labels, known=np.ones(300, bool), progress=False)
+
+
+def _blobs_csv(path, missing_every: int = 5):
+    """The permuted blobs as a CSV whose label column ``y`` is empty or ``nan`` on every
+    ``missing_every``-th row; returns the path and the labels, MISSING_LABEL where missing."""
+    x, labels = permuted_blobs()
+    labels = labels.copy()
+    labels[::missing_every] = MISSING_LABEL
+    lines = [",".join([*(f"f{j}" for j in range(x.shape[1])), "y"])]
+    for i, (row, label) in enumerate(zip(x, labels, strict=True)):
+        cell = ("" if i % 2 else "nan") if label == MISSING_LABEL else str(label)
+        lines.append(",".join([*(f"{v:.6g}" for v in row), cell]))
+    path.write_text("\n".join(lines) + "\n")
+    return path, labels
+
+
+def _tiny_train(data, out, *extra: str) -> list[str]:
+    """gmvae train on the blobs' CSV, as short as the mechanics need."""
+    args = ["train", "--data", str(data), "--label-column", "y", "--out", str(out)]
+    args += ["--clusters", "3", "--latent-dim", "2", "--hidden", "16", "--batch-size", "64"]
+    args += ["--pretrain-epochs", "2", "--anchor-epochs", "1", "--epochs", "2", "--init", "gmm"]
+    args += ["--restarts", "1", "--heldout-fraction", "0.2", "--likelihood", "gaussian"]
+    return [*args, "--device", "cpu", "--no-progress", "--no-plots", *extra]
+
+
+def test_gmvae_train_labels_known_all_trains_on_the_labels_that_exist(tmp_path, capsys):
+    data, labels = _blobs_csv(tmp_path / "blobs.csv")
+    out = tmp_path / "run"
+    assert main(_tiny_train(data, out, "--labels-known", "all")) == 0
+    result = json.loads(capsys.readouterr().out)
+    # Held-out rows without a label are held out all the same: the split is the run's own.
+    dataset = load_data(data, label_column="y", allow_missing_labels=True)
+    train, heldout = split_heldout(dataset, 0.2, seed=0)
+    assert np.array_equal(dataset.labels, labels)
+    assert 0 < (~train.labelled).sum() and 0 < (~heldout.labelled).sum()
+    assert result["labels_known"] == train.labelled.sum()  # every training row with a label
+    assert result["train"]["rows_without_label"] == (~train.labelled).sum()
+    assert "class_accuracy" not in result["train"]  # no row with a label was left unseen
+    assert result["heldout"]["rows_without_label"] == (~heldout.labelled).sum()
+    assert 0 <= result["heldout"]["class_accuracy"] <= 1
+    assert RunConfig.load(out / "config.json").train.labels_known == "all"
+
+    # gmvae evaluate scores the rows that have a label, and says how many have none.
+    assert main(["evaluate", str(out), "--data", str(data), "--json", "--num-samples", "2"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    run = open_run(out)
+    predicted = run.model.predict(load_run_data(run, str(data))[0].x)
+    present = labels != MISSING_LABEL
+    assert evaluated["rows_without_label"] == (~present).sum() == 60
+    assert evaluated["n"] == 300 and evaluated["n_classes"] == 3
+    assert evaluated["class_accuracy"] == pytest.approx((predicted == labels)[present].mean())
+    assert evaluated["accuracy"] == pytest.approx(
+        cluster_accuracy(labels[present], predicted[present])
+    )
+    assert main(["evaluate", str(out), "--data", str(data), "--num-samples", "2"]) == 0
+    assert "60 without a label, left out of the scores" in capsys.readouterr().out
+
+    # Resumed from config.json, "all" and the same labels known.
+    resume = ["train", "--out", str(out), "--resume", "--epochs", "3", "--no-progress"]
+    assert main([*resume, "--no-plots"]) == 0
+    assert json.loads(capsys.readouterr().out)["labels_known"] == result["labels_known"]
+    # Labels filled in since would train on other rows: refused, the run left as it was.
+    before = (out / "checkpoint.pt").read_bytes()
+    filled = [line.rpartition(",")[0] + ",1" if line.endswith((",", ",nan")) else line
+              for line in data.read_text().splitlines()]  # fmt: skip
+    data.write_text("\n".join(filled) + "\n")
+    assert main([*resume, "--epochs", "4", "--no-plots"]) == 2
+    assert "was trained with other labels" in capsys.readouterr().err
+    assert (out / "checkpoint.pt").read_bytes() == before
+
+
+def test_missing_labels_are_refused_without_labels_known_and_beyond_those_present(tmp_path, capsys):
+    data, _ = _blobs_csv(tmp_path / "blobs.csv")
+    out = tmp_path / "run"
+    assert main(_tiny_train(data, out)) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert "60 missing label(s) (empty, NaN or -1), the first at line 2" in err
+    assert "--labels-known all" in err
+    # 240 training rows, not all of them with a label.
+    assert main(_tiny_train(data, out, "--labels-known", "240")) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"only \d+ of the 240 training rows have a label; pass --labels-known", err)
+    assert "or --labels-known all" in err
+    assert not out.exists()  # refused before anything was written
