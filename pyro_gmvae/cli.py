@@ -125,8 +125,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-# Options of gmvae train that mean nothing to a selection, which keeps no checkpoints.
-_NOT_SELECT_FLAGS = {"clusters", "checkpoint_every"}
+# Options of gmvae train that mean nothing to a selection, which keeps no checkpoints and
+# clusters without labels.
+_NOT_SELECT_FLAGS = {"clusters", "checkpoint_every", "labels_known", "aux_weight"}
 
 
 def _add_select(subparsers) -> None:

@@ -318,6 +318,13 @@ class GMVAEClustering(
                 f"train_options sets {own}: pass these as GMVAEClustering's own parameters "
                 "(seed as random_state)"
             )
+        supervised = sorted(set(options) & {"labels_known", "aux_weight"})
+        if supervised:
+            raise ValueError(
+                f"train_options sets {supervised}: GMVAEClustering clusters without labels; to "
+                "train with some labels known use pyro_gmvae.fit(model, x, config, labels=y, "
+                "known=mask) or gmvae train --labels-known"
+            )
         config = TrainConfig(
             **options,
             **{name: getattr(self, name) for name in TRAIN_PARAMETERS},

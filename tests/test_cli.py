@@ -464,6 +464,16 @@ def test_select_impossible_option_exits_2_before_writing(blobs_csv, tmp_path, ca
     assert not out.exists()
 
 
+def test_select_has_no_labels_known_flag(blobs_csv, tmp_path, capsys):
+    # A selection clusters without labels: the flag is not offered, rather than failing late.
+    out = tmp_path / "choice"
+    with pytest.raises(SystemExit) as exit:
+        main(select_args(blobs_csv, out, "2", "3") + ["--labels-known", "4"])
+    assert exit.value.code == 2
+    assert "unrecognized arguments: --labels-known 4" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_gmvae_help_lists_every_subcommand():
     done = subprocess.run(
         [sys.executable, "-m", "pyro_gmvae", "--help"], capture_output=True, text=True, check=True

@@ -364,6 +364,8 @@ def test_invalid_parameters_are_named():
         GMVAEClustering(n_clusters=2, train_options={"seed": 1}, **TINY).fit(x)
     with pytest.raises(ValueError, match="lr_decay"):
         GMVAEClustering(n_clusters=2, train_options={"lr_decay": 2.0}, **TINY).fit(x)
+    with pytest.raises(ValueError, match="clusters without labels.*known=mask"):
+        GMVAEClustering(n_clusters=2, train_options={"labels_known": 4}, **TINY).fit(x)
 
 
 def test_train_options_reach_the_training(blobs):
