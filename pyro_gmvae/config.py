@@ -210,6 +210,12 @@ class TrainConfig:
     anchor_beta: float = _help(
         "weight of the KL terms against the likelihood during the anchor epochs", default=3.0
     )
+    anchor_classify: float = _help(
+        "weight alpha of a classification term alpha * log q(y|x) at each row's start cluster "
+        "during the anchor epochs, which brings the model's clusters to the start's faster than "
+        "the ELBO given y alone (0: none)",
+        default=10.0,
+    )
     clip_norm: float = _help("clip gradients to this norm (0: no clipping)", default=10.0)
     beta: float = _help(
         "weight of the KL terms against the likelihood during SVI, as in a beta-VAE "
@@ -305,6 +311,8 @@ class TrainConfig:
             raise ConfigError(f"--augment-mode must be view or data, not {self.augment_mode!r}")
         if self.aux_weight < 0:
             raise ConfigError(f"--aux-weight must be >= 0, not {self.aux_weight}")
+        if self.anchor_classify < 0:
+            raise ConfigError(f"--anchor-classify must be >= 0, not {self.anchor_classify}")
         if self.clip_norm < 0:
             raise ConfigError(f"--clip-norm must be >= 0, not {self.clip_norm}")
         if self.device is not None and self.device.split(":")[0] not in ("cpu", "cuda"):

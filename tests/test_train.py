@@ -478,7 +478,11 @@ def test_the_progress_bar_counts_steps_across_phases_and_shows_the_start(capsys)
 
 
 @pytest.mark.parametrize("guide", ["marginal", "enumerated"])
-@pytest.mark.parametrize("phase", [SVI(1, beta=2.0), Anchor(1, beta=3.0)], ids=["svi", "anchor"])
+@pytest.mark.parametrize(
+    "phase",
+    [SVI(1, beta=2.0), Anchor(1, beta=3.0), Anchor(1, beta=3.0, classify=10.0)],
+    ids=["svi", "anchor", "anchor-classify"],
+)
 def test_a_batch_of_the_full_size_gives_the_same_per_example_loss(guide, phase):
     """Batch(size=N): the data plate is of size N with the rows as its subsample, the loss
     divided by N, as each process of data-parallel training computes it. Pyro scales every site
@@ -496,6 +500,27 @@ def test_a_batch_of_the_full_size_gives_the_same_per_example_loss(guide, phase):
     sized = phase.loss(trainer, Batch(idx, batch.x, size=len(x)))
     assert batch.plate == {} and batch.examples == 5
     torch.testing.assert_close(sized, alone, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("guide", ["marginal", "enumerated"])
+def test_the_anchor_classification_term_is_minus_alpha_log_q_of_the_start_cluster(guide):
+    """Anchor(classify=alpha) adds -alpha * mean log q(y_start|x) to the ELBO given y: the
+    difference from the same batch's loss without the term, with the same z draws, is that
+    mean computed here from the model's own q(y|x), and it is not zero."""
+    x, _ = blobs(n=60)
+    pyro.set_rng_seed(0)
+    model = GMVAE(small_model(guide=guide, n_features=x.shape[1]))
+    trainer = Trainer(model, x, small_train(), progress=False)
+    start = np.arange(60) % 3
+    trainer.start_mixture(np.eye(3)[start], cluster_encoder_epochs=0)
+    batch = trainer.minibatch(torch.tensor([3, 7, 11, 20, 41]))
+    losses = []
+    for classify in (0.0, 10.0):
+        pyro.set_rng_seed(1)
+        losses.append(Anchor(1, classify=classify).loss(trainer, batch))
+    log_q = model.cluster_log_proba(batch.seen)[torch.arange(5), torch.as_tensor(start[batch.idx])]
+    torch.testing.assert_close(losses[1] - losses[0], -10.0 * log_q.mean(), rtol=1e-5, atol=1e-5)
+    assert abs(float(log_q.mean())) > 0.01
 
 
 def test_the_data_plate_takes_size_and_subsample_together():
