@@ -152,6 +152,11 @@ class TrainConfig:
     batch_size: int = _help("minibatch size", default=256)
     lr: float = _help("Adam learning rate", default=1e-3)
     lr_decay: float = _help("multiply the learning rate by this every 10 epochs", default=0.9)
+    svi_lr: float = _help(
+        "Adam learning rate of the SVI epochs after the mixture start (0: --lr): they fine-tune "
+        "what the start and the anchor epochs reached, at a tenth of --lr by default",
+        default=1e-4,
+    )
     pretrain_epochs: int = _help(
         "epochs of autoencoder pretraining before the mixture is fitted to the codes (0: none)",
         default=150,
@@ -279,6 +284,8 @@ class TrainConfig:
             raise ConfigError(f"--batch-size must be at least 1, not {self.batch_size}")
         if not self.lr > 0:
             raise ConfigError(f"--lr must be positive, not {self.lr}")
+        if self.svi_lr < 0:
+            raise ConfigError(f"--svi-lr must be >= 0 (0: --lr), not {self.svi_lr}")
         if not 0 < self.lr_decay <= 1:
             raise ConfigError(f"--lr-decay must be in (0, 1], not {self.lr_decay}")
         # --init names a start of start.STARTS, checked by the trainer (start.check_start)

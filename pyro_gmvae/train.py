@@ -486,6 +486,7 @@ def default_recipe(config: TrainConfig, elbo: pyro.infer.ELBO | None = None) -> 
             SVI(
                 config.epochs,
                 **svi,
+                lr=config.svi_lr or None,
                 # Without anchor epochs the start begins SVI itself.
                 on_begin=() if anchor else start,
                 new_optimizer=not anchor,

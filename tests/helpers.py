@@ -30,6 +30,8 @@ def small_train(**kwargs) -> TrainConfig:
         restarts=2,
         anchor_epochs=0,
         anchor_beta=10.0,
+        anchor_classify=0.0,
+        svi_lr=0.0,  # --lr
         clip_norm=10.0,
         beta=1.0,
         augment_rotation=0.0,
