@@ -257,9 +257,8 @@ class ScaledRows:
             what="a full copy in memory of images otherwise read from disk as needed",
         )
         out = np.empty(self.shape, dtype=target)
-        rows = max(1, _CHUNK_VALUES // max(1, self.shape[1]))
-        for start in range(0, len(self), rows):
-            out[start : start + rows] = self[start : start + rows]
+        for start, rows in _row_chunks(self):
+            out[start : start + len(rows)] = rows
         return out
 
     # ------------------------------------------------------------------------------- reading
@@ -294,9 +293,8 @@ class ScaledRows:
 
     def _read(self, positions: np.ndarray | slice) -> np.ndarray:
         self._check_file()
-        if isinstance(positions, slice):
-            return _scale_images(self.source[positions], self.scale)
-        if len(positions) < 2 or bool(np.all(positions[1:] >= positions[:-1])):
+        in_order = isinstance(positions, slice) or bool(np.all(positions[1:] >= positions[:-1]))
+        if in_order:
             return _scale_images(self.source[positions], self.scale)
         order = np.argsort(positions, kind="stable")
         rows = _scale_images(self.source[positions[order]], self.scale)
@@ -557,11 +555,9 @@ def value_range(x: Any) -> tuple[float, float]:
     """The smallest and largest value of ``x``: NaN when it holds a NaN. An array or a
     :class:`ScaledRows` is gone through in chunks of rows (never copied whole); anything else
     (a tensor) by its own ``min`` and ``max``."""
-    if not isinstance(x, (np.ndarray, ScaledRows)):
-        if not hasattr(x, "min"):
-            x = np.asarray(x)
-        else:
-            return float(x.min()), float(x.max())
+    if not isinstance(x, (np.ndarray, ScaledRows)) and hasattr(x, "min"):
+        return float(x.min()), float(x.max())
+    x = as_rows(x)
     lo, hi = np.inf, -np.inf
     for _, chunk in _row_chunks(x):
         lo, hi = np.minimum(lo, chunk.min()), np.maximum(hi, chunk.max())

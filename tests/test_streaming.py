@@ -233,16 +233,13 @@ def test_a_file_truncated_during_training_stops_it_and_the_run_resumes(image_fil
                 f.truncate(200)
 
     config = small_train(epochs=1, pretrain_epochs=1, batch_size=32, checkpoint_every=1)
-    pyro.set_rng_seed(0)
-    model = GMVAE(small_model(n_features=16, image_shape=(4, 4)))
-    trainer = Trainer(
-        model,
-        data.x,
-        config,
-        run_dir=run,
-        progress=False,
-        on_batch=truncate_after_the_first_epoch,
-    )
+
+    def seeded_trainer(x, **options) -> Trainer:
+        pyro.set_rng_seed(0)
+        model = GMVAE(small_model(n_features=16, image_shape=(4, 4)))
+        return Trainer(model, x, config, progress=False, **options)
+
+    trainer = seeded_trainer(data.x, run_dir=run, on_batch=truncate_after_the_first_epoch)
     with pytest.raises(DataError) as info:
         trainer.run()
     message = str(info.value)
@@ -252,23 +249,10 @@ def test_a_file_truncated_during_training_stops_it_and_the_run_resumes(image_fil
     assert (run / CHECKPOINT_FILE).exists() and len(read_metrics(run)) == 1
 
     image_file.write_bytes(original)  # restored: a new job opens it anew and resumes
-    pyro.set_rng_seed(0)
-    resumed = Trainer(
-        GMVAE(small_model(n_features=16, image_shape=(4, 4))),
-        load_data(image_file).x,
-        config,
-        run_dir=run,
-        progress=False,
-    )
+    resumed = seeded_trainer(load_data(image_file).x, run_dir=run)
     resumed.resume(read_metrics(run))
     resumed.run()
-    pyro.set_rng_seed(0)
-    whole = Trainer(
-        GMVAE(small_model(n_features=16, image_shape=(4, 4))),
-        load_data(image_file).x,
-        config,
-        progress=False,
-    )
+    whole = seeded_trainer(load_data(image_file).x)
     whole.run()
     assert [r["epoch"] for r in resumed.history] == [1, 2]
     assert [r["loss"] for r in resumed.history] == [r["loss"] for r in whole.history]
