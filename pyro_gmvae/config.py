@@ -169,10 +169,15 @@ class TrainConfig:
     init: str = _help(
         "how the mixture prior starts from the pretrained codes: tsne (a Gaussian mixture on 2-d "
         "t-SNE maps of the codes and of the data), umap (a Gaussian mixture on a 10-d UMAP "
-        "embedding of the codes, as N2D: for tens of thousands of rows and more), spectral "
+        "embedding of the codes, as N2D), spectral "
         "(clusters of the codes' nearest-neighbour graph) or gmm (a Gaussian mixture on the "
         "codes themselves, as in VaDE)",
         default="tsne",
+    )
+    start_rows: int = _help(
+        "the start clusters at most this many training rows, drawn at random with --seed, and "
+        "gives each other row the clusters of its 15 nearest codes among them (0: all rows)",
+        default=10_000,
     )
     init_neighbors: int = _help("neighbours per code in the graph of --init spectral", default=10)
     tsne_perplexity: float = _help(
@@ -268,6 +273,7 @@ class TrainConfig:
             "anchor_steps",
             "checkpoint_every",
             "cluster_encoder_epochs",
+            "start_rows",
         ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 0")

@@ -29,6 +29,7 @@ from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE
 from sklearn.metrics import silhouette_score
 from sklearn.mixture import GaussianMixture
+from sklearn.neighbors import NearestNeighbors
 
 from .config import TrainConfig
 from .dataset import ScaledRows
@@ -37,6 +38,10 @@ from .metrics import cluster_accuracy, match_clusters
 
 #: Principal components of the data that the t-SNE map of the data is made of.
 DATA_COMPONENTS = 50
+
+#: Nearest sampled codes whose clusters a row outside the start's sample takes (the mean of
+#: their responsibilities): a vote of 15, which one code on the wrong side does not decide.
+EXTEND_NEIGHBORS = 15
 
 
 @dataclass
@@ -323,6 +328,12 @@ def check_start(name: str, n_rows: int, n_clusters: int, config: TrainConfig) ->
             f"{n_rows} training rows for {n_clusters} clusters; pass --clusters {n_rows} or "
             "fewer, or use more data"
         )
+    if config.start_rows and config.start_rows < n_clusters:
+        raise ConfigError(
+            f"--start-rows {config.start_rows} is fewer rows than the {n_clusters} clusters; "
+            f"pass --start-rows {max(n_clusters, 1000)} or more (0: all rows)"
+        )
+    n_rows = min(n_rows, config.start_rows or n_rows)  # the rows the start itself clusters
     if name == "spectral":
         # The graph connects each code to init_neighbors others; scikit-learn needs more rows.
         if n_rows <= config.init_neighbors:
@@ -351,20 +362,94 @@ def count_distinct(x: np.ndarray | ScaledRows, at_least: int) -> int:
     return len(distinct)
 
 
+def extend_to_rows(
+    sample_codes: np.ndarray, responsibilities: np.ndarray, codes: np.ndarray
+) -> np.ndarray:
+    """Responsibilities ``(N, K)`` of ``codes (N, Z)`` from those ``(M, K)`` of a sample of them,
+    ``sample_codes (M, Z)``: each row takes the mean responsibilities of its
+    :data:`EXTEND_NEIGHBORS` nearest sampled codes (Euclidean, exact, 8192 rows at a time).
+
+    The out-of-sample step of a start fitted on a sample: a map (t-SNE, UMAP) places only the
+    points it was made of, while the codes place every row, and a class is a connected piece of
+    the code space, which is what the maps follow."""
+    k = min(EXTEND_NEIGHBORS, len(sample_codes))
+    index = NearestNeighbors(n_neighbors=k).fit(sample_codes)
+    extended = np.empty((len(codes), responsibilities.shape[1]))
+    for first in range(0, len(codes), 8192):
+        rows = slice(first, first + 8192)
+        neighbours = index.kneighbors(codes[rows], return_distance=False)
+        extended[rows] = responsibilities[neighbours].mean(1)
+    return extended
+
+
+def start_on_sample(
+    fn: StartFunction,
+    codes: np.ndarray,
+    data: np.ndarray | ScaledRows,
+    n_clusters: int,
+    config: TrainConfig,
+    uniform_weights: bool,
+) -> Start:
+    """``fn`` run on at most ``config.start_rows`` training rows (all when 0 or when there are no
+    more), drawn at random with ``config.seed``, and extended to the others by
+    :func:`extend_to_rows`; the sampled rows keep what ``fn`` gave them.
+
+    A start needs enough rows to find the clusters' shapes, not all of them: the maps' cost grows
+    faster than N (scikit-learn's exact-neighbour t-SNE as N^1.23, benchmarks/SCALE.md), a
+    t-SNE map at a fixed perplexity splits a class into islands when it holds more points
+    (mnist8k and moved copies: 0.93 at 16,000 rows, 0.85-0.86 at 32,000 and 64,000), and only
+    a data map is a full copy of the data. With the sample the start costs a pass over the codes
+    more for each row over ``start_rows``; the rows themselves are read only for the sample.
+    """
+    n = len(codes)
+    if not config.start_rows or n <= config.start_rows:
+        return fn(codes, data, n_clusters, config, uniform_weights)
+    rng = np.random.default_rng([config.seed, n])
+    sample = np.sort(rng.choice(n, config.start_rows, replace=False))
+    distinct = count_distinct(np.round(codes[sample], 6), n_clusters)
+    if distinct < n_clusters:
+        raise DataError(
+            f"the {config.start_rows} rows drawn for the start (--start-rows) have only "
+            f"{distinct} distinct codes, fewer than the {n_clusters} clusters: the data repeats "
+            "a few rows many times. Pass a larger --start-rows (0: all rows) or fewer --clusters"
+        )
+    found = fn(codes[sample], data[sample], n_clusters, config, uniform_weights)
+    sample_codes = codes[sample]
+
+    def extended(responsibilities: np.ndarray) -> np.ndarray:
+        full = extend_to_rows(sample_codes, responsibilities, codes)
+        full[sample] = responsibilities
+        return full
+
+    candidates = {
+        name: extended(one_hot(clusters, n_clusters)).argmax(1)
+        for name, clusters in found.candidates.items()
+    }
+    return Start(
+        extended(np.asarray(found.responsibilities, dtype=np.float64)),
+        source=found.source,
+        scores=found.scores,
+        candidates=candidates,
+    )
+
+
 def find_start(
-    name: str,
+    start: str | StartFunction,
     codes: np.ndarray,
     data: np.ndarray,
     n_clusters: int,
     config: TrainConfig,
     uniform_weights: bool,
 ) -> Start:
-    """Run the start ``STARTS[name]`` and check what it returns.
+    """Run the start ``start`` (a name of :data:`STARTS` or a start function) on at most
+    ``config.start_rows`` rows (:func:`start_on_sample`) and check what it returns.
 
     Raises:
-        DataError: when the codes take fewer distinct values than there are clusters (no start
-            can tell the clusters apart; t-SNE would crash on them).
+        DataError: when the codes (or those of the sample) take fewer distinct values than there
+            are clusters (no start can tell the clusters apart; t-SNE would crash on them).
     """
+    fn = STARTS[start] if isinstance(start, str) else start
+    name = start if isinstance(start, str) else getattr(start, "__name__", repr(start))
     distinct = count_distinct(np.round(codes, 6), n_clusters)
     if distinct < n_clusters:
         raise DataError(
@@ -372,11 +457,11 @@ def find_start(
             f"distinct values, fewer than the {n_clusters} clusters: the data has too few "
             "distinct rows (or pretraining collapsed). Pass fewer --clusters or check the data"
         )
-    start = STARTS[name](codes, data, n_clusters, config, uniform_weights)
+    found = start_on_sample(fn, codes, data, n_clusters, config, uniform_weights)
     shape = (len(codes), n_clusters)
-    if start.responsibilities.shape != shape:
+    if found.responsibilities.shape != shape:
         raise ValueError(
             f"start {name!r} returned responsibilities of shape "
-            f"{start.responsibilities.shape}, not {shape}"
+            f"{found.responsibilities.shape}, not {shape}"
         )
-    return start
+    return found

@@ -360,12 +360,9 @@ class MixtureStart:
             codes = trainer.codes()
             data = trainer.host_rows()
             uniform = not trainer.model.config.learn_weights
-            if fn is None:
-                start = find_start(
-                    name, codes, data, trainer.model.n_clusters, trainer.config, uniform
-                )
-            else:
-                start = fn(codes, data, trainer.model.n_clusters, trainer.config, uniform)
+            start = find_start(
+                fn or name, codes, data, trainer.model.n_clusters, trainer.config, uniform
+            )
             if trainer.known is not None:
                 start = tie_to_classes(start, trainer.labels, trainer.known.cpu().numpy())
         if start.source is None:  # the record and the figures name every start

@@ -8,6 +8,7 @@ import pytest
 from helpers import blobs, small_model, small_train
 
 from pyro_gmvae import GMVAE, clustering_scores
+from pyro_gmvae.dataset import ScaledRows
 from pyro_gmvae.errors import ConfigError, DataError
 from pyro_gmvae.start import (
     STARTS,
@@ -17,6 +18,7 @@ from pyro_gmvae.start import (
     find_start,
     mixture_moments,
     register_start,
+    start_on_sample,
     tsne_start,
 )
 from pyro_gmvae.train import Pretrain, Recipe, Trainer
@@ -165,3 +167,101 @@ def test_the_umap_start_is_the_same_for_the_same_seed_and_keeps_its_options_in_r
     again = find_start("umap", codes, codes, 3, config, uniform_weights=True)
     np.testing.assert_array_equal(first.assignments, again.assignments)
     assert clustering_scores(np.repeat([0, 1, 2], 40), first.assignments)["accuracy"] == 1.0
+
+
+def _three_blobs_of_codes(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 3, n)
+    return np.array([[-5.0, 0.0], [0.0, 5.0], [5.0, 0.0]])[labels] + rng.normal(
+        0, 0.4, (n, 2)
+    ), labels
+
+
+def test_a_start_on_more_rows_than_start_rows_runs_on_a_sample_and_extends_to_the_others():
+    """The start sees ``start_rows`` rows (of the codes and of the data, the same rows), those
+    keep its responsibilities, and every other row takes the mean of its 15 nearest sampled
+    codes' ones: on three separated blobs, the cluster of its blob."""
+    codes, labels = _three_blobs_of_codes(600)
+    data = np.arange(600, dtype=np.float32)[:, None] * np.ones((1, 4), np.float32)
+    seen = {}
+
+    def by_blob(codes, data, n_clusters, config, uniform):
+        seen["codes"], seen["rows"] = codes, data[:, 0].astype(int)
+        soft = np.full((len(codes), n_clusters), 0.1)  # soft, to see them kept as they are
+        soft[np.arange(len(codes)), np.digitize(codes[:, 0], [-2.5, 2.5])] = 0.8
+        clusters = np.digitize(codes[:, 0], [-2.5, 2.5])
+        return Start(soft, source="codes", candidates={"codes": clusters, "data": 2 - clusters})
+
+    start = find_start(by_blob, codes, data, 3, small_train(start_rows=100), False)
+    sample = seen["rows"]
+    assert len(sample) == len(set(sample)) == 100
+    np.testing.assert_array_equal(seen["codes"], codes[sample])  # codes and rows: the same rows
+    np.testing.assert_allclose(start.responsibilities.sum(1), 1.0)
+    by_row = np.digitize(codes[:, 0], [-2.5, 2.5])
+    kept = np.full((100, 3), 0.1)
+    kept[np.arange(100), by_row[sample]] = 0.8
+    np.testing.assert_allclose(start.responsibilities[sample], kept)
+    assert clustering_scores(labels, start.assignments)["accuracy"] == 1.0
+    for name, clusters in start.candidates.items():  # the candidates are extended as well
+        assert clusters.shape == (600,)
+        expected = by_row if name == "codes" else 2 - by_row
+        np.testing.assert_array_equal(clusters, expected)
+    assert start.source == "codes"
+
+    same = find_start(by_blob, codes, data, 3, small_train(start_rows=100), False)
+    np.testing.assert_array_equal(seen["rows"], sample)  # the seed draws the sample
+    find_start(by_blob, codes, data, 3, small_train(start_rows=100, seed=1), False)
+    assert set(seen["rows"]) != set(sample)
+    np.testing.assert_array_equal(same.responsibilities, start.responsibilities)
+
+
+@pytest.mark.parametrize("start_rows", [0, 600, 10_000])
+def test_a_start_on_no_more_rows_than_start_rows_sees_them_all(start_rows):
+    codes, _ = _three_blobs_of_codes(600)
+    seen = {}
+
+    def whole(codes, data, n_clusters, config, uniform):
+        seen["n"] = len(codes), len(data)
+        return Start(np.eye(n_clusters)[np.digitize(codes[:, 0], [-2.5, 2.5])])
+
+    start_on_sample(whole, codes, codes, 3, small_train(start_rows=start_rows), False)
+    assert seen["n"] == (600, 600)
+
+
+def test_the_sample_of_a_start_reads_only_its_rows_of_data_read_from_disk(tmp_path, monkeypatch):
+    """Rows streamed from an ``.npy`` (:class:`~pyro_gmvae.dataset.ScaledRows`) reach the start
+    as the sample's rows, read on demand, scaled; the file is never copied whole."""
+    codes, _ = _three_blobs_of_codes(600)
+    rows = np.repeat((np.arange(600) % 200).astype(np.uint8)[:, None], 3, axis=1)
+    np.save(tmp_path / "rows.npy", rows)
+    data = ScaledRows(np.load(tmp_path / "rows.npy", mmap_mode="r"), scale=255.0)
+
+    def no_copy(*args, **kwargs):
+        raise AssertionError("the whole file was copied")
+
+    monkeypatch.setattr(ScaledRows, "__array__", no_copy)
+    seen = {}
+
+    def rows_seen(codes, data, n_clusters, config, uniform):
+        seen["data"] = data
+        return Start(np.eye(n_clusters)[np.digitize(codes[:, 0], [-2.5, 2.5])])
+
+    find_start(rows_seen, codes, data, 3, small_train(start_rows=50), False)
+    got = seen["data"]
+    assert isinstance(got, np.ndarray) and got.shape == (50, 3) and got.dtype == np.float32
+    assert got.max() <= 199 / 255 + 1e-6 and len(np.unique(got[:, 0])) > 1
+
+
+def test_a_sample_with_fewer_distinct_codes_than_clusters_is_refused_naming_start_rows():
+    codes = np.zeros((500, 2))
+    codes[:5] = np.arange(10).reshape(5, 2)  # 6 distinct codes, 5 of them in one row each
+    x, _ = blobs(n=500)
+    with pytest.raises(DataError, match="--start-rows"):
+        find_start("gmm", codes, x, 6, small_train(start_rows=20), False)
+
+
+def test_start_rows_fewer_than_the_clusters_are_refused_before_training():
+    with pytest.raises(ConfigError, match="--start-rows 5 is fewer rows than the 10 clusters"):
+        check_start("tsne", 500, 10, small_train(start_rows=5))
+    with pytest.raises(ConfigError, match="--init-neighbors 10 needs more"):
+        check_start("spectral", 5000, 3, small_train(start_rows=10))  # spectral runs on 10
