@@ -356,7 +356,9 @@ class MixtureStart:
     def __call__(self, trainer: Trainer) -> None:
         name, fn = self.start_function(trainer.config)
         began = time.perf_counter()
-        with trainer.activity(f"mixture start ({name})"):
+        rows, sample = len(trainer.x), trainer.config.start_rows
+        on = f" on {sample:,} of {rows:,} rows" if 0 < sample < rows else ""
+        with trainer.activity(f"mixture start ({name}{on})"):
             codes = trainer.codes()
             data = trainer.host_rows()
             uniform = not trainer.model.config.learn_weights

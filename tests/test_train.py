@@ -463,7 +463,9 @@ def test_the_progress_bar_counts_steps_across_phases_and_shows_the_start(capsys)
         time.sleep(2.5)
         return Start(np.eye(n_clusters)[np.arange(len(codes)) % n_clusters])
 
-    config = small_train(epochs=2, pretrain_epochs=2, anchor_epochs=1, batch_size=60)
+    config = small_train(
+        epochs=2, pretrain_epochs=2, anchor_epochs=1, batch_size=60, start_rows=100
+    )
     recipe = default_recipe(config).replace(
         "anchor", Anchor(1, on_begin=[MixtureStart(init=slow_start)], new_optimizer=True)
     )
@@ -471,8 +473,9 @@ def test_the_progress_bar_counts_steps_across_phases_and_shows_the_start(capsys)
     trainer = Trainer(model, x, config, recipe=recipe, progress=True)
     trainer.run()
     err = capsys.readouterr().err
-    assert "mixture start (slow_start)" in err
-    assert re.search(r"mixture start \(slow_start\) [12]s", err), err  # its elapsed time ticks
+    assert "mixture start (slow_start on 100 of 120 rows)" in err  # what it clusters
+    # its elapsed time ticks
+    assert re.search(r"mixture start \(slow_start on 100 of 120 rows\) [12]s", err), err
     assert "10/10" in err  # (2 + 1 + 2 epochs) x 2 batches, one bar for the whole run
     assert "phase=svi" in err
 
