@@ -41,7 +41,7 @@ def sized_network(n_features: int) -> tuple[tuple[int, ...], int]:
     return (width, width), max(2, min(10, n_features // 2))
 
 
-TSNE_INPUTS = ("auto", "codes", "data")
+TSNE_INPUTS = ("auto", "codes", "data", "joint")
 
 
 def _help(text: str, **kwargs: Any) -> Any:
@@ -185,8 +185,9 @@ class TrainConfig:
     )
     tsne_input: str = _help(
         "what the t-SNE map of --init tsne is made of: codes (of the pretrained encoder), data "
-        "(its first 50 principal components) or auto (both, keeping the map whose clusters "
-        "are better separated, by silhouette)",
+        "(its first 50 principal components), auto (a map of each, keeping the one whose "
+        "clusters are better separated, by silhouette) or joint (one map of both side by "
+        "side, each scaled to unit total variance: no choice to get wrong, one map's cost)",
         default="auto",
     )
     umap_components: int = _help(

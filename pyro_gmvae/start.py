@@ -173,6 +173,19 @@ def principal_components(x: np.ndarray, n: int, seed: int) -> np.ndarray:
     return x if x.shape[1] <= n else PCA(n, random_state=seed).fit_transform(x)
 
 
+def side_by_side(*views: np.ndarray) -> np.ndarray:
+    """The columns of ``views`` (each ``(N, D_i)``) side by side, each view centred and scaled to
+    unit total variance, so that each counts alike in a distance whatever its size and width: a
+    neighbour in the result is near in every view. A constant view stays zero."""
+    scaled = []
+    for view in views:
+        view = np.asarray(view, dtype=np.float64)
+        centred = view - view.mean(0)
+        total = np.sqrt(centred.var(0).sum())
+        scaled.append(centred / total if total > 0 else centred)
+    return np.hstack(scaled)
+
+
 def separation(embedding: np.ndarray, labels: np.ndarray, seed: int) -> float:
     """Silhouette of the clusters ``labels (N,)`` on a map ``(N, 2)``, in [-1, 1], higher for
     tighter, better separated clusters; from at most 10,000 points, as it costs O(N^2)."""
@@ -211,7 +224,8 @@ def tsne_start(
     """Clusters of 2-d t-SNE maps of the codes and/or of the data's first 50 principal components
     (``config.tsne_input``): a full-covariance Gaussian mixture on each map (weights held uniform
     when the prior's are, ``restarts`` initialisations, best by likelihood), and of two maps the
-    one whose clusters have the higher silhouette.
+    one whose clusters have the higher silhouette; or (``joint``) one map of both side by side
+    (:func:`side_by_side`), which has no choice to make.
 
     t-SNE follows the curved, elongated shapes that classes take in a code space, which a mixture
     on the codes cuts across. Silhouettes compare maps, not likelihoods: two maps are two different
@@ -221,6 +235,10 @@ def tsne_start(
     sources = {"codes": codes} if config.tsne_input in ("auto", "codes") else {}
     if config.tsne_input in ("auto", "data"):
         sources["data"] = principal_components(data, DATA_COMPONENTS, config.seed)
+    if config.tsne_input == "joint":
+        sources["joint"] = side_by_side(
+            codes, principal_components(data, DATA_COMPONENTS, config.seed)
+        )
     found = {}
     for name, source in sources.items():
         embedding = tsne_map(source, config.tsne_perplexity, config.seed)

@@ -174,6 +174,8 @@ def test_training_curves_take_any_phases_from_the_records_in_order():
     [
         ("codes", "mixture start (t-SNE map of the codes)"),
         ("data", "mixture start (t-SNE map of the data)"),
+        ("joint", "mixture start (t-SNE map of codes and data)"),
+        ("umap", "mixture start (umap)"),
         (None, "mixture start"),
     ],
 )

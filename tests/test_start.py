@@ -18,6 +18,7 @@ from pyro_gmvae.start import (
     find_start,
     mixture_moments,
     register_start,
+    side_by_side,
     start_on_sample,
     tsne_start,
 )
@@ -265,3 +266,32 @@ def test_start_rows_fewer_than_the_clusters_are_refused_before_training():
         check_start("tsne", 500, 10, small_train(start_rows=5))
     with pytest.raises(ConfigError, match="--init-neighbors 10 needs more"):
         check_start("spectral", 5000, 3, small_train(start_rows=10))  # spectral runs on 10
+
+
+def test_side_by_side_views_count_alike_whatever_their_width_and_scale():
+    rng = np.random.default_rng(0)
+    narrow, wide = rng.normal(size=(200, 2)) * 100.0, rng.normal(size=(200, 50)) + 3.0
+    both = side_by_side(narrow, wide, np.ones((200, 1)))
+    assert both.shape == (200, 53)
+    np.testing.assert_allclose(both.mean(0), 0.0, atol=1e-12)
+    np.testing.assert_allclose([both[:, :2].var(0).sum(), both[:, 2:52].var(0).sum()], 1.0)
+    np.testing.assert_array_equal(both[:, 52], 0.0)  # a constant view stays zero
+
+
+def test_the_joint_tsne_map_finds_clusters_that_only_both_views_together_tell_apart():
+    """Three classes: the codes tell class 0 from 1 and 2, the data tell 2 from 0 and 1. Each
+    view's own map shows two groups; the one map of both shows three."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1, 2], 60)
+    codes = np.c_[np.where(labels == 0, -5.0, 5.0), np.zeros(180)] + rng.normal(0, 0.5, (180, 2))
+    data = np.c_[np.where(labels == 2, 5.0, -5.0), np.zeros((180, 3))] + rng.normal(
+        0, 0.5, (180, 4)
+    )
+    scores = {}
+    for view in ("codes", "data", "joint"):
+        config = small_train(init="tsne", tsne_input=view, tsne_perplexity=20.0)
+        start = find_start("tsne", codes, data.astype(np.float32), 3, config, True)
+        assert start.source == view and set(start.candidates) == {view}
+        scores[view] = clustering_scores(labels, start.assignments)["accuracy"]
+    assert scores["joint"] == 1.0
+    assert scores["codes"] < 0.9 and scores["data"] < 0.9
