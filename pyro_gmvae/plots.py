@@ -174,8 +174,8 @@ def _mixture_start(history: list[dict[str, Any]]) -> tuple[int, str] | None:
     """Where the mixture prior was started, as ``(index of the first record after it, label)``.
 
     The trainer stamps the first epoch after pretraining with ``start``, the t-SNE map it started
-    from (``"codes"``, ``"data"`` or ``"joint"``); a start of another kind leaves no stamp, and is then the end
-    of pretraining. None when there is neither.
+    from (``"codes"``, ``"data"`` or ``"joint"``); a start of another kind leaves no stamp, and is
+    then the end of pretraining. None when there is neither.
     """
     for i, record in enumerate(history):
         start = record.get("start")

@@ -351,7 +351,7 @@ def check_start(name: str, n_rows: int, n_clusters: int, config: TrainConfig) ->
             f"--start-rows {config.start_rows} is fewer rows than the {n_clusters} clusters; "
             f"pass --start-rows {max(n_clusters, 1000)} or more (0: all rows)"
         )
-    n_rows = min(n_rows, config.start_rows or n_rows)  # the rows the start itself clusters
+    n_rows = start_sample_size(n_rows, config)  # the rows the start itself clusters
     if name == "spectral":
         # The graph connects each code to init_neighbors others; scikit-learn needs more rows.
         if n_rows <= config.init_neighbors:
@@ -378,6 +378,12 @@ def count_distinct(x: np.ndarray | ScaledRows, at_least: int) -> int:
         if len(distinct) >= at_least:
             break
     return len(distinct)
+
+
+def start_sample_size(n_rows: int, config: TrainConfig) -> int:
+    """How many of ``n_rows`` training rows a start clusters: ``config.start_rows``, or all of
+    them when that is 0 or no fewer."""
+    return min(n_rows, config.start_rows) if config.start_rows else n_rows
 
 
 def extend_to_rows(
@@ -420,19 +426,20 @@ def start_on_sample(
     more for each row over ``start_rows``; the rows themselves are read only for the sample.
     """
     n = len(codes)
-    if not config.start_rows or n <= config.start_rows:
+    size = start_sample_size(n, config)
+    if size == n:
         return fn(codes, data, n_clusters, config, uniform_weights)
     rng = np.random.default_rng([config.seed, n])
-    sample = np.sort(rng.choice(n, config.start_rows, replace=False))
-    distinct = count_distinct(np.round(codes[sample], 6), n_clusters)
+    sample = np.sort(rng.choice(n, size, replace=False))
+    sample_codes = codes[sample]
+    distinct = count_distinct(np.round(sample_codes, 6), n_clusters)
     if distinct < n_clusters:
         raise DataError(
-            f"the {config.start_rows} rows drawn for the start (--start-rows) have only "
+            f"the {size} rows drawn for the start (--start-rows) have only "
             f"{distinct} distinct codes, fewer than the {n_clusters} clusters: the data repeats "
             "a few rows many times. Pass a larger --start-rows (0: all rows) or fewer --clusters"
         )
-    found = fn(codes[sample], data[sample], n_clusters, config, uniform_weights)
-    sample_codes = codes[sample]
+    found = fn(sample_codes, data[sample], n_clusters, config, uniform_weights)
 
     def extended(responsibilities: np.ndarray) -> np.ndarray:
         full = extend_to_rows(sample_codes, responsibilities, codes)

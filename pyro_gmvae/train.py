@@ -52,6 +52,7 @@ from .start import (
     check_start,
     count_distinct,
     find_start,
+    start_sample_size,
     tie_to_classes,
 )
 from .start import mixture_moments as _mixture_moments
@@ -356,8 +357,9 @@ class MixtureStart:
     def __call__(self, trainer: Trainer) -> None:
         name, fn = self.start_function(trainer.config)
         began = time.perf_counter()
-        rows, sample = len(trainer.x), trainer.config.start_rows
-        on = f" on {sample:,} of {rows:,} rows" if 0 < sample < rows else ""
+        rows = len(trainer.x)
+        sample = start_sample_size(rows, trainer.config)
+        on = f" on {sample:,} of {rows:,} rows" if sample < rows else ""
         with trainer.activity(f"mixture start ({name}{on})"):
             codes = trainer.codes()
             data = trainer.host_rows()

@@ -188,9 +188,9 @@ def test_a_start_on_more_rows_than_start_rows_runs_on_a_sample_and_extends_to_th
 
     def by_blob(codes, data, n_clusters, config, uniform):
         seen["codes"], seen["rows"] = codes, data[:, 0].astype(int)
-        soft = np.full((len(codes), n_clusters), 0.1)  # soft, to see them kept as they are
-        soft[np.arange(len(codes)), np.digitize(codes[:, 0], [-2.5, 2.5])] = 0.8
         clusters = np.digitize(codes[:, 0], [-2.5, 2.5])
+        soft = np.full((len(codes), n_clusters), 0.1)  # soft, to see them kept as they are
+        soft[np.arange(len(codes)), clusters] = 0.8
         return Start(soft, source="codes", candidates={"codes": clusters, "data": 2 - clusters})
 
     start = find_start(by_blob, codes, data, 3, small_train(start_rows=100), False)
