@@ -109,8 +109,9 @@ class GMVAEClustering(
         anchor_epochs: epochs with each row's cluster held at its start value.
         batch_size: minibatch size (capped at ``n_samples``).
         lr: Adam learning rate.
-        init: the mixture start, ``"tsne"``, ``"umap"`` (for large data), ``"spectral"`` or
-            ``"gmm"``.
+        init: the mixture start, ``"auto"`` (``"data-gmm"`` for fewer than 64 features, else
+            ``"tsne"``), ``"tsne"``, ``"data-gmm"``, ``"umap"`` (for large data), ``"spectral"``
+            or ``"gmm"``.
         restarts: mixture initialisations tried at the start, the best by likelihood.
         beta: weight of the KL terms during SVI (1: the exact ELBO).
         image_shape: ``(height, width)`` when rows are flattened grey images, which turns on the
@@ -164,7 +165,7 @@ class GMVAEClustering(
         anchor_epochs: int = 30,
         batch_size: int = 256,
         lr: float = 1e-3,
-        init: str = "tsne",
+        init: str = "auto",
         restarts: int = 10,
         beta: float = 1.0,
         image_shape: tuple[int, int] | None = None,

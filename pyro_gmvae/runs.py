@@ -248,23 +248,24 @@ def _training_data(config: RunConfig) -> tuple[Dataset, Dataset, Dataset | None]
             f"the run was trained on data with {config.model.n_features} features, "
             f"{config.data.data} has {dataset.n_features}; resume with the same data"
         )
+    if dataset.kind == "table" and config.model.likelihood != "gaussian":
+        raise DataError(
+            f"{config.data.data} is a standardized table; the {config.model.likelihood} likelihood "
+            "needs values in [0, 1]: pass --likelihood gaussian (or --kind image for images)"
+        )
     config.model.n_features = dataset.n_features
     config.model.image_shape = dataset.image_shape
-    chosen = config.model.size_from_data()  # saved in config.json with the rest
+    # saved in config.json with the rest, so that a resumed run keeps them
+    chosen = {**config.model.size_from_data(), **config.train.start_from_data(dataset.n_features)}
     if chosen:
         said = ", ".join(
             f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, tuple) else v}"
             for k, v in chosen.items()
         )
         print(
-            f"gmvae: sized from the data's {dataset.n_features} features: {said} (pass them to "
+            f"gmvae: chosen from the data's {dataset.n_features} features: {said} (pass them to "
             "choose)",
             file=sys.stderr,
-        )
-    if dataset.kind == "table" and config.model.likelihood != "gaussian":
-        raise DataError(
-            f"{config.data.data} is a standardized table; the {config.model.likelihood} likelihood "
-            "needs values in [0, 1]: pass --likelihood gaussian (or --kind image for images)"
         )
     return dataset, train_data, heldout
 

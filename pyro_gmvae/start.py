@@ -31,7 +31,7 @@ from sklearn.metrics import silhouette_score
 from sklearn.mixture import GaussianMixture
 from sklearn.neighbors import NearestNeighbors
 
-from .config import TrainConfig
+from .config import AUTO_START, TrainConfig
 from .dataset import ScaledRows
 from .errors import ConfigError, DataError
 from .metrics import cluster_accuracy, match_clusters
@@ -217,6 +217,27 @@ def gmm_start(
     return Start(gmm.predict_proba(codes))
 
 
+@register_start("data-gmm")
+def data_gmm_start(
+    codes: np.ndarray, data: np.ndarray, n_clusters: int, config: TrainConfig, uniform: bool
+) -> Start:
+    """Model-based clustering of the data themselves: a full-covariance Gaussian mixture on the
+    data's columns (their first 50 principal components when wider), weights held uniform when
+    the prior's are, ``restarts`` initialisations, the best by likelihood; soft responsibilities.
+    ``--init auto``'s start for tables (:func:`~pyro_gmvae.config.start_for` says why); the
+    codes do not enter, so the GMVAE starts from the clusters a mixture finds in the table."""
+    x = principal_components(np.asarray(data), DATA_COMPONENTS, config.seed)
+    kind = UniformWeightsMixture if uniform else GaussianMixture
+    gmm = kind(
+        n_clusters,
+        covariance_type="full",
+        n_init=config.restarts,
+        random_state=config.seed,
+        reg_covar=1e-4,
+    ).fit(x)
+    return Start(gmm.predict_proba(x), source="data")
+
+
 @register_start("tsne")
 def tsne_start(
     codes: np.ndarray, data: np.ndarray, n_clusters: int, config: TrainConfig, uniform: bool
@@ -339,8 +360,8 @@ def check_start(name: str, n_rows: int, n_clusters: int, config: TrainConfig) ->
         ConfigError: an unknown start, or options the start cannot honour on this many rows.
         DataError: fewer rows than the start needs.
     """
-    if name not in STARTS:
-        raise ConfigError(f"--init must be one of {', '.join(STARTS)}, not {name!r}")
+    if name not in STARTS and name != AUTO_START:
+        raise ConfigError(f"--init must be one of {', '.join([AUTO_START, *STARTS])}, not {name!r}")
     if n_rows < n_clusters:
         raise DataError(
             f"{n_rows} training rows for {n_clusters} clusters; pass --clusters {n_rows} or "

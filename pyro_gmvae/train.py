@@ -38,7 +38,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from .checkpoints import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
-from .config import RunConfig, TrainConfig
+from .config import AUTO_START, RunConfig, TrainConfig, start_for
 from .dataset import MISSING_LABEL, ScaledRows, check_min_rows, has_label, labelled_rows
 from .errors import CheckpointError, ConfigError, DataError, RunDirectoryError
 from .files import atomic_write_text
@@ -180,7 +180,8 @@ class Batch:
 @dataclass
 class Phase:
     """One stretch of the recipe: ``epochs`` passes over the training rows minimising
-    :meth:`loss`, a per-example loss of a minibatch, or fewer when ``max_steps`` says so.
+    :meth:`loss`, a per-example loss of a minibatch, or fewer when ``max_steps`` says so, or more
+    when ``min_steps`` does.
 
     Args:
         epochs: the phase's length in passes over the data (0: the phase is skipped, its
@@ -189,6 +190,8 @@ class Phase:
         max_steps: at most this many optimizer steps (of ``batch_size`` rows), rounded to whole
             epochs and at least one: a larger data set then gets fewer passes, not more steps
             (None: ``epochs`` alone). See :meth:`length`.
+        min_steps: at least this many optimizer steps, rounded up to whole epochs: a smaller
+            data set then gets more passes, not fewer steps (None: ``epochs`` alone).
         lr: Adam's learning rate in the phase (None: ``TrainConfig.lr``).
         lr_decay: the learning rate is multiplied by this every 10 epochs of the phase (every
             tenth of ``epochs``' length, when ``max_steps`` shortens it).
@@ -200,6 +203,7 @@ class Phase:
     epochs: int
     name: str = "phase"
     max_steps: int | None = None
+    min_steps: int | None = None
     lr: float | None = None
     lr_decay: float = 1.0
     new_optimizer: bool = False
@@ -213,16 +217,32 @@ class Phase:
                 f"phase {self.name!r}: max_steps must be at least 1 (None: no limit), not "
                 f"{self.max_steps}"
             )
+        if self.min_steps is not None and self.min_steps < 1:
+            raise ConfigError(
+                f"phase {self.name!r}: min_steps must be at least 1 (None: no floor), not "
+                f"{self.min_steps}"
+            )
+        if None not in (self.min_steps, self.max_steps) and self.min_steps > self.max_steps:
+            raise ConfigError(
+                f"phase {self.name!r}: min_steps {self.min_steps} is more than max_steps "
+                f"{self.max_steps}"
+            )
         if not 0 < self.lr_decay <= 1:
             raise ConfigError(f"phase {self.name!r}: lr_decay must be in (0, 1]")
         self.on_begin = tuple(self.on_begin)
 
     def length(self, batches_per_epoch: int) -> int:
         """The phase's length in epochs on data of ``batches_per_epoch`` minibatches: ``epochs``,
-        or ``max_steps`` steps rounded to whole epochs (at least one) when that is fewer."""
-        if self.max_steps is None or self.epochs == 0:
-            return self.epochs
-        return min(self.epochs, max(1, round(self.max_steps / batches_per_epoch)))
+        or ``max_steps`` steps rounded to whole epochs (at least one) when that is fewer, or
+        ``min_steps`` steps rounded up to whole epochs when that is more."""
+        length = self.epochs
+        if length == 0:
+            return 0
+        if self.max_steps is not None:
+            length = min(length, max(1, round(self.max_steps / batches_per_epoch)))
+        if self.min_steps is not None:
+            length = max(length, math.ceil(self.min_steps / batches_per_epoch))
+        return length
 
     def loss(self, trainer: Trainer, batch: Batch) -> torch.Tensor:
         """The loss of ``batch``, per example (a scalar tensor to minimise)."""
@@ -244,7 +264,8 @@ class Phase:
     def describe(self) -> dict[str, Any]:
         """The phase as plain values, for checkpoints and people."""
         described = {"name": self.name, "kind": type(self).__name__, "epochs": self.epochs}
-        return described | ({} if self.max_steps is None else {"max_steps": self.max_steps})
+        steps = {"max_steps": self.max_steps, "min_steps": self.min_steps}
+        return described | {k: v for k, v in steps.items() if v is not None}
 
 
 @dataclass
@@ -345,17 +366,21 @@ class MixtureStart:
     init: str | StartFunction | None = None
     cluster_encoder_epochs: int | None = None
 
-    def start_function(self, config: TrainConfig) -> tuple[str, StartFunction | None]:
-        init = config.init if self.init is None else self.init
+    def start_function(self, trainer: Trainer) -> tuple[str, StartFunction | None]:
+        """The start's name and function (None for a name of ``STARTS``); ``auto`` resolved by
+        :func:`~pyro_gmvae.config.start_for` of the model's features."""
+        init = trainer.config.init if self.init is None else self.init
+        if init == AUTO_START:
+            init = start_for(trainer.model.config.n_features)
         return (init, None) if isinstance(init, str) else (init.__name__, init)
 
     def check(self, trainer: Trainer) -> None:
-        name, fn = self.start_function(trainer.config)
+        name, fn = self.start_function(trainer)
         if fn is None:
             check_start(name, len(trainer.x), trainer.model.n_clusters, trainer.config)
 
     def __call__(self, trainer: Trainer) -> None:
-        name, fn = self.start_function(trainer.config)
+        name, fn = self.start_function(trainer)
         began = time.perf_counter()
         rows = len(trainer.x)
         sample = start_sample_size(rows, trainer.config)
@@ -479,6 +504,7 @@ def default_recipe(config: TrainConfig, elbo: pyro.infer.ELBO | None = None) -> 
             Anchor(
                 anchor,
                 max_steps=config.anchor_steps or None,
+                min_steps=config.anchor_min_steps or None,
                 beta=config.anchor_beta,
                 classify=config.anchor_classify,
                 on_begin=start,

@@ -29,6 +29,7 @@ def small_train(**kwargs) -> TrainConfig:
         init="gmm",
         restarts=2,
         anchor_epochs=0,
+        anchor_min_steps=0,  # epochs alone: the tests' anchors are a few steps
         anchor_beta=10.0,
         anchor_classify=0.0,
         svi_lr=0.0,  # --lr

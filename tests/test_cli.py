@@ -186,6 +186,8 @@ def fast_args(data, out, *extra: str) -> list[str]:
         "1",
         "--anchor-epochs",
         "0",
+        "--init",  # named, so stderr holds no "chosen from the data" line
+        "gmm",
         "--device",
         "cpu",
         "--no-progress",

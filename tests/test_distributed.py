@@ -138,6 +138,7 @@ def test_gmvae_train_on_two_processes_stops_on_ctrl_c_and_resumes_in_one(tmp_pat
     flags = ["--no-progress", "--devices", "2", "--accelerator", "cpu", "--data", "x.npy"]
     flags += ["--likelihood", "gaussian", "--clusters", "3", "--latent-dim", "2", "--hidden"]
     flags += ["32", "--pretrain-epochs", "40", "--anchor-epochs", "1", "--epochs", "1"]
+    flags += ["--anchor-min-steps", "0"]
     flags += ["--batch-size", "16", "--init", "gmm", "--restarts", "1", "--device", "cpu"]
     flags += ["--checkpoint-every", "1"]
     env = os.environ | {"OMP_NUM_THREADS": "1"}

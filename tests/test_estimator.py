@@ -120,6 +120,7 @@ def test_pipeline_on_iris_fits_and_predicts_the_species(iris):
             batch_size=32,
             init="gmm",
             random_state=0,
+            train_options={"anchor_min_steps": 0},  # n_iter_ below counts the epochs given
         ),
     )
     labels = pipe.fit(x).predict(x)

@@ -413,7 +413,9 @@ def test_a_network_not_given_is_sized_from_the_data(features, hidden, latent):
     assert given.size_from_data() == {} and (given.hidden, given.latent_dim) == ((7,), 3)
 
 
-def test_gmvae_train_prints_and_saves_the_network_it_sized_from_the_data(tmp_path, capsys):
+def test_gmvae_train_prints_and_saves_the_network_and_start_it_chose_from_the_data(
+    tmp_path, capsys
+):
     import numpy as np
     from helpers import blobs
 
@@ -429,12 +431,15 @@ def test_gmvae_train_prints_and_saves_the_network_it_sized_from_the_data(tmp_pat
         }
     )
     config.train = TrainConfig(
-        epochs=1, pretrain_epochs=1, anchor_epochs=0, init="gmm", restarts=1, device="cpu"
+        epochs=1, pretrain_epochs=1, anchor_epochs=0, restarts=1, device="cpu"
     )
     train_run(config, tmp_path / "run", progress=False, plots=False)
-    assert "sized from the data's 5 features: --hidden 40 40, --latent-dim 2" in (
-        capsys.readouterr().err
+    assert (
+        "chosen from the data's 5 features: --hidden 40 40, --latent-dim 2, --init data-gmm"
+        in capsys.readouterr().err
     )
-    saved = RunConfig.load(tmp_path / "run" / "config.json").model
+    saved_config = RunConfig.load(tmp_path / "run" / "config.json")
+    saved = saved_config.model
     assert (saved.hidden, saved.latent_dim) == ((40, 40), 2)
+    assert saved_config.train.init == "data-gmm"  # a resume starts the same way
     assert GMVAE.load(tmp_path / "run").encoder.loc.out_features == 2

@@ -34,7 +34,13 @@ _SPECTRAL_ON_SEPARATED_BLOBS = pytest.mark.filterwarnings(
 
 @pytest.mark.parametrize(
     "init",
-    ["umap", "tsne", pytest.param("spectral", marks=_SPECTRAL_ON_SEPARATED_BLOBS), "gmm"],
+    [
+        "umap",
+        "tsne",
+        pytest.param("spectral", marks=_SPECTRAL_ON_SEPARATED_BLOBS),
+        "gmm",
+        "data-gmm",
+    ],
 )
 def test_every_start_finds_separated_clusters_in_pretrained_codes(init):
     x, labels = blobs()
@@ -64,6 +70,39 @@ def test_uniform_mixture_keeps_equal_weights_and_finds_clusters_of_unequal_size(
     gmm = UniformWeightsMixture(3, covariance_type="full", random_state=0).fit(points)
     np.testing.assert_array_equal(gmm.weights_, np.full(3, 1 / 3))
     assert clustering_scores(labels, gmm.predict(points))["accuracy"] > 0.98
+
+
+def test_data_gmm_start_clusters_the_data_with_full_covariances_whatever_the_codes():
+    """``data-gmm`` reads the data, not the codes (noise here), and its full covariances follow
+    three long, parallel clusters that lie closer across than along: a mixture of round clusters
+    (the ``gmm`` start's diagonal one here, on the same columns) cuts them across."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 100)
+    along = rng.normal(scale=3.0, size=300)
+    across = rng.normal(scale=0.3, size=300) + 2.5 * labels
+    tilt = np.array([[1.0, 1.0], [-1.0, 1.0]]) / np.sqrt(2)  # not aligned with the axes
+    data = (np.stack([along, across], 1) @ tilt).astype(np.float32)
+    codes = rng.normal(size=(300, 2))
+    config = small_train(init="data-gmm", restarts=5)
+    start = find_start("data-gmm", codes, data, 3, config, True)
+    assert start.source == "data"
+    assert clustering_scores(labels, start.assignments)["accuracy"] > 0.98
+    on_codes_columns = find_start("gmm", data.astype(np.float64), data, 3, config, True)
+    assert clustering_scores(labels, on_codes_columns.assignments)["accuracy"] < 0.7
+
+
+@pytest.mark.parametrize(("n_features", "chosen"), [(5, "data-gmm"), (64, "tsne")])
+def test_init_auto_takes_the_start_for_the_data_width_in_the_api_as_in_the_cli(n_features, chosen):
+    """``init="auto"`` (the default) is resolved where the start runs, from the model's width,
+    by the one rule the CLI applies before it saves config.json (``config.start_for``)."""
+    from pyro_gmvae.config import start_for
+    from pyro_gmvae.train import MixtureStart
+
+    x = np.random.default_rng(0).uniform(size=(40, n_features)).astype(np.float32)
+    model = GMVAE(small_model(n_features=n_features))
+    config = small_train(init="auto")
+    trainer = Trainer(model, x, config, recipe=Recipe([Pretrain(1)]), progress=False)
+    assert MixtureStart().start_function(trainer) == (chosen, None) == (start_for(n_features), None)
 
 
 @pytest.mark.parametrize("structured", ["codes", "data"])
