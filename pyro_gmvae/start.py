@@ -158,11 +158,24 @@ def map_clusters(
     Free weights let EM settle on one component for two touching classes and two for one long
     class; with uniform weights that costs likelihood, and that start is no longer picked.
     """
+    return fitted_mixture(embedding, n_clusters, "full", restarts, seed, uniform).predict(embedding)
+
+
+def fitted_mixture(
+    x: np.ndarray, n_clusters: int, covariance: str, restarts: int, seed: int, uniform: bool
+) -> GaussianMixture:
+    """A Gaussian mixture of ``n_clusters`` fitted to ``x (N, D)`` by EM, as every start here
+    fits one: ``covariance`` (scikit-learn's ``covariance_type``), weights held at ``1/K`` when
+    ``uniform``, ``restarts`` initialisations seeded by ``seed``, the best by likelihood, and a
+    small ridge on the covariances so that a cluster of nearly equal rows stays proper."""
     kind = UniformWeightsMixture if uniform else GaussianMixture
-    gmm = kind(
-        n_clusters, covariance_type="full", n_init=restarts, random_state=seed, reg_covar=1e-4
-    )
-    return gmm.fit(embedding).predict(embedding)
+    return kind(
+        n_clusters,
+        covariance_type=covariance,
+        n_init=restarts,
+        random_state=seed,
+        reg_covar=1e-4,
+    ).fit(x)
 
 
 def principal_components(x: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -207,13 +220,7 @@ def gmm_start(
 ) -> Start:
     """VaDE's start: a diagonal Gaussian mixture fitted to the codes by EM, ``restarts``
     initialisations, the best by likelihood; soft responsibilities."""
-    gmm = GaussianMixture(
-        n_clusters,
-        covariance_type="diag",
-        n_init=config.restarts,
-        random_state=config.seed,
-        reg_covar=1e-4,
-    ).fit(codes)
+    gmm = fitted_mixture(codes, n_clusters, "diag", config.restarts, config.seed, uniform=False)
     return Start(gmm.predict_proba(codes))
 
 
@@ -227,14 +234,7 @@ def data_gmm_start(
     ``--init auto``'s start for tables (:func:`~pyro_gmvae.config.start_for` says why); the
     codes do not enter, so the GMVAE starts from the clusters a mixture finds in the table."""
     x = principal_components(np.asarray(data), DATA_COMPONENTS, config.seed)
-    kind = UniformWeightsMixture if uniform else GaussianMixture
-    gmm = kind(
-        n_clusters,
-        covariance_type="full",
-        n_init=config.restarts,
-        random_state=config.seed,
-        reg_covar=1e-4,
-    ).fit(x)
+    gmm = fitted_mixture(x, n_clusters, "full", config.restarts, config.seed, uniform)
     return Start(gmm.predict_proba(x), source="data")
 
 
