@@ -54,7 +54,7 @@ def start_for(n_features: int) -> str:
     distorts the densities the mixture then cuts. Pixels are another matter: a class of images
     lies on a curved piece of pixel space that a mixture cuts across (mnist8k: 0.63 for a full
     mixture on 50 principal components) and t-SNE follows. Measured on scikit-learn's tables
-    (benchmarks/RESULTS.md): iris 0.82 with the t-SNE start, 0.96 with this one.
+    (benchmarks/RESULTS.md): iris 0.827 with the t-SNE start, 0.967 with this one.
     """
     return "data-gmm" if n_features < WIDE_DATA else "tsne"
 
