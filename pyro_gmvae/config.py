@@ -45,7 +45,7 @@ def sized_network(n_features: int) -> tuple[tuple[int, ...], int]:
 
 def start_for(n_features: int) -> str:
     """The start ``--init auto`` takes for data of ``n_features`` features: ``data-gmm`` (a
-    full-covariance Gaussian mixture on the columns) below :data:`WIDE_DATA` features, ``tsne``
+    Gaussian mixture on the columns) below :data:`WIDE_DATA` features, ``tsne``
     from there on, the same width at which :func:`sized_network` gives the image network.
 
     A narrow table's columns are measured quantities whose classes a Gaussian mixture models
@@ -187,8 +187,9 @@ class TrainConfig:
     init: str = _help(
         "how the mixture prior starts from the pretrained codes: auto (data-gmm for data of "
         "fewer than 64 features, tables; tsne otherwise), tsne (a Gaussian mixture on 2-d "
-        "t-SNE maps of the codes and of the data), data-gmm (a full-covariance Gaussian mixture "
-        "on the data's columns, or their first 50 principal components), umap (a Gaussian "
+        "t-SNE maps of the codes and of the data), data-gmm (a Gaussian mixture on the data's "
+        "columns, or their first 50 principal components, with full or diagonal covariances by "
+        "BIC), umap (a Gaussian "
         "mixture on a 10-d UMAP embedding of the codes, as N2D), spectral "
         "(clusters of the codes' nearest-neighbour graph) or gmm (a Gaussian mixture on the "
         "codes themselves, as in VaDE)",

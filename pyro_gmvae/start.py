@@ -228,14 +228,27 @@ def gmm_start(
 def data_gmm_start(
     codes: np.ndarray, data: np.ndarray, n_clusters: int, config: TrainConfig, uniform: bool
 ) -> Start:
-    """Model-based clustering of the data themselves: a full-covariance Gaussian mixture on the
-    data's columns (their first 50 principal components when wider), weights held uniform when
-    the prior's are, ``restarts`` initialisations, the best by likelihood; soft responsibilities.
-    ``--init auto``'s start for tables (:func:`~pyro_gmvae.config.start_for` says why); the
-    codes do not enter, so the GMVAE starts from the clusters a mixture finds in the table."""
+    """Model-based clustering of the data themselves: a Gaussian mixture on the data's columns
+    (their first 50 principal components when wider), weights held uniform when the prior's are,
+    ``restarts`` initialisations, the best by likelihood; soft responsibilities. ``--init
+    auto``'s start for tables (:func:`~pyro_gmvae.config.start_for` says why); the codes do not
+    enter, so the GMVAE starts from the clusters a mixture finds in the table.
+
+    The covariances are full or diagonal, whichever mixture has the lower BIC, as model-based
+    clustering chooses among covariance structures (mclust); full ones are tried only where a
+    cluster of average size has more rows than there are columns, since with fewer a full
+    covariance fits noise. ``source`` names the one kept. Full ones follow correlated columns
+    (iris); diagonal ones keep a wide table of few rows, whose classes differ in a few of many
+    noisy columns, from being cut along that noise.
+    """
     x = principal_components(np.asarray(data), DATA_COMPONENTS, config.seed)
-    gmm = fitted_mixture(x, n_clusters, "full", config.restarts, config.seed, uniform)
-    return Start(gmm.predict_proba(x), source="data")
+    kinds = ("full", "diag") if len(x) / n_clusters > x.shape[1] else ("diag",)
+    fitted = {
+        kind: fitted_mixture(x, n_clusters, kind, config.restarts, config.seed, uniform)
+        for kind in kinds
+    }
+    kept = min(fitted, key=lambda kind: fitted[kind].bic(x))
+    return Start(fitted[kept].predict_proba(x), source=f"data ({kept} covariances)")
 
 
 @register_start("tsne")

@@ -16,6 +16,7 @@ from pyro_gmvae.start import (
     UniformWeightsMixture,
     check_start,
     find_start,
+    fitted_mixture,
     mixture_moments,
     register_start,
     side_by_side,
@@ -85,10 +86,33 @@ def test_data_gmm_start_clusters_the_data_with_full_covariances_whatever_the_cod
     codes = rng.normal(size=(300, 2))
     config = small_train(init="data-gmm", restarts=5)
     start = find_start("data-gmm", codes, data, 3, config, True)
-    assert start.source == "data"
+    assert start.source == "data (full covariances)"  # by BIC: the columns are correlated
     assert clustering_scores(labels, start.assignments)["accuracy"] > 0.98
     on_codes_columns = find_start("gmm", data.astype(np.float64), data, 3, config, True)
     assert clustering_scores(labels, on_codes_columns.assignments)["accuracy"] < 0.7
+
+
+def test_data_gmm_start_takes_diagonal_covariances_where_bic_or_the_row_count_says_so():
+    """Three classes of 50 rows apart in 3 of 10 standardized noisy columns: a full covariance
+    per cluster fits the noise and cuts across the classes, the diagonal mixture has the lower
+    BIC and finds them. With fewer rows per cluster than columns a full covariance is not even
+    tried (13 rows, 20 columns)."""
+
+    def table(rows_per_class, columns, seed):
+        rng = np.random.default_rng(seed)
+        labels = np.repeat(np.arange(3), rows_per_class)
+        data = rng.normal(size=(len(labels), columns)) + 2.0 * np.eye(3, columns)[labels]
+        return (data - data.mean(0)) / data.std(0), labels
+
+    data, labels = table(50, 10, 0)
+    config = small_train(restarts=10)
+    full = fitted_mixture(data, 3, "full", 10, 0, True).predict(data)
+    assert clustering_scores(labels, full)["accuracy"] < 0.65
+    start = find_start("data-gmm", data[:, :2], data, 3, config, True)
+    assert start.source == "data (diag covariances)"
+    assert clustering_scores(labels, start.assignments)["accuracy"] > 0.8
+    few, _ = table(13, 20, 0)
+    assert find_start("data-gmm", few[:, :2], few, 3, config, True).source.startswith("data (diag")
 
 
 @pytest.mark.parametrize(("n_features", "chosen"), [(5, "data-gmm"), (64, "tsne")])
