@@ -241,7 +241,7 @@ def data_gmm_start(
     (iris); diagonal ones keep a wide table of few rows, whose classes differ in a few of many
     noisy columns, from being cut along that noise.
     """
-    x = principal_components(np.asarray(data), DATA_COMPONENTS, config.seed)
+    x = principal_components(data, DATA_COMPONENTS, config.seed)
     kinds = ("full", "diag") if len(x) / n_clusters > x.shape[1] else ("diag",)
     fitted = {
         kind: fitted_mixture(x, n_clusters, kind, config.restarts, config.seed, uniform)
