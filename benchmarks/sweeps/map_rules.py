@@ -91,6 +91,20 @@ def elbow(embedding: np.ndarray) -> float:
     return float(fits[0].score(scaled) - fits[1].score(scaled))  # higher: K is the elbow
 
 
+def worst_cut(space: np.ndarray, clusters: np.ndarray, k: int = 15) -> float:
+    """The largest share of a cluster's k-nearest-neighbour edges that cross to one other
+    cluster (the smaller cluster's count): a mixture that cut one blob in two leaves a pair
+    with many crossing edges. Negated, so that higher keeps."""
+    index = NearestNeighbors(n_neighbors=k + 1).fit(space)
+    neighbours = index.kneighbors(space, return_distance=False)[:, 1:]
+    edges = np.zeros((K, K))
+    np.add.at(edges, (np.repeat(clusters, k), clusters[neighbours].ravel()), 1)
+    volume = edges.sum(1)
+    crossing = edges + edges.T
+    np.fill_diagonal(crossing, 0)
+    return -float((crossing / np.minimum(volume[:, None], volume[None, :])).max())
+
+
 def score(path: str) -> None:
     saved = np.load(path)
     labels = saved["labels"]
@@ -107,6 +121,7 @@ def score(path: str) -> None:
             "logistic_codes": logistic(saved["codes"], clusters),
             "stability": half_stability(embedding, clusters),
             "elbow": elbow(embedding),
+            "worst_cut": worst_cut(embedding, clusters),
         }
         print(path, name, " ".join(f"{k} {v:.3f}" for k, v in rules.items()), flush=True)
 
