@@ -10,27 +10,13 @@ as ``gmvae train`` does) and of the PCA reconstruction.
 import sys
 
 import numpy as np
+from map_rules import pretrained  # beside this script
 from sklearn.decomposition import PCA
-
-from pyro_gmvae import runs
-from pyro_gmvae.config import DataConfig, ModelConfig, RunConfig, TrainConfig
-from pyro_gmvae.model import GMVAE
-from pyro_gmvae.rng import seed_everything
-from pyro_gmvae.train import Pretrain, Recipe, Trainer
 
 
 def main(data: str, seed: int) -> None:
-    config = RunConfig(
-        data=DataConfig(data=data, heldout_fraction=0.2),
-        model=ModelConfig(clusters=10),
-        train=TrainConfig(seed=seed),
-    )
-    _, train, heldout = runs._training_data(config)
-    config.model.n_features = train.x.shape[1]
-    seed_everything(seed)
-    model = GMVAE(config.model)
-    pretrain = Pretrain(config.train.pretrain_epochs, max_steps=config.train.pretrain_steps)
-    Trainer(model, train.x, config.train, recipe=Recipe([pretrain]), progress=False).run()
+    trainer, train, heldout = pretrained(data, seed, 0.2)
+    model = trainer.model
     rows = {"train": np.asarray(train.x, np.float64), "held": np.asarray(heldout.x, np.float64)}
     error = {f"codes_{k}": ((model.reconstruct(x) - x) ** 2).mean() for k, x in rows.items()}
     latent = model.config.latent_dim

@@ -21,6 +21,7 @@ from sklearn.neighbors import NearestNeighbors
 from pyro_gmvae import runs
 from pyro_gmvae import start as S
 from pyro_gmvae.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from pyro_gmvae.dataset import Dataset
 from pyro_gmvae.metrics import cluster_accuracy
 from pyro_gmvae.model import GMVAE
 from pyro_gmvae.rng import seed_everything
@@ -29,19 +30,26 @@ from pyro_gmvae.train import Pretrain, Recipe, Trainer
 K = 10
 
 
-def cache(data: str, seed: int, fraction: float, out: str) -> None:
+def pretrained(data: str, seed: int, fraction: float) -> tuple[Trainer, Dataset, Dataset | None]:
+    """The default encoder pretrained as ``gmvae train`` does on DATA's training rows (``fraction``
+    held out with ``seed``): the trainer, the training rows and the held-out ones."""
     config = RunConfig(
         data=DataConfig(data=data, heldout_fraction=fraction),
         model=ModelConfig(clusters=K),
         train=TrainConfig(seed=seed),
     )
-    _, train, _ = runs._training_data(config)
+    _, train, heldout = runs._training_data(config)
     config.model.n_features = train.x.shape[1]
     seed_everything(seed)
     model = GMVAE(config.model)
     pretrain = Pretrain(config.train.pretrain_epochs, max_steps=config.train.pretrain_steps)
     trainer = Trainer(model, train.x, config.train, recipe=Recipe([pretrain]), progress=False)
     trainer.run()
+    return trainer, train, heldout
+
+
+def cache(data: str, seed: int, fraction: float, out: str) -> None:
+    trainer, train, _ = pretrained(data, seed, fraction)
     codes = trainer.codes()
     pca = S.principal_components(np.asarray(trainer.host_rows()), S.DATA_COMPONENTS, seed)
     saved = dict(codes=codes, pca=pca, labels=train.labels)
