@@ -167,7 +167,12 @@ def fitted_mixture(
     """A Gaussian mixture of ``n_clusters`` fitted to ``x (N, D)`` by EM, as every start here
     fits one: ``covariance`` (scikit-learn's ``covariance_type``), weights held at ``1/K`` when
     ``uniform``, ``restarts`` initialisations seeded by ``seed``, the best by likelihood, and a
-    small ridge on the covariances so that a cluster of nearly equal rows stays proper."""
+    small ridge on the covariances so that a cluster of nearly equal rows stays proper.
+
+    In float64 whatever ``x`` is: t-SNE maps come in float32, scaled to hundreds, where the
+    covariance of a cluster lying on a line (a table of few distinct rows) loses its positive
+    determinant to rounding and EM fails (scikit-learn keeps float32 input in float32)."""
+    x = np.asarray(x, dtype=np.float64)
     kind = UniformWeightsMixture if uniform else GaussianMixture
     return kind(
         n_clusters,

@@ -73,6 +73,21 @@ def test_uniform_mixture_keeps_equal_weights_and_finds_clusters_of_unequal_size(
     assert clustering_scores(labels, gmm.predict(points))["accuracy"] > 0.98
 
 
+def test_a_float32_map_whose_clusters_lie_on_lines_is_fitted_without_failing():
+    """t-SNE maps come in float32 and in the hundreds; a table of few distinct rows makes
+    clusters that lie on lines, whose full covariances lost their positive determinant to float32
+    rounding and failed EM (``gmvae train`` on 0/1 strips crashed after pretraining; scikit-learn
+    1.9.1 fails on these points in float32)."""
+    rng = np.random.default_rng(0)
+    lines = []
+    for _ in range(3):
+        t = rng.normal(size=100) * 100
+        lines.append(np.stack([t, rng.normal() * t], 1) + rng.normal(size=2) * 2000)
+    points = np.vstack(lines).astype(np.float32)
+    gmm = fitted_mixture(points, 3, "full", restarts=10, seed=0, uniform=True)
+    assert clustering_scores(np.repeat(np.arange(3), 100), gmm.predict(points))["accuracy"] == 1.0
+
+
 def test_data_gmm_start_clusters_the_data_with_full_covariances_whatever_the_codes():
     """``data-gmm`` reads the data, not the codes (noise here), and its full covariances follow
     three long, parallel clusters that lie closer across than along: a mixture of round clusters
