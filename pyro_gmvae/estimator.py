@@ -99,6 +99,8 @@ class GMVAEClustering(
             :func:`~pyro_gmvae.config.sized_network`).
         hidden: hidden layer sizes of the encoder, the decoder mirrors them (``()``: from the
             data, as ``latent_dim``).
+        network: ``"mlp"`` (fully connected layers ``hidden``) or ``"conv"`` (for images, with
+            ``image_shape``: 3x3 convolutions of stride 2, then the layers ``hidden``).
         likelihood: ``"auto"`` (see above), ``"bernoulli"``, ``"continuous_bernoulli"`` or
             ``"gaussian"``.
         guide: ``"marginal"`` (q(z|x), y summed out in the model) or ``"enumerated"``
@@ -157,6 +159,7 @@ class GMVAEClustering(
         *,
         latent_dim: int = 0,
         hidden: tuple[int, ...] = (),
+        network: str = "mlp",
         likelihood: str = "auto",
         guide: str = "marginal",
         learn_weights: bool = False,
@@ -180,6 +183,7 @@ class GMVAEClustering(
         self.n_clusters = n_clusters
         self.latent_dim = latent_dim
         self.hidden = hidden
+        self.network = network
         self.likelihood = likelihood
         self.guide = guide
         self.learn_weights = learn_weights
@@ -289,6 +293,7 @@ class GMVAEClustering(
             clusters=self.n_clusters,
             latent_dim=self.latent_dim,
             hidden=tuple(self.hidden),
+            network=self.network,
             likelihood=likelihood,
             guide=self.guide,
             learn_weights=self.learn_weights,
@@ -301,6 +306,11 @@ class GMVAEClustering(
             raise ValueError(
                 f"image_shape={config.image_shape} holds {math.prod(config.image_shape)} pixels but "
                 f"X has {n_features} features; give the (height, width) of the flattened images"
+            )
+        if config.network == "conv" and config.image_shape is None:
+            raise ValueError(
+                "network='conv' reads each row as an image: give image_shape=(height, width) of "
+                "the flattened images, or use network='mlp'"
             )
         return config
 

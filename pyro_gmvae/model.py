@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,9 +18,16 @@ from torch.nn import functional as F
 from .checkpoints import CHECKPOINT_FILE, CONFIG_FILE, load_checkpoint, save_checkpoint
 from .config import ModelConfig, RunConfig
 from .dataset import ScaledRows, check_finite, validate_array
-from .errors import CheckpointError, DataError
+from .errors import CheckpointError, ConfigError, DataError
 from .likelihoods import Likelihood, make_likelihood
-from .networks import ClusterEncoder, Decoder, Encoder
+from .networks import (
+    ClusterEncoder,
+    ConvClusterEncoder,
+    ConvDecoder,
+    ConvEncoder,
+    Decoder,
+    Encoder,
+)
 
 
 class GMVAE(nn.Module):
@@ -68,11 +76,16 @@ class GMVAE(nn.Module):
         enumerated = config.guide == "enumerated"
 
         self.likelihood = likelihood or make_likelihood(config.likelihood, D)
-        self.decoder = decoder or Decoder(Z, config.hidden, D * self.likelihood.params_per_feature)
-        self.encoder = encoder or Encoder(D, config.hidden, Z, n_clusters=K if enumerated else 0)
-        self.cluster_encoder = (
-            (cluster_encoder or ClusterEncoder(D, config.hidden, K)) if enumerated else None
-        )
+        P, H, offsets = self.likelihood.params_per_feature, config.hidden, K if enumerated else 0
+        if config.network == "conv":
+            shape = self._image_shape(config)
+            decoder = decoder or ConvDecoder(Z, H, shape, P)
+            encoder = encoder or ConvEncoder(shape, H, Z, n_clusters=offsets)
+            if enumerated:
+                cluster_encoder = cluster_encoder or ConvClusterEncoder(shape, H, K)
+        self.decoder = decoder or Decoder(Z, H, D * P)
+        self.encoder = encoder or Encoder(D, H, Z, n_clusters=offsets)
+        self.cluster_encoder = (cluster_encoder or ClusterEncoder(D, H, K)) if enumerated else None
 
         # Prior parameters. Spread initial means so clusters are distinguishable from the start;
         # pretraining (see train.py) replaces them with a mixture fitted to the codes.
@@ -82,6 +95,20 @@ class GMVAE(nn.Module):
             self.cluster_logits = nn.Parameter(torch.zeros(K))
         else:
             self.register_buffer("cluster_logits", torch.zeros(K))
+
+    @staticmethod
+    def _image_shape(config: ModelConfig) -> tuple[int, int]:
+        """The ``(H, W)`` that ``--network conv`` reads each row as; a table has none."""
+        shape = config.image_shape
+        if shape is None or math.prod(shape) != config.n_features:
+            raise ConfigError(
+                f"--network conv reads each row as an image, but these data of "
+                f"{config.n_features} features are not images (no image shape"
+                + ("" if shape is None else f": {tuple(shape)} holds {math.prod(shape)} pixels")
+                + "); use --network mlp, or --kind image for square images whose pixels were "
+                "not recognised"
+            )
+        return tuple(shape)  # type: ignore[return-value]
 
     # ----------------------------------------------------------------------------------- priors
     @property

@@ -5,6 +5,10 @@ Any ``nn.Module`` with the same call signature can replace one of them (see :cla
 - decoder: ``z (..., Z) -> output (..., D * params_per_feature)``
 - encoder: ``(x (N, D), y (K, 1) or None) -> (loc, scale)``, each ``(N, Z)``, or ``(K, N, Z)`` given y
 - cluster encoder: ``x (N, D) -> logits (N, K)``
+
+Two families: fully connected (:class:`Encoder`, :class:`Decoder`, :class:`ClusterEncoder`), for
+any data, and convolutional (:class:`ConvEncoder`, :class:`ConvDecoder`, :class:`ConvClusterEncoder`)
+for images, which read each row as an ``(H, W)`` grey image (``--network conv``).
 """
 
 from __future__ import annotations
@@ -49,8 +53,13 @@ class Encoder(nn.Module):
         self, n_features: int, hidden: Sequence[int], latent_dim: int, n_clusters: int = 0
     ):
         super().__init__()
-        self.trunk = mlp([n_features, *hidden], activate_last=True)
         width = hidden[-1] if hidden else n_features
+        self._heads(mlp([n_features, *hidden], activate_last=True), width, latent_dim, n_clusters)
+
+    def _heads(self, trunk: nn.Module, width: int, latent_dim: int, n_clusters: int) -> None:
+        """``trunk`` (``x (N, D) -> (N, width)``) and the heads on it: the location, the scale
+        and, given ``n_clusters``, the per-cluster offsets of the location."""
+        self.trunk = trunk
         self.loc = nn.Linear(width, latent_dim)
         self.raw_scale = nn.Linear(width, latent_dim)
         # Zero offsets at the start: q(z|x,y) begins equal to q(z|x) for every y.
@@ -89,3 +98,128 @@ class ClusterEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+
+# --------------------------------------------------------------------------- convolutional
+#: Channels of the stride-2 convolutions of :class:`ConvTrunk`, one entry a stage (the last one
+#: repeats where an image needs more stages): small enough that a 28x28 step costs about 1.5
+#: times the d-500-500-2000 MLP's on a CPU.
+CONV_CHANNELS = (16, 32, 64)
+
+
+def conv_sizes(image_shape: tuple[int, int]) -> list[tuple[int, int]]:
+    """The ``(height, width)`` of the feature maps, from the image through each stride-2
+    convolution until neither side exceeds 4: ``(28, 28) -> 14 -> 7 -> 4``, ``(8, 8) -> 4``."""
+    sizes = [tuple(image_shape)]
+    while max(sizes[-1]) > 4:
+        sizes.append(tuple((side + 1) // 2 for side in sizes[-1]))  # a 3x3, stride 2, pad 1 conv
+    return sizes  # type: ignore[return-value]
+
+
+def _stage_channels(channels: Sequence[int], stages: int) -> list[int]:
+    if not channels or any(c < 1 for c in channels):
+        raise ValueError(f"channels must be positive numbers, not {list(channels)}")
+    return [channels[min(i, len(channels) - 1)] for i in range(stages)]
+
+
+class ConvTrunk(nn.Module):
+    """Images ``x (..., H*W)`` -> features ``(..., width)``: 3x3 convolutions of stride 2 with
+    ReLU (``channels[i]`` at stage i) until the maps are at most 4x4, then fully connected
+    layers ``hidden`` with ReLU. ``width`` is ``hidden[-1]``, or the flattened maps' size."""
+
+    def __init__(
+        self,
+        image_shape: tuple[int, int],
+        hidden: Sequence[int],
+        channels: Sequence[int] = CONV_CHANNELS,
+    ):
+        super().__init__()
+        self.image_shape = tuple(image_shape)
+        sizes = conv_sizes(self.image_shape)
+        stages = [1, *_stage_channels(channels, len(sizes) - 1)]
+        self.convs = nn.ModuleList(
+            nn.Conv2d(a, b, 3, stride=2, padding=1)
+            for a, b in zip(stages[:-1], stages[1:], strict=True)
+        )
+        flat = stages[-1] * sizes[-1][0] * sizes[-1][1]
+        self.dense = mlp([flat, *hidden], activate_last=True)
+        self.width = hidden[-1] if hidden else flat
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        h = x.reshape(-1, 1, *self.image_shape)
+        for conv in self.convs:
+            h = F.relu(conv(h))
+        return self.dense(h.flatten(1)).reshape(*lead, self.width)
+
+
+class ConvEncoder(Encoder):
+    """:class:`Encoder` on a :class:`ConvTrunk`: q(z|x) or q(z|x,y) for ``(H, W)`` images."""
+
+    def __init__(
+        self,
+        image_shape: tuple[int, int],
+        hidden: Sequence[int],
+        latent_dim: int,
+        n_clusters: int = 0,
+        channels: Sequence[int] = CONV_CHANNELS,
+    ):
+        nn.Module.__init__(self)
+        trunk = ConvTrunk(image_shape, hidden, channels)
+        self._heads(trunk, trunk.width, latent_dim, n_clusters)
+
+
+class ConvClusterEncoder(nn.Module):
+    """q(y|x) for ``(H, W)`` images: a :class:`ConvTrunk` and a linear layer to K logits."""
+
+    def __init__(
+        self,
+        image_shape: tuple[int, int],
+        hidden: Sequence[int],
+        n_clusters: int,
+        channels: Sequence[int] = CONV_CHANNELS,
+    ):
+        super().__init__()
+        trunk = ConvTrunk(image_shape, hidden, channels)
+        self.net = nn.Sequential(trunk, nn.Linear(trunk.width, n_clusters))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class ConvDecoder(nn.Module):
+    """``z (..., Z) -> `` the likelihood's parameters ``(..., P*H*W)`` for ``(H, W)`` images,
+    mirroring :class:`ConvTrunk`: fully connected layers ``reversed(hidden)`` to the smallest
+    feature maps, then at each stage a nearest-neighbour upsampling to the next larger size and
+    a 3x3 convolution (ReLU but at the last). The ``P = outputs_per_pixel`` parameters come
+    parameter by parameter: output ``p * H * W + i`` is parameter p of pixel i."""
+
+    def __init__(
+        self,
+        latent_dim: int,
+        hidden: Sequence[int],
+        image_shape: tuple[int, int],
+        outputs_per_pixel: int = 1,
+        channels: Sequence[int] = CONV_CHANNELS,
+    ):
+        super().__init__()
+        self.sizes = conv_sizes(tuple(image_shape))
+        stages = [outputs_per_pixel, *_stage_channels(channels, len(self.sizes) - 1)]
+        self.smallest = (stages[-1], *self.sizes[-1])
+        self.dense = mlp(
+            [latent_dim, *reversed(hidden), math.prod(self.smallest)], activate_last=True
+        )
+        self.convs = nn.ModuleList(
+            nn.Conv2d(a, b, 3, padding=1)
+            for a, b in zip(stages[:0:-1], stages[-2::-1], strict=True)
+        )
+        self.n_outputs = outputs_per_pixel * math.prod(self.sizes[0])
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        lead = z.shape[:-1]
+        h = self.dense(z.reshape(-1, z.shape[-1])).view(-1, *self.smallest)
+        for i, conv in enumerate(self.convs):
+            h = conv(F.interpolate(h, size=self.sizes[-2 - i], mode="nearest"))
+            if i < len(self.convs) - 1:
+                h = F.relu(h)
+        return h.reshape(*lead, self.n_outputs)

@@ -98,7 +98,7 @@ def test_defaults_are_the_librarys():
     params = GMVAEClustering().get_params()
     model, train = ModelConfig(), TrainConfig()
     assert params["n_clusters"] == model.clusters
-    for name in ("latent_dim", "hidden", "guide", "learn_weights", "image_shape"):
+    for name in ("latent_dim", "hidden", "network", "guide", "learn_weights", "image_shape"):
         assert params[name] == getattr(model, name), name
     for name in ("epochs", "pretrain_epochs", "anchor_epochs", "batch_size", "lr", "init"):
         assert params[name] == getattr(train, name), name
@@ -403,3 +403,16 @@ def test_image_shape_turns_on_the_recipes_augmentation():
     assert est.train_config_.augment_rotation > 0  # the default recipe's, now in effect
     with pytest.raises(ValueError, match="image_shape"):
         GMVAEClustering(n_clusters=3, image_shape=(4, 4), **TINY).fit(x)
+
+
+def test_conv_networks_read_the_rows_as_images():
+    from sklearn.datasets import load_digits
+
+    from pyro_gmvae.networks import ConvEncoder
+
+    x = load_digits().data[:40] / 16.0
+    est = GMVAEClustering(n_clusters=3, image_shape=(8, 8), network="conv", **TINY).fit(x)
+    assert isinstance(est.model_.encoder, ConvEncoder)
+    assert est.predict(x).shape == (40,)
+    with pytest.raises(ValueError, match="network='conv'.*image_shape"):
+        GMVAEClustering(n_clusters=3, network="conv", **TINY).fit(x)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pyro
 import pyro.distributions as dist
@@ -14,24 +16,39 @@ from torch.nn import functional as F
 from pyro_gmvae import (
     GMVAE,
     Bernoulli,
+    ConfigError,
     ContinuousBernoulli,
     DataError,
     Gaussian,
     ModelConfig,
 )
-from pyro_gmvae.networks import Decoder, Encoder
+from pyro_gmvae.networks import (
+    ConvClusterEncoder,
+    ConvDecoder,
+    ConvEncoder,
+    Decoder,
+    Encoder,
+)
 
 N, D, K, Z = 5, 4, 3, 2
 
 
-def tiny_model(guide: str, likelihood: str = "bernoulli", **kwargs) -> GMVAE:
-    """A float64 model small enough to check by hand, with a non-uniform prior."""
+#: ``--network conv``'s tiny data: 8x8 images, the smallest with a convolution of stride 2.
+CONV_SHAPE = (8, 8)
+
+
+def tiny_model(guide: str, likelihood: str = "bernoulli", network: str = "mlp", **kwargs) -> GMVAE:
+    """A float64 model small enough to check by hand, with a non-uniform prior; ``conv``
+    networks read rows of :data:`CONV_SHAPE` images."""
     pyro.set_rng_seed(0)
+    conv = network == "conv"
     config = ModelConfig(
         clusters=K,
         latent_dim=Z,
         hidden=(8,),
-        n_features=D,
+        n_features=math.prod(CONV_SHAPE) if conv else D,
+        image_shape=CONV_SHAPE if conv else None,
+        network=network,
         likelihood=likelihood,
         guide=guide,
         **kwargs,
@@ -47,11 +64,12 @@ def tiny_model(guide: str, likelihood: str = "bernoulli", **kwargs) -> GMVAE:
     return model
 
 
-def tiny_data(likelihood: str) -> torch.Tensor:
+def tiny_data(likelihood: str, network: str = "mlp") -> torch.Tensor:
     g = torch.Generator().manual_seed(1)
+    d = math.prod(CONV_SHAPE) if network == "conv" else D
     if likelihood == "gaussian":
-        return torch.randn(N, D, generator=g, dtype=torch.float64)
-    return torch.rand(N, D, generator=g, dtype=torch.float64)
+        return torch.randn(N, d, generator=g, dtype=torch.float64)
+    return torch.rand(N, d, generator=g, dtype=torch.float64)
 
 
 def enum_loss_and_guide_trace(model: GMVAE, x: torch.Tensor):
@@ -111,11 +129,20 @@ def hand_elbo_marginal(model: GMVAE, x: torch.Tensor, z: torch.Tensor, clusters)
 HAND_ELBO = {"enumerated": hand_elbo_enumerated, "marginal": hand_elbo_marginal}
 
 
-@pytest.mark.parametrize("likelihood", ["bernoulli", "continuous_bernoulli", "gaussian"])
+@pytest.mark.parametrize(
+    "likelihood, network",
+    [
+        ("bernoulli", "mlp"),
+        ("continuous_bernoulli", "mlp"),
+        ("gaussian", "mlp"),
+        ("bernoulli", "conv"),
+        ("gaussian", "conv"),
+    ],
+)
 @pytest.mark.parametrize("guide", ["enumerated", "marginal"])
-def test_enumerated_elbo_equals_hand_sum_over_clusters(guide, likelihood):
-    model = tiny_model(guide, likelihood)
-    x = tiny_data(likelihood)
+def test_enumerated_elbo_equals_hand_sum_over_clusters(guide, likelihood, network):
+    model = tiny_model(guide, likelihood, network)
+    x = tiny_data(likelihood, network)
     loss, guide_trace = enum_loss_and_guide_trace(model, x)
     z = guide_trace.nodes["z"]["value"]
 
@@ -156,10 +183,12 @@ def test_fresh_draws_of_z_change_the_loss():
 
 
 # ------------------------------------------------------------------------------------- shapes
+@pytest.mark.parametrize("network", ["mlp", "conv"])
 @pytest.mark.parametrize("guide", ["enumerated", "marginal"])
-def test_shapes_under_enumeration(guide):
-    model = tiny_model(guide)
-    x = tiny_data("bernoulli")
+def test_shapes_under_enumeration(guide, network):
+    model = tiny_model(guide, network=network)
+    x = tiny_data("bernoulli", network)
+    D = x.shape[1]
     guide_trace = poutine.trace(poutine.enum(model.guide, first_available_dim=-2)).get_trace(x)
     model_trace = poutine.trace(
         poutine.enum(poutine.replay(model.model, trace=guide_trace), first_available_dim=-2)
@@ -282,6 +311,29 @@ def test_save_load_round_trip(fitted_like, x_np, tmp_path):
         assert torch.equal(state[name], loaded_state[name]), name
     np.testing.assert_array_equal(loaded.predict_proba(x_np), model.predict_proba(x_np))
     np.testing.assert_array_equal(loaded.encode(x_np), model.encode(x_np))
+
+
+@pytest.mark.parametrize("guide", ["enumerated", "marginal"])
+def test_a_conv_model_round_trips_with_its_networks(guide, tmp_path):
+    model = tiny_model(guide, network="conv").float()
+    x = tiny_data("bernoulli", "conv").float().numpy()
+    model.save(tmp_path / "m")
+    loaded = GMVAE.load(tmp_path / "m")
+    assert loaded.config.network == "conv"
+    assert isinstance(loaded.encoder, ConvEncoder) and isinstance(loaded.decoder, ConvDecoder)
+    if guide == "enumerated":
+        assert isinstance(loaded.cluster_encoder, ConvClusterEncoder)
+    np.testing.assert_array_equal(loaded.predict_proba(x), model.predict_proba(x))
+    np.testing.assert_array_equal(loaded.encode(x), model.encode(x))
+
+
+def test_conv_networks_on_a_table_name_the_fix():
+    with pytest.raises(ConfigError, match="--network conv.*not images.*--network mlp"):
+        GMVAE(ModelConfig(clusters=K, n_features=D, network="conv"))
+    with pytest.raises(ConfigError, match=r"\(8, 8\) holds 64 pixels"):
+        GMVAE(ModelConfig(clusters=K, n_features=D, image_shape=(8, 8), network="conv"))
+    with pytest.raises(ConfigError, match="--network must be one of mlp, conv"):
+        GMVAE(ModelConfig(clusters=K, n_features=D, network="cnn"))
 
 
 class CountingDecoder(Decoder):

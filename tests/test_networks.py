@@ -1,0 +1,75 @@
+"""The convolutional networks read rows as images: their sizes, the pixel layout, the outputs'."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pyro_gmvae.networks import ConvDecoder, ConvEncoder, ConvTrunk, conv_sizes
+
+
+@pytest.mark.parametrize(
+    "shape, sizes",
+    [
+        ((28, 28), [(28, 28), (14, 14), (7, 7), (4, 4)]),
+        ((8, 8), [(8, 8), (4, 4)]),
+        ((5, 7), [(5, 7), (3, 4)]),
+        ((4, 4), [(4, 4)]),
+    ],
+)
+def test_the_maps_halve_until_no_side_exceeds_four(shape, sizes):
+    assert conv_sizes(shape) == sizes
+    trunk = ConvTrunk(shape, hidden=(6,))
+    seen = [tuple(shape)]
+    for conv in trunk.convs:
+        conv.register_forward_hook(lambda _m, _i, out: seen.append(tuple(out.shape[-2:])))
+    assert trunk(torch.rand(3, shape[0] * shape[1])).shape == (3, 6)
+    assert seen == sizes  # the convolutions make the sizes the decoder mirrors
+
+
+def test_a_row_is_read_as_a_row_major_image():
+    """One lit pixel at (row 2, column 4) of a 5x7 image reaches the first convolution at
+    (1, 2) through a kernel that copies its centre: with height and width swapped, that pixel
+    (index 18) would sit at (3, 3), which a stride of 2 skips."""
+    trunk = ConvTrunk((5, 7), hidden=())
+    first = trunk.convs[0]
+    with torch.no_grad():
+        first.weight.zero_()
+        first.bias.zero_()
+        first.weight[0, 0, 1, 1] = 1.0
+    maps = []
+    first.register_forward_hook(lambda _m, _i, out: maps.append(out))
+    x = torch.zeros(1, 35)
+    x[0, 2 * 7 + 4] = 1.0
+    trunk(x)
+    lit = (maps[0][0, 0] != 0).nonzero().tolist()
+    assert lit == [[1, 2]]
+
+
+def test_the_decoder_gives_its_parameters_one_block_after_another():
+    """Output ``p * H * W + i`` is parameter p of pixel i, as a likelihood of several outputs
+    per feature reads them."""
+    decoder = ConvDecoder(latent_dim=3, hidden=(5,), image_shape=(8, 8), outputs_per_pixel=2)
+    last = decoder.convs[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor([-1.0, 2.0]))
+    out = decoder(torch.randn(4, 3))
+    assert out.shape == (4, 128)
+    assert torch.equal(out[:, :64], torch.full((4, 64), -1.0))
+    assert torch.equal(out[:, 64:], torch.full((4, 64), 2.0))
+
+
+def test_leading_dimensions_pass_through_and_each_row_is_its_own():
+    """Under enumeration z is ``(K, N, Z)``: each row decodes as it would alone."""
+    torch.manual_seed(0)
+    decoder = ConvDecoder(latent_dim=3, hidden=(5,), image_shape=(8, 8))
+    encoder = ConvEncoder((8, 8), hidden=(5,), latent_dim=3, n_clusters=2)
+    z = torch.randn(2, 4, 3)
+    out = decoder(z)
+    assert out.shape == (2, 4, 64)
+    torch.testing.assert_close(out[1, 2], decoder(z[1, 2:3])[0])
+    x = torch.rand(4, 64)
+    loc, scale = encoder(x, torch.arange(2).view(2, 1))
+    assert loc.shape == scale.shape == (2, 4, 3)
+    torch.testing.assert_close(encoder(x[2:3])[0][0], encoder(x)[0][2])
