@@ -204,6 +204,8 @@ def fast_args(data, out, *extra: str) -> list[str]:
         ("--lr", "-1"),
         ("--likelihood", "nope"),
         ("--guide", "nope"),
+        ("--network", "cnn"),
+        ("--network", "conv"),  # the table is no image
         ("--batch-size", "0"),
         ("--hidden", "0"),
         ("--epochs", "-1"),
