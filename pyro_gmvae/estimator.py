@@ -99,8 +99,9 @@ class GMVAEClustering(
             :func:`~pyro_gmvae.config.sized_network`).
         hidden: hidden layer sizes of the encoder, the decoder mirrors them (``()``: from the
             data, as ``latent_dim``).
-        network: ``"mlp"`` (fully connected layers ``hidden``) or ``"conv"`` (for images, with
-            ``image_shape``: 3x3 convolutions of stride 2, then the layers ``hidden``).
+        network: ``"auto"`` (``"conv"`` given an ``image_shape`` with a side over 4 pixels, else
+            ``"mlp"``), ``"mlp"`` (fully connected layers ``hidden``) or ``"conv"`` (for images,
+            with ``image_shape``: 3x3 convolutions of stride 2, then the layers ``hidden``).
         likelihood: ``"auto"`` (see above), ``"bernoulli"``, ``"continuous_bernoulli"`` or
             ``"gaussian"``.
         guide: ``"marginal"`` (q(z|x), y summed out in the model) or ``"enumerated"``
@@ -159,7 +160,7 @@ class GMVAEClustering(
         *,
         latent_dim: int = 0,
         hidden: tuple[int, ...] = (),
-        network: str = "mlp",
+        network: str = "auto",
         likelihood: str = "auto",
         guide: str = "marginal",
         learn_weights: bool = False,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -22,6 +23,7 @@ from pyro_gmvae import (
     Gaussian,
     ModelConfig,
 )
+from pyro_gmvae.checkpoints import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 from pyro_gmvae.networks import (
     ConvClusterEncoder,
     ConvDecoder,
@@ -327,12 +329,39 @@ def test_a_conv_model_round_trips_with_its_networks(guide, tmp_path):
     np.testing.assert_array_equal(loaded.encode(x), model.encode(x))
 
 
+def test_auto_gives_images_convolutions_and_tables_an_mlp():
+    images = GMVAE(ModelConfig(clusters=K, n_features=64, image_shape=CONV_SHAPE))
+    assert images.config.network == "conv" and isinstance(images.encoder, ConvEncoder)
+    table = GMVAE(ModelConfig(clusters=K, n_features=D))
+    assert table.config.network == "mlp" and type(table.encoder) is Encoder
+    # 4x4 images leave no room for a convolution of stride 2.
+    small = GMVAE(ModelConfig(clusters=K, n_features=16, image_shape=(4, 4)))
+    assert small.config.network == "mlp"
+
+
+def test_a_model_saved_before_network_existed_loads_as_the_mlp_it_was(tmp_path):
+    """Its config.json has no ``network``: auto would now build conv networks for its 8x8
+    images, which its MLP weights do not fit."""
+    model = GMVAE(
+        ModelConfig(clusters=K, hidden=(8,), n_features=64, image_shape=CONV_SHAPE, network="mlp")
+    )
+    model.save(tmp_path / "m")
+    state = load_checkpoint(tmp_path / "m" / CHECKPOINT_FILE)
+    config = json.loads(state["config"])
+    del config["model"]["network"]
+    save_checkpoint(tmp_path / "m" / CHECKPOINT_FILE, {**state, "config": json.dumps(config)})
+    loaded = GMVAE.load(tmp_path / "m")
+    assert loaded.config.network == "mlp" and type(loaded.encoder) is Encoder
+    x = tiny_data("bernoulli", "conv").float().numpy()
+    np.testing.assert_array_equal(loaded.predict_proba(x), model.predict_proba(x))
+
+
 def test_conv_networks_on_a_table_name_the_fix():
     with pytest.raises(ConfigError, match="--network conv.*not images.*--network mlp"):
         GMVAE(ModelConfig(clusters=K, n_features=D, network="conv"))
     with pytest.raises(ConfigError, match=r"\(8, 8\) holds 64 pixels"):
         GMVAE(ModelConfig(clusters=K, n_features=D, image_shape=(8, 8), network="conv"))
-    with pytest.raises(ConfigError, match="--network must be one of mlp, conv"):
+    with pytest.raises(ConfigError, match="--network must be one of auto, mlp, conv"):
         GMVAE(ModelConfig(clusters=K, n_features=D, network="cnn"))
 
 

@@ -417,6 +417,8 @@ def gmvae_train(tmp_path: Path, *args: str) -> list[str]:
         "3",
         "--latent-dim",
         "2",
+        "--network",
+        "mlp",
         "--hidden",
         "16",
         "--batch-size",

@@ -402,14 +402,25 @@ def test_commands_that_load_a_run_refuse_a_malicious_checkpoint(tmp_path, capsys
 
 
 @pytest.mark.parametrize(
-    "features, hidden, latent",
-    [(4, (32, 32), 2), (13, (104, 104), 6), (40, (256, 256), 10), (64, (500, 500, 2000), 10)],
+    "features, image, network, hidden, latent",
+    [
+        (4, None, "mlp", (32, 32), 2),
+        (13, None, "mlp", (104, 104), 6),
+        (40, None, "mlp", (256, 256), 10),
+        (64, None, "mlp", (500, 500, 2000), 10),
+        (16, (4, 4), "mlp", (128, 128), 8),
+        (64, (8, 8), "conv", (256,), 10),
+        (784, (28, 28), "conv", (256,), 10),
+    ],
 )
-def test_a_network_not_given_is_sized_from_the_data(features, hidden, latent):
-    config = ModelConfig(n_features=features)
-    assert config.size_from_data() == {"hidden": hidden, "latent_dim": latent}
-    assert (config.hidden, config.latent_dim) == (hidden, latent)
-    given = ModelConfig(n_features=features, hidden=(7,), latent_dim=3)
+def test_a_network_not_given_is_sized_from_the_data(features, image, network, hidden, latent):
+    config = ModelConfig(n_features=features, image_shape=image)
+    chosen = {"network": network, "hidden": hidden, "latent_dim": latent}
+    assert config.size_from_data() == chosen
+    assert (config.network, config.hidden, config.latent_dim) == (network, hidden, latent)
+    given = ModelConfig(
+        n_features=features, image_shape=image, network="mlp", hidden=(7,), latent_dim=3
+    )
     assert given.size_from_data() == {} and (given.hidden, given.latent_dim) == ((7,), 3)
 
 
@@ -435,8 +446,8 @@ def test_gmvae_train_prints_and_saves_the_network_and_start_it_chose_from_the_da
     )
     train_run(config, tmp_path / "run", progress=False, plots=False)
     assert (
-        "chosen from the data's 5 features: --hidden 40 40, --latent-dim 2, --init data-gmm"
-        in capsys.readouterr().err
+        "chosen from the data's 5 features: --network mlp, --hidden 40 40, --latent-dim 2, "
+        "--init data-gmm" in capsys.readouterr().err
     )
     saved_config = RunConfig.load(tmp_path / "run" / "config.json")
     saved = saved_config.model

@@ -162,6 +162,7 @@ def test_run_directory_contents(table_file, tmp_path):
     config = table_run_config(table_file)
     expected = copy.deepcopy(config)
     expected.model.n_features = 12
+    expected.model.network = "mlp"  # auto, resolved from the data (a table) and saved
     out = tmp_path / "run"
     result = train_run(config, out, progress=False, plots=False)
 
