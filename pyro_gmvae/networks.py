@@ -102,8 +102,8 @@ class ClusterEncoder(nn.Module):
 
 # --------------------------------------------------------------------------- convolutional
 #: Channels of the stride-2 convolutions of :class:`ConvTrunk`, one entry a stage (the last one
-#: repeats where an image needs more stages): small enough that a 28x28 step costs about 1.5
-#: times the d-500-500-2000 MLP's on a CPU.
+#: repeats where an image needs more stages): a third of the cost of 32-64-128 on a CPU; still,
+#: mnist8k's pretraining takes about 3.6 times the d-500-500-2000 MLP's (benchmarks/RESULTS.md).
 CONV_CHANNELS = (16, 32, 64)
 
 
