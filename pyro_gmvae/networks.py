@@ -190,9 +190,15 @@ class ConvClusterEncoder(nn.Module):
 class ConvDecoder(nn.Module):
     """``z (..., Z) -> `` the likelihood's parameters ``(..., P*H*W)`` for ``(H, W)`` images,
     mirroring :class:`ConvTrunk`: fully connected layers ``reversed(hidden)`` to the smallest
-    feature maps, then at each stage a nearest-neighbour upsampling to the next larger size and
-    a 3x3 convolution (ReLU but at the last). The ``P = outputs_per_pixel`` parameters come
-    parameter by parameter: output ``p * H * W + i`` is parameter p of pixel i."""
+    feature maps, then at each stage a 3x3 transposed convolution of stride 2 to the next larger
+    size (ReLU but at the last), the transpose of the trunk's convolution at that stage. The
+    ``P = outputs_per_pixel`` parameters come parameter by parameter: output ``p * H * W + i``
+    is parameter p of pixel i.
+
+    Transposed convolutions, not a nearest-neighbour upsampling followed by a convolution: on a
+    CPU the upsampling's copies and the convolutions at the larger size made the decoder's
+    forward and backward pass about 5 times slower (126 against 24 ms for 256 MNIST images, one
+    thread; benchmarks/RESULTS.md)."""
 
     def __init__(
         self,
@@ -210,7 +216,7 @@ class ConvDecoder(nn.Module):
             [latent_dim, *reversed(hidden), math.prod(self.smallest)], activate_last=True
         )
         self.convs = nn.ModuleList(
-            nn.Conv2d(a, b, 3, padding=1)
+            nn.ConvTranspose2d(a, b, 3, stride=2, padding=1)
             for a, b in zip(stages[:0:-1], stages[-2::-1], strict=True)
         )
         self.n_outputs = outputs_per_pixel * math.prod(self.sizes[0])
@@ -219,7 +225,7 @@ class ConvDecoder(nn.Module):
         lead = z.shape[:-1]
         h = self.dense(z.reshape(-1, z.shape[-1])).view(-1, *self.smallest)
         for i, conv in enumerate(self.convs):
-            h = conv(F.interpolate(h, size=self.sizes[-2 - i], mode="nearest"))
+            h = conv(h, output_size=self.sizes[-2 - i])
             if i < len(self.convs) - 1:
                 h = F.relu(h)
         return h.reshape(*lead, self.n_outputs)

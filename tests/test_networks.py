@@ -73,3 +73,33 @@ def test_leading_dimensions_pass_through_and_each_row_is_its_own():
     loc, scale = encoder(x, torch.arange(2).view(2, 1))
     assert loc.shape == scale.shape == (2, 4, 3)
     torch.testing.assert_close(encoder(x[2:3])[0][0], encoder(x)[0][2])
+
+
+@pytest.mark.parametrize("shape", [(28, 28), (5, 7), (8, 8), (9, 6)])
+def test_the_decoder_retraces_the_trunks_sizes_in_reverse(shape):
+    """Each transposed convolution lands on the size the trunk had there, odd sides included
+    (7 from 4, 5 from 3), and the last on the image."""
+    decoder = ConvDecoder(latent_dim=2, hidden=(4,), image_shape=shape)
+    seen = []
+    for conv in decoder.convs:
+        conv.register_forward_hook(lambda _m, _i, out: seen.append(tuple(out.shape[-2:])))
+    assert decoder(torch.randn(3, 2)).shape == (3, shape[0] * shape[1])
+    assert seen == conv_sizes(shape)[-2::-1]
+
+
+def test_each_decoder_stage_is_the_transpose_of_the_trunks():
+    """With the trunk's weights and no bias, a decoder stage is the adjoint of the trunk's
+    convolution at that size: <conv(x), y> = <x, conv_T(y)> for every x and y."""
+    torch.manual_seed(0)
+    trunk = ConvTrunk((7, 7), hidden=())
+    decoder = ConvDecoder(latent_dim=2, hidden=(), image_shape=(7, 7))
+    conv, transposed = trunk.convs[0], decoder.convs[-1]  # the 7x7 <-> 4x4 stage
+    with torch.no_grad():
+        transposed.weight.copy_(conv.weight)  # (out, in, 3, 3) of one is (in, out, 3, 3) of the other
+        conv.bias.zero_()
+        transposed.bias.zero_()
+    x = torch.randn(2, 1, 7, 7)
+    y = torch.randn(2, conv.out_channels, 4, 4)
+    left = (conv(x) * y).sum()
+    right = (x * transposed(y, output_size=(7, 7))).sum()
+    torch.testing.assert_close(left, right)
