@@ -25,7 +25,8 @@ methods it names on every dataset.
 Every pyro_gmvae run is also scored at its start: the clusters of the training rows that its
 mixture start found on the pretrained codes (the checkpoint's ``assignments``), as
 ``start_accuracy`` and ``start_nmi``, so that a table shows what the GMVAE's own training adds to
-its start.
+its start; ``start_source`` and ``start_silhouette`` say which map the start kept and by what
+scores (from the run's records).
 
 Labels are used for scoring only. With ``--heldout-fraction f`` every method is fitted on the same
 random ``1 - f`` of the rows (``Dataset.split`` with the run's seed) and also scored on the unseen
@@ -83,7 +84,7 @@ from pyro_gmvae.files import atomic_write_bytes, atomic_write_text
 from pyro_gmvae.metrics import clustering_scores
 from pyro_gmvae.rng import seed_everything
 from pyro_gmvae.runs import train_run
-from pyro_gmvae.train import TrainingDiverged
+from pyro_gmvae.train import TrainingDiverged, read_metrics
 
 from _paths import resolve_mnist8k  # benchmarks/_paths.py, beside this script
 
@@ -312,6 +313,19 @@ def run_n2d(config: RunConfig, train: Dataset, heldout: Dataset | None) -> dict[
     }
 
 
+def start_kept(run_dir: Path) -> dict[str, Any]:
+    """What the run's records say of its mixture start: ``start_source``, the map or data it
+    clustered (``codes``, ``data``, ...), and ``start_silhouette``, the scores it chose by
+    (empty where it had no choice); both None where the run made no start."""
+    for record in read_metrics(run_dir):
+        if "start" in record:
+            return {
+                "start_source": record["start"],
+                "start_silhouette": record.get("start_silhouette", {}),
+            }
+    return {"start_source": None, "start_silhouette": None}
+
+
 def run_gmvae(config: RunConfig, run_dir: Path, train: Dataset) -> dict[str, Any]:
     """Train with ``train_run`` (what ``gmvae train`` does) and collect its scores, and those of
     its start: the cluster of each training row that the mixture start found (the run's
@@ -326,6 +340,7 @@ def run_gmvae(config: RunConfig, run_dir: Path, train: Dataset) -> dict[str, Any
         "heldout": result.get("heldout"),
         "start_accuracy": None if start is None else start["accuracy"],
         "start_nmi": None if start is None else start["nmi"],
+        **start_kept(run_dir),
         "epochs": result.get("epochs"),
         "loss": result.get("loss"),
     }
@@ -741,7 +756,10 @@ def _progress_line(record: dict[str, Any]) -> str:
         return f"{where}: {record['seconds']:.1f}s (no labels to score)"
     text = f"{where}: acc {record['train']['accuracy']:.3f} NMI {record['train']['nmi']:.3f}"
     if record.get("start_accuracy") is not None:
-        text += f" (start acc {record['start_accuracy']:.3f})"
+        text += f" (start acc {record['start_accuracy']:.3f}"
+        if record.get("start_source"):
+            text += f", {record['start_source']}"
+        text += ")"
     if record["heldout"] is not None:
         text += f", held-out acc {record['heldout']['accuracy']:.3f}"
     return text + f" ({record['seconds']:.1f}s)"

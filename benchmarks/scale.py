@@ -37,7 +37,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-from clustering import machine_info  # beside this script
+from clustering import machine_info, start_kept  # beside this script
 from starts import rows, source_rows  # beside this script
 
 from pyro_gmvae import GMVAE, clustering_scores, load_data
@@ -92,6 +92,7 @@ def run_size(n: int, data, work: Path, extra: list[str], seed: int) -> dict:
         "start_nmi": start["nmi"],
         "accuracy_originals": originals["accuracy"],
         "start_accuracy_originals": start_originals["accuracy"],
+        **start_kept(out),
         "extra_flags": extra,
     }
 
