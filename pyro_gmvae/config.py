@@ -271,12 +271,12 @@ class TrainConfig:
         "epochs after the mixture start in which each example's cluster is held at its start "
         "value (the ELBO given y), so the codes gather around their cluster before SVI sums "
         "over y (0: none; needs pretraining)",
-        default=30,
+        default=60,
     )
     anchor_steps: int = _help(
         "at most this many optimizer steps of anchor epochs, rounded to whole epochs (at least "
         "one; 0: no limit, --anchor-epochs alone)",
-        default=960,
+        default=1920,
     )
     anchor_min_steps: int = _help(
         "at least this many optimizer steps of anchor epochs, rounded up to whole epochs (0: "

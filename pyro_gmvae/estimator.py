@@ -166,7 +166,7 @@ class GMVAEClustering(
         learn_weights: bool = False,
         epochs: int = 20,
         pretrain_epochs: int = 150,
-        anchor_epochs: int = 30,
+        anchor_epochs: int = 60,
         batch_size: int = 256,
         lr: float = 1e-3,
         init: str = "auto",
