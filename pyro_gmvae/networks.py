@@ -102,8 +102,10 @@ class ClusterEncoder(nn.Module):
 
 # --------------------------------------------------------------------------- convolutional
 #: Channels of the stride-2 convolutions of :class:`ConvTrunk`, one entry a stage (the last one
-#: repeats where an image needs more stages): a third of the cost of 32-64-128 on a CPU; still,
-#: mnist8k's pretraining takes about 3.6 times the d-500-500-2000 MLP's (benchmarks/RESULTS.md).
+#: repeats where an image needs more stages): with :class:`ConvDecoder`'s transposed
+#: convolutions a step on 256 MNIST images costs 62 ms against 152 ms for 32-64-128 (one thread
+#: of the shared 2-core box), and mnist8k's pretraining (172 s on two threads) about what the
+#: d-500-500-2000 MLP's took (about 165 s; benchmarks/SCALE.md).
 CONV_CHANNELS = (16, 32, 64)
 
 

@@ -95,9 +95,8 @@ def test_each_decoder_stage_is_the_transpose_of_the_trunks():
     decoder = ConvDecoder(latent_dim=2, hidden=(), image_shape=(7, 7))
     conv, transposed = trunk.convs[0], decoder.convs[-1]  # the 7x7 <-> 4x4 stage
     with torch.no_grad():
-        transposed.weight.copy_(
-            conv.weight
-        )  # (out, in, 3, 3) of one is (in, out, 3, 3) of the other
+        # The weight (out, in, 3, 3) of the one is (in, out, 3, 3) of the other.
+        transposed.weight.copy_(conv.weight)
         conv.bias.zero_()
         transposed.bias.zero_()
     x = torch.randn(2, 1, 7, 7)
