@@ -425,23 +425,32 @@ def start_sample_size(n_rows: int, config: TrainConfig) -> int:
     return min(n_rows, config.start_rows) if config.start_rows else n_rows
 
 
-def extend_to_rows(
-    sample_codes: np.ndarray, responsibilities: np.ndarray, codes: np.ndarray
-) -> np.ndarray:
-    """Responsibilities ``(N, K)`` of ``codes (N, Z)`` from those ``(M, K)`` of a sample of them,
-    ``sample_codes (M, Z)``: each row takes the mean responsibilities of its
-    :data:`EXTEND_NEIGHBORS` nearest sampled codes (Euclidean, exact, 8192 rows at a time).
+def nearest_sampled(sample_codes: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """The :data:`EXTEND_NEIGHBORS` nearest of ``sample_codes (M, Z)`` to each of ``codes (N,
+    Z)`` (Euclidean, exact, 8192 rows at a time), as indices ``(N, k)`` into the sample: found
+    once, whatever number of clusterings is then extended with them (:func:`extend_to_rows`)."""
+    k = min(EXTEND_NEIGHBORS, len(sample_codes))
+    index = NearestNeighbors(n_neighbors=k).fit(sample_codes)
+    dtype = np.int32 if len(sample_codes) < 2**31 else np.int64
+    neighbours = np.empty((len(codes), k), dtype=dtype)
+    for first in range(0, len(codes), 8192):
+        rows = slice(first, first + 8192)
+        neighbours[rows] = index.kneighbors(codes[rows], return_distance=False)
+    return neighbours
+
+
+def extend_to_rows(neighbours: np.ndarray, responsibilities: np.ndarray) -> np.ndarray:
+    """Responsibilities ``(N, K)`` of the rows whose nearest sampled codes are ``neighbours (N,
+    k)`` (:func:`nearest_sampled`), from those ``(M, K)`` of the sample: each row takes the mean
+    responsibilities of its neighbours.
 
     The out-of-sample step of a start fitted on a sample: a map (t-SNE, UMAP) places only the
     points it was made of, while the codes place every row, and a class is a connected piece of
     the code space, which is what the maps follow."""
-    k = min(EXTEND_NEIGHBORS, len(sample_codes))
-    index = NearestNeighbors(n_neighbors=k).fit(sample_codes)
-    extended = np.empty((len(codes), responsibilities.shape[1]))
-    for first in range(0, len(codes), 8192):
+    extended = np.empty((len(neighbours), responsibilities.shape[1]))
+    for first in range(0, len(neighbours), 8192):
         rows = slice(first, first + 8192)
-        neighbours = index.kneighbors(codes[rows], return_distance=False)
-        extended[rows] = responsibilities[neighbours].mean(1)
+        extended[rows] = responsibilities[neighbours[rows]].mean(1)
     return extended
 
 
@@ -479,10 +488,14 @@ def start_on_sample(
             "a few rows many times. Pass a larger --start-rows (0: all rows) or fewer --clusters"
         )
     found = fn(sample_codes, data[sample], n_clusters, config, uniform_weights)
+    others = np.ones(n, dtype=bool)
+    others[sample] = False
+    neighbours = nearest_sampled(sample_codes, codes[others])  # once, for every clustering
 
     def extended(responsibilities: np.ndarray) -> np.ndarray:
-        full = extend_to_rows(sample_codes, responsibilities, codes)
+        full = np.empty((n, responsibilities.shape[1]))
         full[sample] = responsibilities
+        full[others] = extend_to_rows(neighbours, responsibilities)
         return full
 
     candidates = {

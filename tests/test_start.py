@@ -280,6 +280,10 @@ def test_a_start_on_more_rows_than_start_rows_runs_on_a_sample_and_extends_to_th
     kept = np.full((100, 3), 0.1)
     kept[np.arange(100), by_row[sample]] = 0.8
     np.testing.assert_allclose(start.responsibilities[sample], kept)
+    others = np.setdiff1d(np.arange(600), sample)  # each: the mean of its 15 nearest sampled
+    distances = ((codes[others, None, :] - codes[sample][None]) ** 2).sum(-1)
+    nearest = np.argsort(distances, axis=1)[:, :15]
+    np.testing.assert_allclose(start.responsibilities[others], kept[nearest].mean(1))
     assert clustering_scores(labels, start.assignments)["accuracy"] == 1.0
     for name, clusters in start.candidates.items():  # the candidates are extended as well
         assert clusters.shape == (600,)
