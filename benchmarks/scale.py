@@ -16,12 +16,19 @@ the rows' labels (an ``.npy`` holds no labels, so ``gmvae train`` cannot score t
 all N rows and on the 8,000 original rows alone (the moved copies are harder to cluster than the
 originals, so only the originals compare one N with another).
 
+With ``--pool P`` each size's rows are instead N drawn at random from the first P (mnist8k and
+its copies), so every size is the same mix of originals and copies, one data set sampled at
+several sizes: accuracy then compares the sizes directly, on all rows or on the originals among
+them, and says what more rows of one distribution buy, where the default layout mixes that with
+a harder distribution at larger N.
+
 From the sizes it fits a growth exponent per phase (time ~ N^b, least squares on the logs) and
 predicts the time at ``--predict`` rows on this CPU from the largest measured size and those
 exponents. Writes ``OUT/scale.json`` after each size (kept: an interrupted benchmark resumes)
 and prints a Markdown table for ``benchmarks/SCALE.md``.
 
     OMP_NUM_THREADS=2 python benchmarks/scale.py --out benchmarks/results/scale -- --init umap
+    OMP_NUM_THREADS=2 python benchmarks/scale.py --sizes 8000 64000 --pool 64000 --out OUT
 """
 
 from __future__ import annotations
@@ -48,9 +55,15 @@ from pyro_gmvae.train import read_metrics
 PHASES = ("pretrain", "start", "anchor", "svi", "rest")
 
 
-def run_size(n: int, data, work: Path, extra: list[str], seed: int) -> dict:
-    """Train on ``n`` rows in a child process; its phase times, peak memory and scores."""
-    x, labels = rows(data, n, 15.0, 0.1, seed)
+def run_size(n: int, data, work: Path, extra: list[str], seed: int, pool: int = 0) -> dict:
+    """Train on ``n`` rows in a child process; its phase times, peak memory and scores. With a
+    ``pool``, the rows are ``n`` drawn at random (with ``seed``) from the first ``pool`` rows,
+    so that every size holds originals and moved copies in the same proportion."""
+    x, labels = rows(data, max(n, pool), 15.0, 0.1, seed)
+    original = np.arange(len(x)) < len(data)  # mnist8k itself: the first rows
+    if pool:
+        drawn = np.sort(np.random.default_rng([seed, n, pool]).choice(pool, n, replace=False))
+        x, labels, original = x[drawn], labels[drawn], original[drawn]
     path = work / f"rows{n}.npy"
     np.save(path, np.round(x * 255).astype(np.uint8))
     del x
@@ -68,9 +81,8 @@ def run_size(n: int, data, work: Path, extra: list[str], seed: int) -> dict:
     clusters = GMVAE.load(out).predict(load_data(str(path)).x)
     final = clustering_scores(labels, clusters)
     start = load_checkpoint(out / "checkpoint.pt")["assignments"].numpy()
-    original = len(data)  # the first rows are mnist8k itself: the same rows at every N
-    originals = clustering_scores(labels[:original], clusters[:original])
-    start_originals = clustering_scores(labels[:original], start[:original])
+    originals = clustering_scores(labels[original], clusters[original])
+    start_originals = clustering_scores(labels[original], start[original])
     start = clustering_scores(labels, start)
     path.unlink()
     seconds: dict[str, float] = defaultdict(float)
@@ -82,6 +94,8 @@ def run_size(n: int, data, work: Path, extra: list[str], seed: int) -> dict:
     seconds["rest"] = wall - sum(seconds.values())
     return {
         "n": n,
+        "pool": pool,
+        "originals": int(original.sum()),
         "wall_seconds": wall,
         "seconds": dict(seconds),
         "epochs": dict(epochs),
@@ -95,6 +109,11 @@ def run_size(n: int, data, work: Path, extra: list[str], seed: int) -> dict:
         **start_kept(out),
         "extra_flags": extra,
     }
+
+
+def same(result: dict, n: int, args: argparse.Namespace) -> bool:
+    """Whether ``result`` measured ``n`` rows as ``args`` asks (its flags, its pool)."""
+    return (result["n"], result["extra_flags"], result.get("pool", 0)) == (n, args.extra, args.pool)
 
 
 def exponents(results: list[dict]) -> dict[str, float]:
@@ -117,6 +136,13 @@ def main() -> None:
     parser.add_argument("--predict", type=int, default=1_000_000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data", default=None, help="default: the shared mnist8k.npz")
+    parser.add_argument(
+        "--pool",
+        type=int,
+        default=0,
+        help="draw each size's rows at random from this many (mnist8k and its moved copies), so "
+        "every size is the same mix (0: mnist8k first, then the copies)",
+    )
     parser.add_argument("extra", nargs="*", help="more gmvae train flags, after --")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -126,20 +152,20 @@ def main() -> None:
     results = saved["results"]
     with tempfile.TemporaryDirectory() as work:
         for n in args.sizes:
-            if any(r["n"] == n and r["extra_flags"] == args.extra for r in results):
+            if any(same(r, n, args) for r in results):
                 continue
-            results.append(run_size(n, data, Path(work), args.extra, args.seed))
+            results.append(run_size(n, data, Path(work), args.extra, args.seed, args.pool))
             saved = {"machine": machine_info() | {"omp": os.environ.get("OMP_NUM_THREADS")}}
             saved["results"] = sorted(results, key=lambda r: r["n"])
             atomic_write_text(path, json.dumps(saved, indent=1) + "\n")
             print(json.dumps(results[-1]), flush=True)
-    results = [r for r in saved["results"] if r["extra_flags"] == args.extra]
+    results = [r for r in saved["results"] if same(r, r["n"], args)]
     fitted = exponents(results)
     print(
         "\n| rows | "
         + " | ".join(PHASES)
         + " | wall | start share | peak memory | start accuracy | accuracy | NMI "
-        + "| the 8,000 originals: start, end |"
+        + "| the originals among them: start, end |"
     )
     print("|---" * (len(PHASES) + 8) + "|")
     for r in results:
