@@ -1,0 +1,165 @@
+"""What follows the mixture start (issue 14): the default anchor and SVI against variants that
+re-anchor at the model's own clusters, from one pretrained network and one start per seed.
+
+All rows of the data set (no split), the default network, pretraining and start of
+``TrainConfig``; the pretrained weights and the start are cached in ``--cache`` so a second call
+with other variants skips them. A variant is a recipe of the phases after pretraining, begun by a
+:class:`MixtureStart` that holds the start found once:
+
+- ``default``: ``default_recipe``'s anchor and SVI.
+- ``relabel``: the anchor's steps in two halves, the second holding each row at the model's own
+  cluster (``model.predict``) as the first half left it, then SVI.
+- ``relabel-long``: the whole default anchor, then as many steps again holding each row at the
+  model's own cluster, then SVI.
+- ``long``: the default anchor twice as long, at the start's clusters throughout (the control
+  of ``relabel-long``).
+- ``relabel-every``: the anchor's steps in six parts, each after the first re-holding every row at
+  the model's own cluster.
+
+Labels score each variant only (the start, each epoch, the end); nothing chooses by them.
+
+    OMP_NUM_THREADS=1 python benchmarks/sweeps/after_start.py --data PATH --name mnist8k \
+        --seed 1 --variants default relabel --out .exp/after_start
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import pyro
+import torch
+
+from pyro_gmvae.config import ModelConfig, TrainConfig
+from pyro_gmvae.data import load_data
+from pyro_gmvae.metrics import clustering_scores
+from pyro_gmvae.model import GMVAE
+from pyro_gmvae.start import Start, find_start, one_hot
+from pyro_gmvae.train import Anchor, MixtureStart, Recipe, Trainer, default_recipe
+
+
+def holding(start: Start):
+    """A start function that returns ``start``, found beforehand, whatever it is given."""
+
+    def held_start(codes, data, n_clusters, config, uniform):
+        return start
+
+    return held_start
+
+
+def relabel(trainer: Trainer) -> None:
+    """An ``on_begin`` action: hold each row at the model's own most probable cluster."""
+    trainer.assignments = torch.as_tensor(trainer.model.predict(trainer.x), device=trainer.device)
+
+
+def variant(name: str, start: Start, cfg: TrainConfig) -> Recipe:
+    base = default_recipe(cfg)
+    anchor = dataclasses.replace(base["anchor"], on_begin=[MixtureStart(holding(start))])
+    svi = base["svi"]
+
+    def part(phase: Anchor, fraction: float, name: str, first: bool) -> Anchor:
+        return dataclasses.replace(
+            phase,
+            epochs=max(1, round(phase.epochs * fraction)),
+            max_steps=max(1, round(phase.max_steps * fraction)),
+            min_steps=max(1, round(phase.min_steps * fraction)),
+            name=name,
+            on_begin=phase.on_begin if first else [relabel],
+            new_optimizer=first,
+        )
+
+    if name == "default":
+        phases = [anchor]
+    elif name == "relabel":
+        phases = [part(anchor, 0.5, "anchor", True), part(anchor, 0.5, "reanchor", False)]
+    elif name == "relabel-long":
+        phases = [anchor, part(anchor, 1.0, "reanchor", False)]
+    elif name == "long":
+        phases = [part(anchor, 2.0, "anchor", True)]
+    elif name == "relabel-every":
+        phases = [part(anchor, 1 / 6, f"anchor{i}" if i else "anchor", i == 0) for i in range(6)]
+    else:
+        raise SystemExit(f"unknown variant {name!r}")
+    return Recipe([*phases, svi])
+
+
+def pretrained(data, seed: int, cfg: TrainConfig, cache: Path, decay: float = 1.0):
+    """The pretrained model's weights and the start, cached per data set, seed and length."""
+    path = cache / f"{data.name}_{seed}_{cfg.pretrain_steps}_{decay}.pt"
+    pyro.set_rng_seed(seed)
+    model = GMVAE(ModelConfig(n_features=data.n_features, image_shape=data.image_shape))
+    if path.exists():
+        saved = torch.load(path, weights_only=False)
+        model.load_state_dict(saved["weights"])
+        return model, saved["start"], saved["info"]
+    recipe = Recipe([dataclasses.replace(default_recipe(cfg)["pretrain"], lr_decay=decay)])
+    tr = Trainer(model, data.x, cfg, recipe=recipe, labels=data.labels, progress=False)
+    t0 = time.time()
+    history = tr.run()
+    info = {"pretrain_s": time.time() - t0, "pretrain_loss": [r["loss"] for r in history]}
+    t0 = time.time()
+    found = find_start(
+        cfg.init if cfg.init != "auto" else "tsne",
+        tr.codes(),
+        tr.host_rows(),
+        model.n_clusters,
+        cfg,
+        not model.config.learn_weights,
+    )
+    start = Start(one_hot(found.assignments, model.n_clusters), found.source, found.scores)
+    info |= {"start_s": time.time() - t0, "source": found.source, "scores": found.scores}
+    info["start"] = clustering_scores(data.labels, found.assignments)
+    cache.mkdir(parents=True, exist_ok=True)
+    torch.save({"weights": model.state_dict(), "start": start, "info": info}, path)
+    return model, start, info
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", required=True)
+    p.add_argument("--name", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--variants", nargs="+", default=["default"])
+    p.add_argument("--out", type=Path, default=Path(".exp/after_start"))
+    p.add_argument("--pretrain-steps", type=int, help="default: TrainConfig's")
+    p.add_argument("--pretrain-lr-decay", type=float, default=1.0, help="per tenth of pretraining")
+    a = p.parse_args()
+    data = load_data(a.data)
+    data.name = a.name
+    cfg = TrainConfig(seed=a.seed, device="cpu")
+    if a.pretrain_steps is not None:
+        cfg = dataclasses.replace(cfg, pretrain_steps=a.pretrain_steps, pretrain_epochs=10**6)
+    model, start, info = pretrained(data, a.seed, cfg, a.out / "cache", a.pretrain_lr_decay)
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    print(json.dumps({k: v for k, v in info.items() if k != "pretrain_loss"}), flush=True)
+    for name in a.variants:
+        model.load_state_dict(base)
+        pyro.clear_param_store()
+        recipe = variant(name, start, cfg)
+        tr = Trainer(model, data.x, cfg, recipe=recipe, labels=data.labels, progress=False)
+        t0 = time.time()
+        history = tr.run()
+        record = {
+            "data": a.name,
+            "seed": a.seed,
+            "pretrain_steps": cfg.pretrain_steps,
+            "pretrain_lr_decay": a.pretrain_lr_decay,
+            "variant": name,
+            "start_accuracy": info["start"]["accuracy"],
+            **clustering_scores(data.labels, model.predict(data.x)),
+            "seconds": time.time() - t0,
+            "phases": [h["phase"] for h in history],
+            "traj": [round(h["accuracy"], 4) for h in history],
+            "loss": [round(h["loss"], 3) for h in history],
+        }
+        short = {k: v for k, v in record.items() if k not in ("traj", "loss", "phases")}
+        print(json.dumps(short), flush=True)
+        with open(a.out / "results.jsonl", "a") as f:
+            f.write(json.dumps(record | {"pretrain_loss": info["pretrain_loss"]}) + "\n")
+
+
+if __name__ == "__main__":
+    main()
