@@ -216,12 +216,12 @@ class TrainConfig:
     )
     pretrain_epochs: int = _help(
         "epochs of autoencoder pretraining before the mixture is fitted to the codes (0: none)",
-        default=300,
+        default=150,
     )
     pretrain_steps: int = _help(
         "at most this many optimizer steps of pretraining, rounded to whole epochs (at least "
         "one; 0: no limit, --pretrain-epochs alone)",
-        default=9600,
+        default=4800,
     )
     init: str = _help(
         "how the mixture prior starts from the pretrained codes: auto (data-gmm for data of "

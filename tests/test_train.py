@@ -375,19 +375,19 @@ def test_a_recipe_is_changed_through_its_methods_and_refuses_what_cannot_run():
 
 
 def test_a_phase_of_at_most_so_many_steps_gets_fewer_epochs_on_more_data():
-    """The default schedule is 300/60/20 epochs on 8,000 rows (32 batches of 256), and on 8x the
+    """The default schedule is 150/60/20 epochs on 8,000 rows (32 batches of 256), and on 8x the
     rows about the same number of steps, not 8x; on small data the anchor still runs its 320
     steps (min_steps), rounded up to whole epochs."""
     config = TrainConfig()
     recipe = default_recipe(config)
-    assert recipe.lengths(math.ceil(8000 / 256)) == [300, 60, 20]
-    assert recipe.lengths(math.ceil(1797 / 256)) == [300, 60, 20]  # 480 anchor steps
-    assert recipe.lengths(math.ceil(569 / 256)) == [300, 107, 20]  # the anchor's 320 steps
-    assert recipe.lengths(math.ceil(150 / 256)) == [300, 320, 20]  # 150 rows: one batch
-    assert recipe.lengths(math.ceil(64000 / 256)) == [38, 8, 3]  # 9500, 2000, 750 steps
+    assert recipe.lengths(math.ceil(8000 / 256)) == [150, 60, 20]
+    assert recipe.lengths(math.ceil(1797 / 256)) == [150, 60, 20]  # 480 anchor steps
+    assert recipe.lengths(math.ceil(569 / 256)) == [150, 107, 20]  # the anchor's 320 steps
+    assert recipe.lengths(math.ceil(150 / 256)) == [150, 320, 20]  # 150 rows: one batch
+    assert recipe.lengths(math.ceil(64000 / 256)) == [19, 8, 3]  # 4750, 2000, 750 steps
     assert recipe.lengths(10**6) == [1, 1, 1]  # at least one pass each
     assert Pretrain(0, max_steps=10).length(1) == 0  # 0 epochs still skips the phase
-    assert default_recipe(TrainConfig(pretrain_steps=0)).lengths(10**6)[0] == 300  # 0: no limit
+    assert default_recipe(TrainConfig(pretrain_steps=0)).lengths(10**6)[0] == 150  # 0: no limit
     with pytest.raises(ConfigError, match="max_steps must be at least 1"):
         SVI(3, max_steps=0)
     assert SVI(3, min_steps=25).length(10) == 3 and SVI(3, min_steps=25).length(4) == 7
