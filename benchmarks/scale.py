@@ -145,6 +145,8 @@ def main() -> None:
     )
     parser.add_argument("extra", nargs="*", help="more gmvae train flags, after --")
     args = parser.parse_args()
+    if args.pool and args.pool < max(args.sizes):
+        parser.error(f"--pool {args.pool} is smaller than the largest size, {max(args.sizes)}")
     args.out.mkdir(parents=True, exist_ok=True)
     data = source_rows(args.data)
     path = args.out / "scale.json"

@@ -33,7 +33,7 @@ from pathlib import Path
 import pyro
 import torch
 
-from pyro_gmvae.config import ModelConfig, TrainConfig
+from pyro_gmvae.config import AUTO_START, ModelConfig, TrainConfig, start_for
 from pyro_gmvae.data import load_data
 from pyro_gmvae.metrics import clustering_scores
 from pyro_gmvae.model import GMVAE
@@ -102,7 +102,7 @@ def pretrained(data, seed: int, cfg: TrainConfig, cache: Path, decay: float = 1.
     info = {"pretrain_s": time.time() - t0, "pretrain_loss": [r["loss"] for r in history]}
     t0 = time.time()
     found = find_start(
-        cfg.init if cfg.init != "auto" else "tsne",
+        start_for(data.n_features) if cfg.init == AUTO_START else cfg.init,
         tr.codes(),
         tr.host_rows(),
         model.n_clusters,
