@@ -19,6 +19,8 @@ from .errors import ConfigError
 from .files import atomic_write_text
 
 GUIDES = ("enumerated", "marginal")
+#: The gradient steps of a t-SNE map with early exaggeration (scikit-learn's), the fewest it takes.
+TSNE_EXAGGERATION_STEPS = 250
 
 #: Features from which data get the image-sized network of DEC and VaDE (d-500-500-2000-10).
 WIDE_DATA = 64
@@ -243,6 +245,11 @@ class TrainConfig:
     tsne_perplexity: float = _help(
         "perplexity of the t-SNE map of --init tsne (capped at a third of the rows)", default=50.0
     )
+    tsne_iterations: int = _help(
+        "gradient steps of each t-SNE map of --init tsne, the first 250 with early exaggeration "
+        "(at least 250)",
+        default=1000,
+    )
     tsne_input: str = _help(
         "what the t-SNE map of --init tsne is made of: codes (of the pretrained encoder), data "
         "(its first 50 principal components), auto (a map of each, keeping the one whose "
@@ -371,6 +378,11 @@ class TrainConfig:
         # before any training: the registry imports scikit-learn, which --help need not wait for.
         if not self.tsne_perplexity > 0:
             raise ConfigError(f"--tsne-perplexity must be positive, not {self.tsne_perplexity}")
+        if self.tsne_iterations < TSNE_EXAGGERATION_STEPS:
+            raise ConfigError(
+                f"--tsne-iterations must be at least {TSNE_EXAGGERATION_STEPS} (t-SNE's early "
+                f"exaggeration), not {self.tsne_iterations}"
+            )
         if self.tsne_input not in TSNE_INPUTS:
             raise ConfigError(
                 f"--tsne-input must be one of {', '.join(TSNE_INPUTS)}, not {self.tsne_input!r}"

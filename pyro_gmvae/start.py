@@ -17,6 +17,7 @@ picks ``STARTS[NAME]``; :func:`register_start` adds one, so a new start is one f
 
 from __future__ import annotations
 
+import inspect
 import os
 import warnings
 from collections.abc import Callable
@@ -110,12 +111,18 @@ class UniformWeightsMixture(GaussianMixture):
         self.weights_ = np.full(self.n_components, 1.0 / self.n_components)
 
 
-def tsne_map(x: np.ndarray, perplexity: float, seed: int) -> np.ndarray:
-    """A 2-d t-SNE map ``(N, 2)`` of ``x (N, D)``; PCA initialisation, so it depends on ``seed``
-    only through ties. The perplexity is capped at a third of the rows, as t-SNE needs."""
+#: scikit-learn's name for t-SNE's number of gradient steps (``n_iter`` before 1.5).
+_TSNE_STEPS = "max_iter" if "max_iter" in inspect.signature(TSNE).parameters else "n_iter"
+
+
+def tsne_map(x: np.ndarray, perplexity: float, seed: int, iterations: int = 1000) -> np.ndarray:
+    """A 2-d t-SNE map ``(N, 2)`` of ``x (N, D)`` after ``iterations`` gradient steps, the first
+    250 with early exaggeration; PCA initialisation, so it depends on ``seed`` only through ties.
+    The perplexity is capped at a third of the rows, as t-SNE needs."""
     perplexity = min(perplexity, max(1.0, (len(x) - 1) / 3))
     init = "pca" if x.shape[1] >= 2 else "random"  # PCA cannot make 2 components of 1 column
-    return TSNE(2, perplexity=perplexity, init=init, random_state=seed).fit_transform(x)
+    steps = {_TSNE_STEPS: iterations}
+    return TSNE(2, perplexity=perplexity, init=init, random_state=seed, **steps).fit_transform(x)
 
 
 def umap_map(x: np.ndarray, components: int, neighbors: int, seed: int) -> np.ndarray:
@@ -280,7 +287,7 @@ def tsne_start(
         )
     found = {}
     for name, source in sources.items():
-        embedding = tsne_map(source, config.tsne_perplexity, config.seed)
+        embedding = tsne_map(source, config.tsne_perplexity, config.seed, config.tsne_iterations)
         labels = map_clusters(embedding, n_clusters, config.restarts, config.seed, uniform)
         found[name] = (separation(embedding, labels, config.seed), labels)
     kept = max(found, key=lambda name: found[name][0])

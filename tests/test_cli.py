@@ -213,6 +213,7 @@ def fast_args(data, out, *extra: str) -> list[str]:
         ("--heldout-fraction", "1"),
         ("--device", "tpu"),
         ("--tsne-perplexity", "0"),
+        ("--tsne-iterations", "249"),
         ("--tsne-input", "pixels"),
         ("--anchor-epochs", "-1"),
         ("--anchor-beta", "0"),
