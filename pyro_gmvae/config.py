@@ -247,7 +247,8 @@ class TrainConfig:
     )
     tsne_iterations: int = _help(
         "gradient steps of each t-SNE map of --init tsne, the first 250 with early exaggeration "
-        "(at least 250)",
+        "(at least 250): 500 halve the start's time, but they shrink the codes' map's lead in "
+        "the silhouette and cost mnist8k its better map on one seed of three",
         default=1000,
     )
     tsne_input: str = _help(
