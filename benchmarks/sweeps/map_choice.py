@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import pyro
 import torch
+from after_start import holding  # beside this script
 
 from pyro_gmvae.config import ModelConfig, TrainConfig
 from pyro_gmvae.data import load_data
@@ -83,13 +84,6 @@ def heldout(a: argparse.Namespace) -> None:
     ]
     Trainer(model, x[train], cfg, recipe=Recipe(phases), progress=False).run()
     at(10 * tens)(None)
-
-
-def holding(start: Start):
-    def held(codes, data, n_clusters, config, uniform):
-        return start
-
-    return held
 
 
 def elbo(a: argparse.Namespace) -> None:
