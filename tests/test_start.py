@@ -161,6 +161,29 @@ def test_tsne_start_keeps_the_map_whose_clusters_are_separated(structured):
     assert list(tsne_start(codes.astype(np.float64), data, 3, config, False).scores) == ["codes"]
 
 
+def test_tsne_iterations_reach_every_map_of_the_start(monkeypatch):
+    """--tsne-iterations sets the gradient steps of both maps (scikit-learn counts them in
+    ``n_iter_``: the steps run, which stop at the limit on these blobs)."""
+    import pyro_gmvae.start as start_module
+
+    ran = []
+
+    class Recorded(start_module.TSNE):
+        def fit_transform(self, x, y=None):
+            embedding = super().fit_transform(x)
+            ran.append(self.n_iter_)
+            return embedding
+
+    monkeypatch.setattr(start_module, "TSNE", Recorded)
+    x, _ = blobs(n=150)
+    noise = np.random.default_rng(1).uniform(size=x.shape).astype(np.float32)
+    for steps in (300, 600):
+        config = small_train(init="tsne", tsne_perplexity=20.0, tsne_iterations=steps)
+        tsne_start(x.astype(np.float64), noise, 3, config, False)
+        assert len(ran) == 2 and all(steps - 50 < n <= steps for n in ran), (steps, ran)
+        ran.clear()
+
+
 def test_mixture_moments_of_hard_assignments_are_each_clusters_moments():
     codes = np.array([[0.0, 1.0], [2.0, 3.0], [10.0, 10.0], [12.0, 14.0]])
     responsibilities = np.eye(3)[[0, 0, 1, 1]]  # cluster 2 empty
