@@ -99,9 +99,12 @@ def elbo(a: argparse.Namespace) -> None:
     codes, rows = trainer.codes(), trainer.host_rows()
     k, seed, uniform = model.n_clusters, a.seed, not model.config.learn_weights
     maps = {
-        "codes": tsne_map(codes, cfg.tsne_perplexity, seed),
+        "codes": tsne_map(codes, cfg.tsne_perplexity, seed, cfg.tsne_iterations),
         "data": tsne_map(
-            principal_components(rows, DATA_COMPONENTS, seed), cfg.tsne_perplexity, seed
+            principal_components(rows, DATA_COMPONENTS, seed),
+            cfg.tsne_perplexity,
+            seed,
+            cfg.tsne_iterations,
         ),
     }
     maps["both"] = side_by_side(maps["codes"], maps["data"])
