@@ -226,6 +226,21 @@ def test_tie_to_classes_keeps_the_candidate_map_the_labelled_rows_agree_with():
     assert alone.assignments.tolist() == [0, 0, 1, 0, 2, 2]
 
 
+def test_tie_to_classes_leaves_a_tie_between_maps_to_the_start():
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    known = np.array([True, False, True, False, True, False])
+    # Both maps put every labelled row with its class; they part on the unlabelled rows.
+    codes = np.array([0, 1, 1, 1, 2, 2])
+    data = np.array([0, 0, 1, 1, 2, 2])
+    for kept, other in (("data", "codes"), ("codes", "data")):
+        clusters = {"codes": codes, "data": data}
+        start = Start(np.eye(3)[clusters[kept]], source=kept, scores={"codes": 0.5, "data": 0.5})
+        start.candidates = clusters
+        tied = tie_to_classes(start, labels, known)
+        assert tied.source == kept, f"a tie on the labelled rows moved the start to {other}'s map"
+        assert tied.assignments.tolist() == clusters[kept].tolist()
+
+
 @pytest.mark.parametrize("aux_weight", [0.0, 2.0])
 def test_fit_with_labels_known_ties_clusters_to_classes(guide, aux_weight):
     x, labels = permuted_blobs()
