@@ -15,6 +15,11 @@ with other variants skips them. A variant is a recipe of the phases after pretra
   of ``relabel-long``).
 - ``relabel-every``: the anchor's steps in six parts, each after the first re-holding every row at
   the model's own cluster.
+- ``selflabel``: the default anchor, then as many steps of the summed-out ELBO plus
+  ``10 * cross-entropy`` of q(y|x) on a strongly moved copy of each row (rotated up to 25 degrees,
+  scaled by up to 15%, shifted up to 0.15 of the width, half of them with a square of 0.35 of the
+  side blanked) against the model's own cluster of the row as it is, where q(y|x) of the row is
+  above 0.95 (self-labelling, as SCAN's last step and FixMatch do; images only), then SVI.
 
 Labels score each variant only (the start, each epoch, the end); nothing chooses by them.
 
@@ -27,18 +32,21 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyro
 import torch
+import torch.nn.functional as F
 
 from pyro_gmvae.config import AUTO_START, ModelConfig, TrainConfig, start_for
 from pyro_gmvae.data import load_data
 from pyro_gmvae.metrics import clustering_scores
 from pyro_gmvae.model import GMVAE
 from pyro_gmvae.start import Start, find_start, one_hot
-from pyro_gmvae.train import Anchor, MixtureStart, Recipe, Trainer, default_recipe
+from pyro_gmvae.train import SVI, Anchor, MixtureStart, Recipe, Trainer, default_recipe
 
 
 def holding(start: Start):
@@ -53,6 +61,47 @@ def holding(start: Start):
 def relabel(trainer: Trainer) -> None:
     """An ``on_begin`` action: hold each row at the model's own most probable cluster."""
     trainer.assignments = torch.as_tensor(trainer.model.predict(trainer.x), device=trainer.device)
+
+
+def strongly_moved(x: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """Flattened images ``x (N, H*W)`` rotated up to 25 degrees, scaled by up to 15%, shifted up
+    to 0.15 of the width, and half of them with a random square of 0.35 of the side blanked."""
+    n, (h, w) = x.shape[0], shape
+    angle = (torch.rand(n) * 2 - 1) * math.radians(25)
+    scale = 1 + (torch.rand(n) * 2 - 1) * 0.15
+    offset = (torch.rand(n, 2) * 2 - 1) * 0.3  # the grid spans [-1, 1]
+    cos, sin = angle.cos() / scale, angle.sin() / scale
+    theta = torch.stack(
+        [torch.stack([cos, -sin, offset[:, 0]], -1), torch.stack([sin, cos, offset[:, 1]], -1)], 1
+    )
+    grid = F.affine_grid(theta, (n, 1, h, w), align_corners=False)
+    out = F.grid_sample(x.view(n, 1, h, w), grid, align_corners=False).view(n, h, w)
+    side = max(1, round(0.35 * h))
+    top, left = torch.randint(0, h - side + 1, (n, 1, 1)), torch.randint(0, w - side + 1, (n, 1, 1))
+    rows, cols = torch.arange(h).view(1, h, 1), torch.arange(w).view(1, 1, w)
+    square = (rows >= top) & (rows < top + side) & (cols >= left) & (cols < left + side)
+    out = out.masked_fill(square & (torch.rand(n) < 0.5).view(n, 1, 1), 0.0)
+    return out.reshape(n, h * w).clamp(0, 1)
+
+
+@dataclass
+class SelfLabel(SVI):
+    """The summed-out ELBO plus ``weight`` times the cross-entropy of q(y|x) on a strongly moved
+    copy of each row against the model's own cluster of the row, where that is above
+    ``threshold``."""
+
+    name: str = "selflabel"
+    weight: float = 10.0
+    threshold: float = 0.95
+
+    def loss(self, trainer: Trainer, batch) -> torch.Tensor:
+        model = trainer.model
+        with torch.no_grad():
+            confidence, own = model.cluster_log_proba(batch.x).exp().max(-1)
+        log_q = model.cluster_log_proba(strongly_moved(batch.x, trainer.image_shape))
+        confident = (confidence > self.threshold).float()
+        cross_entropy = -(log_q.gather(-1, own[:, None]).squeeze(-1) * confident).mean()
+        return super().loss(trainer, batch) + self.weight * cross_entropy
 
 
 def variant(name: str, start: Start, cfg: TrainConfig) -> Recipe:
@@ -79,6 +128,9 @@ def variant(name: str, start: Start, cfg: TrainConfig) -> Recipe:
         phases = [anchor, part(anchor, 1.0, "reanchor", False)]
     elif name == "long":
         phases = [part(anchor, 2.0, "anchor", True)]
+    elif name == "selflabel":
+        steps = {k: getattr(anchor, k) for k in ("epochs", "max_steps", "min_steps")}
+        phases = [anchor, SelfLabel(**steps, new_optimizer=True)]
     elif name == "relabel-every":
         phases = [part(anchor, 1 / 6, f"anchor{i}" if i else "anchor", i == 0) for i in range(6)]
     else:
