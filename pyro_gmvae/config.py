@@ -330,7 +330,7 @@ class TrainConfig:
     )
     aux_weight: float = _help(
         "with --labels-known: weight alpha of the classification term alpha * log q(y|x) on the "
-        "labelled rows (Kingma et al. 2014, who use 0.1 N; 0: none)",
+        "labelled rows, in pretraining and SVI (Kingma et al. 2014, who use 0.1 N; 0: none)",
         default=100.0,
     )
     seed: int = _help("random seed", default=0)

@@ -38,6 +38,7 @@ from pyro_gmvae.metrics import cluster_accuracy
 from pyro_gmvae.reference import hand_loss
 from pyro_gmvae.runs import load_run_data, open_run, split_heldout
 from pyro_gmvae.start import tie_to_classes
+from pyro_gmvae.train import Pretrain
 
 #: Which of the N = 5 rows are labelled, and the classes of all rows (ignored where unknown).
 KNOWN = torch.tensor([True, False, True, True, False])
@@ -267,6 +268,30 @@ def test_labels_known_draws_the_rows_in_the_trainer_as_the_cli_does():
         Trainer(model, x, small_train(labels_known=9), progress=False)
     with pytest.raises(DataError, match="classes 0..2"):
         Trainer(model, x, small_train(labels_known=9), labels=labels + 3, progress=False)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 30.0])
+def test_pretraining_adds_the_labelled_rows_classification_term(guide, alpha):
+    x, labels = permuted_blobs()
+    pyro.set_rng_seed(0)
+    model = GMVAE(small_model(n_features=x.shape[1], guide=guide))
+    known = labelled_rows(labels, 6, seed=0)
+    config = small_train(aux_weight=alpha)
+    trainer = Trainer(
+        model, x, config, recipe=[Pretrain(20)], labels=labels, known=known, progress=False
+    )
+    batch = trainer.minibatch(torch.arange(len(x)))
+    loss = Pretrain(1).loss(trainer, batch)
+    rows = torch.as_tensor(x, dtype=torch.float32)
+    loc, _ = model.encoder(rows)
+    autoencoder = -model.likelihood(model.decoder(loc)).log_prob(rows).mean()
+    log_q = model.cluster_log_proba(rows)[torch.as_tensor(known), labels[known]]  # (6,)
+    torch.testing.assert_close(loss, autoencoder - alpha * log_q.sum() / len(x))
+    # The term trains q(y|x): a phase of it puts the labelled rows' mass at their class.
+    before = log_q.detach()
+    trainer.run()
+    after = model.cluster_log_proba(rows)[torch.as_tensor(known), labels[known]].detach()
+    assert (after.mean() > before.mean() + 0.5) == (alpha > 0), (before, after)
 
 
 def test_the_anchor_holds_labelled_rows_at_their_class():
