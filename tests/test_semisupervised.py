@@ -187,6 +187,14 @@ def permuted_blobs() -> tuple[np.ndarray, np.ndarray]:
     return x, np.array([2, 0, 1])[labels]
 
 
+def labelled_blobs(guide: str, n_known: int):
+    """``permuted_blobs``, a small model with ``guide`` seeded alike, and ``n_known`` labelled rows."""
+    x, labels = permuted_blobs()
+    pyro.set_rng_seed(0)
+    model = GMVAE(small_model(n_features=x.shape[1], guide=guide))
+    return x, labels, model, labelled_rows(labels, n_known, seed=0)
+
+
 def test_labelled_rows_are_drawn_with_the_seed_balanced_per_class():
     labels = np.repeat(np.arange(4), [50, 30, 3, 20])
     mask = labelled_rows(labels, 16, seed=1)
@@ -244,10 +252,7 @@ def test_tie_to_classes_leaves_a_tie_between_maps_to_the_start():
 
 @pytest.mark.parametrize("aux_weight", [0.0, 2.0])
 def test_fit_with_labels_known_ties_clusters_to_classes(guide, aux_weight):
-    x, labels = permuted_blobs()
-    pyro.set_rng_seed(0)
-    model = GMVAE(small_model(n_features=x.shape[1], guide=guide))
-    known = labelled_rows(labels, 6, seed=0)
+    x, labels, model, known = labelled_blobs(guide, 6)
     config = small_train(anchor_epochs=3, aux_weight=aux_weight)
     history = fit(model, x, config, labels=labels, known=known, progress=False)
     # predict returns classes: plain accuracy, no matching, on rows training never labelled.
@@ -272,10 +277,7 @@ def test_labels_known_draws_the_rows_in_the_trainer_as_the_cli_does():
 
 @pytest.mark.parametrize("alpha", [0.0, 30.0])
 def test_pretraining_adds_the_labelled_rows_classification_term(guide, alpha):
-    x, labels = permuted_blobs()
-    pyro.set_rng_seed(0)
-    model = GMVAE(small_model(n_features=x.shape[1], guide=guide))
-    known = labelled_rows(labels, 6, seed=0)
+    x, labels, model, known = labelled_blobs(guide, 6)
     config = small_train(aux_weight=alpha)
     trainer = Trainer(
         model, x, config, recipe=[Pretrain(20)], labels=labels, known=known, progress=False
