@@ -109,15 +109,23 @@ def resolve_device(device: str | None) -> torch.device:
 
 
 def augment_images(
-    x: torch.Tensor, image_shape: tuple[int, int], rotation: float, shift: float
+    x: torch.Tensor,
+    image_shape: tuple[int, int],
+    rotation: float,
+    shift: float,
+    scale: float = 0.0,
 ) -> torch.Tensor:
-    """Random small rotations (up to ``rotation`` degrees) and shifts (up to ``shift`` of the
-    width) of flattened images ``x (N, H*W)``; the same shape comes back."""
+    """Random small rotations (up to ``rotation`` degrees), shifts (up to ``shift`` of the
+    width) and, when ``scale`` > 0, zooms (by a factor within 1 ± ``scale``) of flattened images
+    ``x (N, H*W)``; the same shape comes back."""
     n = x.shape[0]
     h, w = image_shape
     angle = (torch.rand(n, device=x.device) * 2 - 1) * math.radians(rotation)
     offset = (torch.rand(n, 2, device=x.device) * 2 - 1) * (2 * shift)  # grid spans [-1, 1]
     cos, sin = angle.cos(), angle.sin()
+    if scale > 0:  # drawn only then, so the other moves draw the same numbers without it
+        zoom = 1 + (torch.rand(n, device=x.device) * 2 - 1) * scale
+        cos, sin = cos / zoom, sin / zoom
     theta = torch.stack(
         [torch.stack([cos, -sin, offset[:, 0]], -1), torch.stack([sin, cos, offset[:, 1]], -1)], 1
     )

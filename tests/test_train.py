@@ -30,6 +30,7 @@ from pyro_gmvae.train import (
     Pretrain,
     Recipe,
     Trainer,
+    augment_images,
     default_recipe,
 )
 
@@ -542,3 +543,17 @@ def test_the_data_plate_takes_size_and_subsample_together():
         model.model(torch.as_tensor(x), size=10)
     with pytest.raises(ValueError, match="3 subsample indices for 10 rows"):
         model.model(torch.as_tensor(x), size=20, subsample=torch.arange(3))
+
+
+def test_augment_images_zooms_only_when_scale_is_given():
+    image = torch.zeros(28, 28)
+    image[10:18, 10:18] = 1.0  # an 8x8 square at the centre
+    x = image.reshape(1, -1).repeat(64, 1)
+    torch.manual_seed(0)
+    still = augment_images(x, (28, 28), rotation=0.0, shift=0.0)
+    torch.testing.assert_close(still, x)  # no move: the images come back as they were
+    torch.manual_seed(0)
+    zoomed = augment_images(x, (28, 28), rotation=0.0, shift=0.0, scale=0.3)
+    ratio = zoomed.sum(1) / x.sum(1)  # the square's area, 64 z^2 for a zoom z
+    assert ratio.min() >= 0.7**2 - 0.1 and ratio.max() <= 1.3**2 + 0.1, ratio
+    assert ratio.min() < 0.8 and ratio.max() > 1.2, ratio  # zooms both ways, not one size

@@ -32,21 +32,27 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyro
 import torch
-import torch.nn.functional as F
 
 from pyro_gmvae.config import AUTO_START, ModelConfig, TrainConfig, start_for
 from pyro_gmvae.data import load_data
 from pyro_gmvae.metrics import clustering_scores
 from pyro_gmvae.model import GMVAE
 from pyro_gmvae.start import Start, find_start, one_hot
-from pyro_gmvae.train import SVI, Anchor, MixtureStart, Recipe, Trainer, default_recipe
+from pyro_gmvae.train import (
+    SVI,
+    Anchor,
+    MixtureStart,
+    Recipe,
+    Trainer,
+    augment_images,
+    default_recipe,
+)
 
 
 def holding(start: Start):
@@ -64,24 +70,15 @@ def relabel(trainer: Trainer) -> None:
 
 
 def strongly_moved(x: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-    """Flattened images ``x (N, H*W)`` rotated up to 25 degrees, scaled by up to 15%, shifted up
-    to 0.15 of the width, and half of them with a random square of 0.35 of the side blanked."""
+    """Flattened images ``x (N, H*W)`` rotated up to 25 degrees, shifted up to 0.15 of the width,
+    scaled by up to 15%, and half of them with a random square of 0.35 of the side blanked."""
     n, (h, w) = x.shape[0], shape
-    angle = (torch.rand(n) * 2 - 1) * math.radians(25)
-    scale = 1 + (torch.rand(n) * 2 - 1) * 0.15
-    offset = (torch.rand(n, 2) * 2 - 1) * 0.3  # the grid spans [-1, 1]
-    cos, sin = angle.cos() / scale, angle.sin() / scale
-    theta = torch.stack(
-        [torch.stack([cos, -sin, offset[:, 0]], -1), torch.stack([sin, cos, offset[:, 1]], -1)], 1
-    )
-    grid = F.affine_grid(theta, (n, 1, h, w), align_corners=False)
-    out = F.grid_sample(x.view(n, 1, h, w), grid, align_corners=False).view(n, h, w)
+    out = augment_images(x, shape, rotation=25.0, shift=0.15, scale=0.15).view(n, h, w)
     side = max(1, round(0.35 * h))
     top, left = torch.randint(0, h - side + 1, (n, 1, 1)), torch.randint(0, w - side + 1, (n, 1, 1))
     rows, cols = torch.arange(h).view(1, h, 1), torch.arange(w).view(1, 1, w)
     square = (rows >= top) & (rows < top + side) & (cols >= left) & (cols < left + side)
-    out = out.masked_fill(square & (torch.rand(n) < 0.5).view(n, 1, 1), 0.0)
-    return out.reshape(n, h * w).clamp(0, 1)
+    return out.masked_fill(square & (torch.rand(n) < 0.5).view(n, 1, 1), 0.0).reshape(n, h * w)
 
 
 @dataclass
