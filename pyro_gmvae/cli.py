@@ -127,7 +127,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 # Options of gmvae train that mean nothing to a selection, which keeps no checkpoints and
 # clusters without labels.
-_NOT_SELECT_FLAGS = {"clusters", "checkpoint_every", "labels_known", "aux_weight"}
+_NOT_SELECT_FLAGS = {
+    "clusters",
+    "checkpoint_every",
+    "labels_known",
+    "aux_weight",
+    "consistency_weight",
+}
 
 
 def _add_select(subparsers) -> None:

@@ -333,6 +333,12 @@ class TrainConfig:
         "labelled rows, in pretraining and SVI (Kingma et al. 2014, who use 0.1 N; 0: none)",
         default=100.0,
     )
+    consistency_weight: float = _help(
+        "with --labels-known, images only: weight of a consistency term in pretraining "
+        "(FixMatch, Sohn et al. 2020): each unlabelled row whose q(y|x) on its moved copy "
+        "exceeds 0.95 is classified at that class from a strongly moved copy (0: none)",
+        default=0.0,
+    )
     seed: int = _help("random seed", default=0)
     device: str | None = _help("cpu or cuda (default: cuda when available)", default=None)
     checkpoint_every: int = _help("save a checkpoint every this many epochs", default=5)
@@ -410,6 +416,8 @@ class TrainConfig:
             raise ConfigError(f"--augment-mode must be view or data, not {self.augment_mode!r}")
         if self.aux_weight < 0:
             raise ConfigError(f"--aux-weight must be >= 0, not {self.aux_weight}")
+        if self.consistency_weight < 0:
+            raise ConfigError(f"--consistency-weight must be >= 0, not {self.consistency_weight}")
         if self.anchor_classify < 0:
             raise ConfigError(f"--anchor-classify must be >= 0, not {self.anchor_classify}")
         if self.clip_norm < 0:

@@ -330,7 +330,7 @@ class GMVAEClustering(
                 f"train_options sets {own}: pass these as GMVAEClustering's own parameters "
                 "(seed as random_state)"
             )
-        supervised = sorted(set(options) & {"labels_known", "aux_weight"})
+        supervised = sorted(set(options) & {"labels_known", "aux_weight", "consistency_weight"})
         if supervised:
             raise ValueError(
                 f"train_options sets {supervised}: GMVAEClustering clusters without labels; to "

@@ -134,12 +134,29 @@ def augment_images(
     return out.view(n, h * w).clamp(0.0, 1.0)
 
 
+def strongly_moved(x: torch.Tensor, image_shape: tuple[int, int]) -> torch.Tensor:
+    """FixMatch's strong moves (Sohn et al. 2020), as far as they suit grey images: flattened
+    images ``x (N, H*W)`` rotated up to 25 degrees, shifted up to 0.15 of the width, zoomed by up
+    to 15%, and half of them with a random square of 0.35 of the side blanked (cutout)."""
+    n, (h, w) = x.shape[0], image_shape
+    out = augment_images(x, image_shape, rotation=25.0, shift=0.15, scale=0.15).view(n, h, w)
+    side = max(1, round(0.35 * h))
+    top = torch.randint(0, h - side + 1, (n, 1, 1), device=x.device)
+    left = torch.randint(0, w - side + 1, (n, 1, 1), device=x.device)
+    rows = torch.arange(h, device=x.device).view(1, h, 1)
+    cols = torch.arange(w, device=x.device).view(1, 1, w)
+    square = (rows >= top) & (rows < top + side) & (cols >= left) & (cols < left + side)
+    blanked = (torch.rand(n, device=x.device) < 0.5).view(n, 1, 1)
+    return out.masked_fill(square & blanked, 0.0).reshape(n, h * w)
+
+
 @dataclass
 class Batch:
     """One minibatch: the rows ``idx (B,)`` of the training data, their values ``x (B, D)``, and
     what the networks see instead of ``x`` (a randomly moved copy), if anything: ``view``. When
     some labels are known, ``y (B,)`` the rows' classes and ``known (B,)`` which of them are given
-    to training, with ``aux_weight`` the weight of the classification term on those.
+    to training, with ``aux_weight`` the weight of the classification term on those and
+    ``consistency_weight`` that of pretraining's consistency term on the others.
 
     ``size``, when set, is the number N of training rows the batch was drawn from: the ELBO
     phases then size the ``data`` plate to N with ``idx`` its subsample and divide by N, the
@@ -155,6 +172,7 @@ class Batch:
     y: torch.Tensor | None = None
     known: torch.Tensor | None = None
     aux_weight: float = 0.0
+    consistency_weight: float = 0.0
 
     @property
     def seen(self) -> torch.Tensor:
@@ -286,10 +304,17 @@ class Pretrain(Phase):
     classes from the first step: the start's clusters find them, where codes learnt without the
     labels confuse classes that the labels alone can no longer pull apart (on mnist8k with 100
     labels the start rose from 0.894 to 0.928-0.935 on two seeds; benchmarks/RESULTS.md).
+
+    For images, ``consistency_weight`` adds FixMatch's term (Sohn et al. 2020) on the unlabelled
+    rows: where q(y|x) on what the encoders see (the moved copy) is above ``confidence``, minus
+    log q(y|x) at that class on a :func:`strongly_moved` copy, summed and divided by the batch's
+    size. The classes the labels taught then reach the unlabelled rows through moves that keep
+    a digit's class, so the codes are shaped by more than the few labelled rows.
     """
 
     name: str = "pretrain"
     new_optimizer: bool = True
+    confidence: float = 0.95
 
     def loss(self, trainer: Trainer, batch: Batch) -> torch.Tensor:
         model = trainer.model
@@ -299,7 +324,28 @@ class Pretrain(Phase):
             log_q = model.cluster_log_proba(batch.seen[batch.known])  # (L, K)
             at_class = log_q.gather(-1, batch.y[batch.known].unsqueeze(-1)).sum()
             loss = loss - batch.aux_weight * at_class / len(batch.x)
+        unlabelled = None if batch.known is None else ~batch.known
+        if (
+            unlabelled is not None
+            and batch.consistency_weight
+            and trainer.image_shape is not None
+            and bool(unlabelled.any())
+        ):
+            seen, x = batch.seen[unlabelled], batch.x[unlabelled]
+            term = self.consistency(model, seen, x, trainer.image_shape)
+            loss = loss + batch.consistency_weight * term / len(batch.x)
         return loss
+
+    def consistency(
+        self, model: GMVAE, seen: torch.Tensor, x: torch.Tensor, image_shape: tuple[int, int]
+    ) -> torch.Tensor:
+        """FixMatch's unlabelled loss, summed over the rows: where q(y|x) on what the encoders
+        see is above ``confidence``, minus log q(y|x) at that class on a strongly moved copy."""
+        with torch.no_grad():
+            confident, guess = model.cluster_log_proba(seen).exp().max(-1)
+        log_q = model.cluster_log_proba(strongly_moved(x, image_shape))
+        at_guess = log_q.gather(-1, guess.unsqueeze(-1)).squeeze(-1)
+        return -(at_guess * (confident > self.confidence)).sum()
 
 
 @dataclass
@@ -814,6 +860,7 @@ class Trainer:
                 "y": self.classes[idx],
                 "known": self.known[idx],
                 "aux_weight": c.aux_weight,
+                "consistency_weight": c.consistency_weight,
             }
         if self.image_shape is None or (c.augment_rotation == 0 and c.augment_shift == 0):
             return Batch(idx, xb, **labelled)

@@ -37,6 +37,7 @@ def small_train(**kwargs) -> TrainConfig:
         beta=1.0,
         augment_rotation=0.0,
         augment_shift=0.0,
+        consistency_weight=0.0,
         seed=0,
         device="cpu",
         checkpoint_every=5,

@@ -38,7 +38,7 @@ from pyro_gmvae.metrics import cluster_accuracy
 from pyro_gmvae.reference import hand_loss
 from pyro_gmvae.runs import load_run_data, open_run, split_heldout
 from pyro_gmvae.start import tie_to_classes
-from pyro_gmvae.train import Pretrain
+from pyro_gmvae.train import Pretrain, strongly_moved
 
 #: Which of the N = 5 rows are labelled, and the classes of all rows (ignored where unknown).
 KNOWN = torch.tensor([True, False, True, True, False])
@@ -294,6 +294,60 @@ def test_pretraining_adds_the_labelled_rows_classification_term(guide, alpha):
     trainer.run()
     after = model.cluster_log_proba(rows)[torch.as_tensor(known), labels[known]].detach()
     assert (after.mean() > before.mean() + 0.5) == (alpha > 0), (before, after)
+
+
+def test_pretraining_adds_the_consistency_term_on_confident_unlabelled_images(guide):
+    x, labels = permuted_blobs()  # 16 features in [0, 1]: 4x4 images
+    pyro.set_rng_seed(0)
+    model = GMVAE(small_model(n_features=16, image_shape=(4, 4), network="mlp", guide=guide))
+    known = labelled_rows(labels, 6, seed=0)
+    moves = dict(augment_rotation=10.0, augment_shift=0.1)
+    config = small_train(aux_weight=0.0, consistency_weight=5.0, **moves)
+    trainer = Trainer(
+        model, x, config, recipe=[Pretrain(1)], labels=labels, known=known, progress=False
+    )
+    batch = trainer.minibatch(torch.arange(len(x)))
+    assert batch.view is not None  # the encoders see moved copies
+    unlabelled = torch.as_tensor(~known)
+    with torch.no_grad():
+        confident, guess = model.cluster_log_proba(batch.view[unlabelled]).exp().max(-1)
+    # Only the rows above the phase's confidence count: here the more confident half.
+    phase = Pretrain(1, confidence=float(confident.median()))
+    torch.manual_seed(1)
+    loss = phase.loss(trainer, batch)
+    torch.manual_seed(1)
+    moved = strongly_moved(batch.x[unlabelled], (4, 4))
+    loc, _ = model.encoder(batch.view)
+    autoencoder = -model.likelihood(model.decoder(loc)).log_prob(batch.x).mean()
+    at_guess = model.cluster_log_proba(moved).gather(-1, guess.unsqueeze(-1)).squeeze(-1)
+    counted = confident > phase.confidence
+    assert 0 < counted.sum() < len(counted)
+    term = -(at_guess * counted).sum() / len(x)
+    torch.testing.assert_close(loss, autoencoder + 5.0 * term)
+
+    # No labels, a weight of 0, or rows that are not images: the autoencoder's loss alone.
+    _, _, table_model, _ = labelled_blobs(guide, 6)
+    zero = small_train(aux_weight=0.0, consistency_weight=0.0, **moves)
+    setups = [(model, config, {}), (model, zero, dict(labels=labels, known=known))]
+    setups.append((table_model, config, dict(labels=labels, known=known)))
+    for model, config, labelled in setups:
+        trainer = Trainer(model, x, config, recipe=[Pretrain(1)], progress=False, **labelled)
+        batch = trainer.minibatch(torch.arange(len(x)))
+        loc, _ = model.encoder(batch.seen)
+        autoencoder = -model.likelihood(model.decoder(loc)).log_prob(batch.x).mean()
+        torch.testing.assert_close(phase.loss(trainer, batch), autoencoder)
+
+
+def test_strongly_moved_images_keep_their_shape_and_range_and_half_lose_a_square():
+    torch.manual_seed(0)
+    x = torch.ones(400, 64)  # white 8x8 images: a blanked square shows as zeros
+    moved = strongly_moved(x, (8, 8))
+    assert moved.shape == x.shape and 0 <= moved.min() and moved.max() <= 1
+    # A 3x3 square (0.35 of 8, rounded) of zeros inside the image where no move reaches the
+    # border: the centre 4x4 of an all-white image stays white under the moves alone.
+    centre = moved.view(400, 8, 8)[:, 2:6, 2:6]
+    blanked = (centre == 0).flatten(1).any(-1).float().mean()
+    assert 0.25 < blanked < 0.6, blanked
 
 
 def test_the_anchor_holds_labelled_rows_at_their_class():

@@ -50,8 +50,8 @@ from pyro_gmvae.train import (
     MixtureStart,
     Recipe,
     Trainer,
-    augment_images,
     default_recipe,
+    strongly_moved,
 )
 
 
@@ -67,18 +67,6 @@ def holding(start: Start):
 def relabel(trainer: Trainer) -> None:
     """An ``on_begin`` action: hold each row at the model's own most probable cluster."""
     trainer.assignments = torch.as_tensor(trainer.model.predict(trainer.x), device=trainer.device)
-
-
-def strongly_moved(x: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-    """Flattened images ``x (N, H*W)`` rotated up to 25 degrees, shifted up to 0.15 of the width,
-    scaled by up to 15%, and half of them with a random square of 0.35 of the side blanked."""
-    n, (h, w) = x.shape[0], shape
-    out = augment_images(x, shape, rotation=25.0, shift=0.15, scale=0.15).view(n, h, w)
-    side = max(1, round(0.35 * h))
-    top, left = torch.randint(0, h - side + 1, (n, 1, 1)), torch.randint(0, w - side + 1, (n, 1, 1))
-    rows, cols = torch.arange(h).view(1, h, 1), torch.arange(w).view(1, 1, w)
-    square = (rows >= top) & (rows < top + side) & (cols >= left) & (cols < left + side)
-    return out.masked_fill(square & (torch.rand(n) < 0.5).view(n, 1, 1), 0.0).reshape(n, h * w)
 
 
 @dataclass
