@@ -337,7 +337,7 @@ class TrainConfig:
         "with --labels-known, images only: weight of a consistency term in pretraining "
         "(FixMatch, Sohn et al. 2020): each unlabelled row whose q(y|x) on its moved copy "
         "exceeds 0.95 is classified at that class from a strongly moved copy (0: none)",
-        default=0.0,
+        default=30.0,
     )
     seed: int = _help("random seed", default=0)
     device: str | None = _help("cpu or cuda (default: cuda when available)", default=None)
@@ -520,10 +520,14 @@ class RunConfig:
             # Saved (every field written) before --network existed, when every model was fully
             # connected: its weights are an MLP's, where auto would now build conv for images.
             model = {**model, "network": "mlp"}
+        train = d.get("train", {})
+        if isinstance(train, dict) and "aux_weight" in train and "consistency_weight" not in train:
+            # Saved before pretraining's consistency term existed: resumed, it trains as it began.
+            train = {**train, "consistency_weight": 0.0}
         return cls(
             data=_from_dict(DataConfig, d.get("data", {})),
             model=_from_dict(ModelConfig, model),
-            train=_from_dict(TrainConfig, d.get("train", {})),
+            train=_from_dict(TrainConfig, train),
         )
 
     def save(self, path: str | Path) -> None:

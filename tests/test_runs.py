@@ -454,3 +454,16 @@ def test_gmvae_train_prints_and_saves_the_network_and_start_it_chose_from_the_da
     assert (saved.hidden, saved.latent_dim) == ((40, 40), 2)
     assert saved_config.train.init == "data-gmm"  # a resume starts the same way
     assert GMVAE.load(tmp_path / "run").encoder.loc.out_features == 2
+
+
+def test_a_run_saved_before_the_consistency_term_resumes_without_it():
+    """Its config.json has ``aux_weight`` but no ``consistency_weight``: resumed, the run keeps
+    the pretraining it began with; a config that names neither takes today's default."""
+    saved = RunConfig().to_dict()
+    del saved["train"]["consistency_weight"]
+    assert RunConfig.from_dict(saved).train.consistency_weight == 0.0
+    assert RunConfig.from_dict({**saved, "train": {"seed": 3}}).train.consistency_weight == (
+        RunConfig().train.consistency_weight
+    )
+    saved["train"]["consistency_weight"] = 5.0
+    assert RunConfig.from_dict(saved).train.consistency_weight == 5.0
