@@ -133,6 +133,7 @@ _NOT_SELECT_FLAGS = {
     "labels_known",
     "aux_weight",
     "consistency_weight",
+    "consistency_pretrain_factor",
 }
 
 

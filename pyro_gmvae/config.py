@@ -339,6 +339,12 @@ class TrainConfig:
         "exceeds 0.95 is classified at that class from a strongly moved copy (0: none)",
         default=30.0,
     )
+    consistency_pretrain_factor: float = _help(
+        "with --labels-known and the consistency term (images, --consistency-weight above 0): "
+        "pretraining runs this many times --pretrain-epochs and --pretrain-steps, since the "
+        "term keeps learning from the rows it grows confident on (1: as long as without labels)",
+        default=2.0,
+    )
     seed: int = _help("random seed", default=0)
     device: str | None = _help("cpu or cuda (default: cuda when available)", default=None)
     checkpoint_every: int = _help("save a checkpoint every this many epochs", default=5)
@@ -418,6 +424,11 @@ class TrainConfig:
             raise ConfigError(f"--aux-weight must be >= 0, not {self.aux_weight}")
         if self.consistency_weight < 0:
             raise ConfigError(f"--consistency-weight must be >= 0, not {self.consistency_weight}")
+        if not self.consistency_pretrain_factor > 0:
+            raise ConfigError(
+                "--consistency-pretrain-factor must be positive (1: no longer), not "
+                f"{self.consistency_pretrain_factor}"
+            )
         if self.anchor_classify < 0:
             raise ConfigError(f"--anchor-classify must be >= 0, not {self.anchor_classify}")
         if self.clip_norm < 0:
@@ -524,6 +535,9 @@ class RunConfig:
         if isinstance(train, dict) and "aux_weight" in train and "consistency_weight" not in train:
             # Saved before pretraining's consistency term existed: resumed, it trains as it began.
             train = {**train, "consistency_weight": 0.0}
+        if isinstance(train, dict) and "aux_weight" in train:
+            # Saved before pretraining grew longer with the consistency term: as it began.
+            train = {"consistency_pretrain_factor": 1.0, **train}
         return cls(
             data=_from_dict(DataConfig, d.get("data", {})),
             model=_from_dict(ModelConfig, model),

@@ -65,6 +65,13 @@ TRAIN_PARAMETERS = (
     "restarts",
     "beta",
 )
+# TrainConfig fields that mean something only with labels, which the estimator never has.
+SUPERVISED_OPTIONS = {
+    "labels_known",
+    "aux_weight",
+    "consistency_weight",
+    "consistency_pretrain_factor",
+}
 _SCORE_METHODS = ("elbo", "iwae")
 # t-SNE maps rows to 2-d from a PCA start, so each map needs 2 columns; the data map first
 # reduces the data to 50 principal components, which takes 50 rows when there are more columns.
@@ -330,7 +337,7 @@ class GMVAEClustering(
                 f"train_options sets {own}: pass these as GMVAEClustering's own parameters "
                 "(seed as random_state)"
             )
-        supervised = sorted(set(options) & {"labels_known", "aux_weight", "consistency_weight"})
+        supervised = sorted(set(options) & SUPERVISED_OPTIONS)
         if supervised:
             raise ValueError(
                 f"train_options sets {supervised}: GMVAEClustering clusters without labels; to "

@@ -40,6 +40,11 @@ from .metrics import cluster_accuracy, match_clusters
 #: Principal components of the data that the t-SNE map of the data is made of.
 DATA_COMPONENTS = 50
 
+#: What each expert's probability is floored at where :func:`tie_to_classes` multiplies the
+#: start's responsibilities with a classifier's: a class that one of them rules out outright
+#: (a probability that underflowed to 0) is then decided by the other, not ruled out by both.
+EXPERT_FLOOR = 1e-6
+
 #: Nearest sampled codes whose clusters a row outside the start's sample takes (the mean of
 #: their responsibilities): a vote of 15, which one code on the wrong side does not decide.
 EXTEND_NEIGHBORS = 15
@@ -49,8 +54,8 @@ EXTEND_NEIGHBORS = 15
 class Start:
     """What a start found: ``responsibilities (N, K)``, soft or hard assignments of the training
     rows to the clusters (rows sum to 1); for a start that chooses between candidates, which one
-    it kept (``source``), each candidate's score (``scores``) and each candidate's clusters
-    ``(N,)`` (``candidates``, for a choice that labels can make better, see
+    it kept (``source``), each candidate's score (``scores``) and each candidate's soft
+    responsibilities ``(N, K)`` (``candidates``, for a choice that labels can make better, see
     :func:`tie_to_classes`)."""
 
     responsibilities: np.ndarray
@@ -288,13 +293,19 @@ def tsne_start(
     found = {}
     for name, source in sources.items():
         embedding = tsne_map(source, config.tsne_perplexity, config.seed, config.tsne_iterations)
-        labels = map_clusters(embedding, n_clusters, config.restarts, config.seed, uniform)
-        found[name] = (separation(embedding, labels, config.seed), labels)
+        mixture = fitted_mixture(
+            embedding, n_clusters, "full", config.restarts, config.seed, uniform
+        )
+        soft = mixture.predict_proba(embedding)
+        found[name] = (separation(embedding, soft.argmax(1), config.seed), soft)
     kept = max(found, key=lambda name: found[name][0])
     scores = {name: score for name, (score, _) in found.items()}
-    candidates = {name: clusters for name, (_, clusters) in found.items()}
+    candidates = {name: soft for name, (_, soft) in found.items()}
     return Start(
-        one_hot(found[kept][1], n_clusters), source=kept, scores=scores, candidates=candidates
+        one_hot(found[kept][1].argmax(1), n_clusters),
+        source=kept,
+        scores=scores,
+        candidates=candidates,
     )
 
 
@@ -332,7 +343,12 @@ def spectral_start(
 
 
 # ------------------------------------------------------------------- a few labels known
-def tie_to_classes(start: Start, labels: np.ndarray, known: np.ndarray) -> Start:
+def tie_to_classes(
+    start: Start,
+    labels: np.ndarray,
+    known: np.ndarray,
+    classifier: np.ndarray | None = None,
+) -> Start:
     """The start with its clusters renamed so that cluster k is class k, and the labelled rows
     at their class: for training with ``labels (N,)`` known where ``known (N,)`` is True.
 
@@ -346,21 +362,29 @@ def tie_to_classes(start: Start, labels: np.ndarray, known: np.ndarray) -> Start
     labels judge the maps better than the silhouette does (on ``digits``, seed 2, the codes' map
     that the silhouette kept merges 1 with 8 and 8 with 9). When the labelled rows agree with
     every candidate equally, the start keeps its own choice.
+
+    ``classifier (N, K)``, the class probabilities of the rows from a model trained on the labels
+    (the pretrained q(y|x)), is then combined with the renamed clusters as a product of experts,
+    p(y) proportional to r(y) q(y|x), each floored at :data:`EXPERT_FLOOR`: the start's soft
+    responsibilities decide where they are sure, the classifier where the start's mixture is
+    torn between clusters (the edges of touching classes on a map). A start that assigned every
+    row to one cluster (the maps' starts) stays hard: each row at its most probable class.
     """
     known = np.asarray(known, dtype=bool)
     labels = np.asarray(labels)
-    if len(start.candidates) > 1 and known.shape == labels.shape and known.any():
-        K = start.responsibilities.shape[1]
+    responsibilities = np.asarray(start.responsibilities, dtype=np.float64)
+    hard = bool(np.isin(responsibilities, (0.0, 1.0)).all())
+    source = start.source
+    if start.candidates and known.shape == labels.shape and known.any():
         agreement = {  # matched accuracy on the labelled rows
-            name: cluster_accuracy(labels[known], clusters[known])
-            for name, clusters in start.candidates.items()
+            name: cluster_accuracy(labels[known], soft[known].argmax(1))
+            for name, soft in start.candidates.items()
         }
         # A tie leaves the choice to the start's own rule: a few labels often cannot tell two
         # maps apart (on `digits` with 50 labels both agreed with 45, and the codes' map that
         # the first-listed tie-break kept clustered the rest 5 points worse than the data's).
-        kept = max(agreement, key=lambda name: (agreement[name], name == start.source))
-        start = Start(one_hot(start.candidates[kept], K), source=kept, scores=start.scores)
-    responsibilities = np.asarray(start.responsibilities, dtype=np.float64)
+        source = max(agreement, key=lambda name: (agreement[name], name == start.source))
+        responsibilities = np.asarray(start.candidates[source], dtype=np.float64)
     n, K = responsibilities.shape
     if labels.shape != (n,) or known.shape != (n,):
         raise ValueError(f"labels and known must have shape ({n},), one per training row")
@@ -372,13 +396,22 @@ def tie_to_classes(start: Start, labels: np.ndarray, known: np.ndarray) -> Start
             f"labels of the labelled rows must be classes 0..{K - 1}, one per cluster, not "
             f"{int(named.min())}..{int(named.max())}; pass --clusters {int(named.max()) + 1}"
         )
-    matched = match_clusters(named, start.assignments[known], K)  # {cluster: class}
+    matched = match_clusters(named, responsibilities[known].argmax(1), K)  # {cluster: class}
     free = iter(c for c in range(K) if c not in matched.values())
     to_class = [matched[k] if k in matched else next(free) for k in range(K)]
     renamed = np.empty_like(responsibilities)
     renamed[:, to_class] = responsibilities
+    if classifier is not None:
+        classifier = np.asarray(classifier, dtype=np.float64)
+        if classifier.shape != (n, K):
+            raise ValueError(f"classifier has shape {classifier.shape}; pass ({n}, {K})")
+        log_product = np.log(renamed + EXPERT_FLOOR) + np.log(classifier + EXPERT_FLOOR)
+        renamed = np.exp(log_product - log_product.max(1, keepdims=True))
+        renamed /= renamed.sum(1, keepdims=True)
+    if hard:
+        renamed = one_hot(renamed.argmax(1), K)
     renamed[known] = one_hot(named, K)
-    return Start(renamed, source=start.source, scores=start.scores)
+    return Start(renamed, source=source, scores=start.scores)
 
 
 # ------------------------------------------------------------------------------- checks
@@ -509,10 +542,7 @@ def start_on_sample(
         full[others] = extend_to_rows(neighbours, responsibilities)
         return full
 
-    candidates = {
-        name: extended(one_hot(clusters, n_clusters)).argmax(1)
-        for name, clusters in found.candidates.items()
-    }
+    candidates = {name: extended(soft) for name, soft in found.candidates.items()}
     return Start(
         extended(np.asarray(found.responsibilities, dtype=np.float64)),
         source=found.source,

@@ -467,3 +467,15 @@ def test_a_run_saved_before_the_consistency_term_resumes_without_it():
     )
     saved["train"]["consistency_weight"] = 5.0
     assert RunConfig.from_dict(saved).train.consistency_weight == 5.0
+
+
+def test_a_run_saved_before_longer_pretraining_with_labels_resumes_as_it_began():
+    """A config.json with ``aux_weight`` but no ``consistency_pretrain_factor`` was saved when
+    pretraining was as long with labels as without: resumed, its recipe keeps that length."""
+    saved = RunConfig().to_dict()
+    del saved["train"]["consistency_pretrain_factor"]
+    assert RunConfig.from_dict(saved).train.consistency_pretrain_factor == 1.0
+    saved["train"]["consistency_pretrain_factor"] = 3.0
+    assert RunConfig.from_dict(saved).train.consistency_pretrain_factor == 3.0
+    fresh = RunConfig.from_dict({"train": {"seed": 3}}).train
+    assert fresh.consistency_pretrain_factor == RunConfig().train.consistency_pretrain_factor

@@ -37,7 +37,7 @@ from pyro_gmvae.dataset import MISSING_LABEL, labelled_rows
 from pyro_gmvae.metrics import cluster_accuracy
 from pyro_gmvae.reference import hand_loss
 from pyro_gmvae.runs import load_run_data, open_run, split_heldout
-from pyro_gmvae.start import tie_to_classes
+from pyro_gmvae.start import EXPERT_FLOOR, tie_to_classes
 from pyro_gmvae.train import Pretrain, strongly_moved
 
 #: Which of the N = 5 rows are labelled, and the classes of all rows (ignored where unknown).
@@ -225,7 +225,7 @@ def test_tie_to_classes_keeps_the_candidate_map_the_labelled_rows_agree_with():
     merged = np.array([0, 0, 0, 0, 1, 2])  # what the silhouette kept: classes 0, 1 merged
     apart = np.array([2, 2, 0, 0, 1, 1])  # another map: the classes, renamed
     start = Start(np.eye(3)[merged], source="codes", scores={"codes": 0.9, "data": 0.8})
-    start.candidates = {"codes": merged, "data": apart}
+    start.candidates = {"codes": np.eye(3)[merged], "data": np.eye(3)[apart]}
     tied = tie_to_classes(start, labels, known)
     assert tied.source == "data" and tied.scores == start.scores
     assert tied.assignments.tolist() == labels.tolist()
@@ -244,10 +244,40 @@ def test_tie_to_classes_leaves_a_tie_between_maps_to_the_start():
     for kept, other in (("data", "codes"), ("codes", "data")):
         clusters = {"codes": codes, "data": data}
         start = Start(np.eye(3)[clusters[kept]], source=kept, scores={"codes": 0.5, "data": 0.5})
-        start.candidates = clusters
+        start.candidates = {name: np.eye(3)[c] for name, c in clusters.items()}
         tied = tie_to_classes(start, labels, known)
         assert tied.source == kept, f"a tie on the labelled rows moved the start to {other}'s map"
         assert tied.assignments.tolist() == clusters[kept].tolist()
+
+
+def test_tie_to_classes_lets_a_classifier_decide_where_the_start_is_torn():
+    """The renamed responsibilities times the classifier's probabilities, each floored at
+    EXPERT_FLOOR: rows the start is sure of keep its class whatever the classifier says, a row
+    it splits nearly evenly takes the classifier's; a hard start stays hard, a soft one soft."""
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    known = np.array([True, False, True, False, True, False])
+    soft = np.array(  # clusters 1, 0, 2 are classes 0, 1, 2
+        [[0.0, 1, 0], [0.0, 1, 0], [1.0, 0, 0], [0.4, 0.6, 0], [0.0, 0, 1], [0.0, 0, 1]]
+    )
+    classifier = np.array(  # wrong on row 1 (the start is sure), right on row 3 (it is torn)
+        [[0.9, 0.05, 0.05], [0.05, 0.9, 0.05], [0.1, 0.8, 0.1], [0.1, 0.8, 0.1]]
+        + [[0.1, 0.1, 0.8]] * 2
+    )
+    start = Start(np.eye(3)[[1, 1, 0, 1, 2, 2]], source="codes", scores={"codes": 0.5})
+    start.candidates = {"codes": soft}
+    tied = tie_to_classes(start, labels, known, classifier)
+    assert tied.assignments.tolist() == [0, 0, 1, 1, 2, 2]  # row 3 from the classifier
+    assert tied.responsibilities.tolist() == np.eye(3)[[0, 0, 1, 1, 2, 2]].tolist()  # hard
+    # Without the classifier the torn row goes to the class of its likelier cluster.
+    assert tie_to_classes(start, labels, known).assignments.tolist() == [0, 0, 1, 0, 2, 2]
+    # A soft start stays soft: row 3 proportional to (0.4 + f)(0.8 + f) at class 1 against
+    # (0.6 + f)(0.1 + f) at class 0 and f(0.1 + f) at class 2, f the floor.
+    f = EXPERT_FLOOR
+    soft_tied = tie_to_classes(Start(soft), labels, known, classifier).responsibilities
+    row = np.array([(0.6 + f) * (0.1 + f), (0.4 + f) * (0.8 + f), f * (0.1 + f)])
+    np.testing.assert_allclose(soft_tied[3], row / row.sum())
+    with pytest.raises(ValueError, match="classifier has shape"):
+        tie_to_classes(start, labels, known, classifier[:5])
 
 
 @pytest.mark.parametrize("aux_weight", [0.0, 2.0])

@@ -292,7 +292,9 @@ def test_a_start_on_more_rows_than_start_rows_runs_on_a_sample_and_extends_to_th
         clusters = np.digitize(codes[:, 0], [-2.5, 2.5])
         soft = np.full((len(codes), n_clusters), 0.1)  # soft, to see them kept as they are
         soft[np.arange(len(codes)), clusters] = 0.8
-        return Start(soft, source="codes", candidates={"codes": clusters, "data": 2 - clusters})
+        other = np.full_like(soft, 0.1)
+        other[np.arange(len(codes)), 2 - clusters] = 0.8
+        return Start(soft, source="codes", candidates={"codes": soft, "data": other})
 
     start = find_start(by_blob, codes, data, 3, small_train(start_rows=100), False)
     sample = seen["rows"]
@@ -308,10 +310,11 @@ def test_a_start_on_more_rows_than_start_rows_runs_on_a_sample_and_extends_to_th
     nearest = np.argsort(distances, axis=1)[:, :15]
     np.testing.assert_allclose(start.responsibilities[others], kept[nearest].mean(1))
     assert clustering_scores(labels, start.assignments)["accuracy"] == 1.0
-    for name, clusters in start.candidates.items():  # the candidates are extended as well
-        assert clusters.shape == (600,)
+    for name, soft in start.candidates.items():  # the candidates are extended as well
+        assert soft.shape == (600, 3)
+        np.testing.assert_allclose(soft.sum(1), 1.0)
         expected = by_row if name == "codes" else 2 - by_row
-        np.testing.assert_array_equal(clusters, expected)
+        np.testing.assert_array_equal(soft.argmax(1), expected)
     assert start.source == "codes"
 
     same = find_start(by_blob, codes, data, 3, small_train(start_rows=100), False)

@@ -389,6 +389,14 @@ def test_a_phase_of_at_most_so_many_steps_gets_fewer_epochs_on_more_data():
     assert recipe.lengths(10**6) == [1, 1, 1]  # at least one pass each
     assert Pretrain(0, max_steps=10).length(1) == 0  # 0 epochs still skips the phase
     assert default_recipe(TrainConfig(pretrain_steps=0)).lengths(10**6)[0] == 150  # 0: no limit
+    # With labels and the consistency term pretraining is consistency_pretrain_factor as long,
+    # for images only: tables have no term to learn longer from.
+    labelled = TrainConfig(labels_known=100, consistency_pretrain_factor=2.0)
+    assert default_recipe(labelled).lengths(32)[0] == 300  # 9600 steps
+    assert default_recipe(labelled).lengths(250)[0] == 38  # 9600 steps on 64,000 rows
+    assert default_recipe(labelled, images=False).lengths(32)[0] == 150
+    off = TrainConfig(labels_known=100, consistency_weight=0.0)
+    assert default_recipe(off).lengths(32)[0] == 150
     with pytest.raises(ConfigError, match="max_steps must be at least 1"):
         SVI(3, max_steps=0)
     assert SVI(3, min_steps=25).length(10) == 3 and SVI(3, min_steps=25).length(4) == 7
