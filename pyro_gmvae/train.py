@@ -434,7 +434,7 @@ class MixtureStart:
     and, with ``classifier``, combined with the pretrained q(y|x) (:meth:`GMVAE.predict_proba`),
     which the labelled rows' term and the consistency term taught: it decides the rows the
     start's mixture is torn about (on `digits` with 50 labels, seed 2, the start's unlabelled
-    rows rose from 0.925 to 0.945, held-out 0.914 to 0.936; benchmarks/RESULTS.md)."""
+    rows rose from 0.925 to 0.945, held-out 0.914 to 0.930; benchmarks/RESULTS.md)."""
 
     init: str | StartFunction | None = None
     cluster_encoder_epochs: int | None = None
