@@ -431,10 +431,11 @@ class MixtureStart:
     only). See :meth:`Trainer.start_mixture`.
 
     With labels known the clusters are tied to the classes (:func:`~pyro_gmvae.start.tie_to_classes`)
-    and, with ``classifier``, combined with the pretrained q(y|x) (:meth:`GMVAE.predict_proba`),
-    which the labelled rows' term and the consistency term taught: it decides the rows the
-    start's mixture is torn about (on `digits` with 50 labels, seed 2, the start's unlabelled
-    rows rose from 0.925 to 0.945, held-out 0.914 to 0.930; benchmarks/RESULTS.md)."""
+    and, with ``classifier`` and the consistency term on (images), combined with the pretrained
+    q(y|x) (:meth:`GMVAE.predict_proba`), which the labelled rows' term and the consistency term
+    taught: it decides the rows the start's mixture is torn about (on `digits` with 50 labels,
+    seed 2, the start's unlabelled rows rose from 0.925 to 0.945, held-out 0.914 to 0.930;
+    benchmarks/RESULTS.md)."""
 
     init: str | StartFunction | None = None
     cluster_encoder_epochs: int | None = None
@@ -467,7 +468,12 @@ class MixtureStart:
                 fn or name, codes, data, trainer.model.n_clusters, trainer.config, uniform
             )
             if trainer.known is not None:
-                classifier = trainer.model.predict_proba(trainer.x) if self.classifier else None
+                # q(y|x) is worth a vote where the consistency term taught it from every row
+                # (images); on a table only the few labelled rows did, and the product there
+                # scored no better (iris, wine: benchmarks/RESULTS.md).
+                taught = trainer.image_shape is not None and trainer.config.consistency_weight > 0
+                use = self.classifier and taught
+                classifier = trainer.model.predict_proba(trainer.x) if use else None
                 known = trainer.known.cpu().numpy()
                 start = tie_to_classes(start, trainer.labels, known, classifier)
         if start.source is None:  # the record and the figures name every start

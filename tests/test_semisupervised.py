@@ -380,6 +380,44 @@ def test_strongly_moved_images_keep_their_shape_and_range_and_half_lose_a_square
     assert 0.25 < blanked < 0.6, blanked
 
 
+def test_the_start_takes_q_y_given_x_as_a_classifier_where_the_consistency_term_taught_it(
+    monkeypatch,
+):
+    """MixtureStart passes tie_to_classes the model's predict_proba of the training rows for
+    images with the consistency term on; for tables, with the term off, or with
+    ``classifier=False``, none."""
+    x, labels = permuted_blobs()  # 16 features in [0, 1]: 4x4 images
+    known = labelled_rows(labels, 6, seed=0)
+    given = []
+
+    def recording(start, labels, known, classifier=None):
+        given.append(classifier)
+        return tie_to_classes(start, labels, known, classifier)
+
+    monkeypatch.setattr("pyro_gmvae.train.tie_to_classes", recording)
+    image = dict(n_features=16, image_shape=(4, 4), network="mlp")
+    cases = [  # (model options, consistency weight, MixtureStart(classifier=...), expected)
+        (image, 5.0, True, True),
+        (dict(n_features=16), 5.0, True, False),
+        (image, 0.0, True, False),
+        (image, 5.0, False, False),
+    ]
+    for options, weight, use, expected in cases:
+        pyro.set_rng_seed(0)
+        model = GMVAE(small_model(**options))
+        config = small_train(consistency_weight=weight)
+        trainer = Trainer(
+            model, x, config, recipe=[Pretrain(1)], labels=labels, known=known, progress=False
+        )
+        trainer.run()
+        pretrained = model.predict_proba(x)  # the start then moves the prior
+        MixtureStart(init="gmm", classifier=use)(trainer)
+        if expected:
+            np.testing.assert_allclose(given[-1], pretrained, rtol=1e-6)
+        else:
+            assert given[-1] is None
+
+
 def test_the_anchor_holds_labelled_rows_at_their_class():
     x, labels = permuted_blobs()
     pyro.set_rng_seed(0)
