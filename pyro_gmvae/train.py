@@ -590,10 +590,9 @@ def default_recipe(
     pretrain_epochs, pretrain_steps = config.pretrain_epochs, config.pretrain_steps
     if images and config.semi_supervised and config.consistency_weight:
         factor = config.consistency_pretrain_factor
-        pretrain_epochs, pretrain_steps = (
-            round(factor * pretrain_epochs),
-            round(factor * pretrain_steps),
-        )
+        # At least one epoch and step where there were any: a factor never turns pretraining off.
+        pretrain_epochs = max(1, round(factor * pretrain_epochs))
+        pretrain_steps = max(1, round(factor * pretrain_steps)) if pretrain_steps else 0
     return Recipe(
         [
             Pretrain(pretrain_epochs, max_steps=pretrain_steps or None),

@@ -397,6 +397,10 @@ def test_a_phase_of_at_most_so_many_steps_gets_fewer_epochs_on_more_data():
     assert default_recipe(labelled, images=False).lengths(32)[0] == 150
     off = TrainConfig(labels_known=100, consistency_weight=0.0)
     assert default_recipe(off).lengths(32)[0] == 150
+    short = TrainConfig(labels_known=100, pretrain_epochs=1, consistency_pretrain_factor=0.1)
+    assert default_recipe(short).lengths(32)[0] == 1  # never 0: a factor does not skip it
+    unlimited = TrainConfig(labels_known=100, pretrain_steps=0)
+    assert default_recipe(unlimited).lengths(10**6)[0] == 300  # 0 steps stays no limit
     with pytest.raises(ConfigError, match="max_steps must be at least 1"):
         SVI(3, max_steps=0)
     assert SVI(3, min_steps=25).length(10) == 3 and SVI(3, min_steps=25).length(4) == 7
