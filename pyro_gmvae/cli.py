@@ -21,6 +21,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from .config import (
+    SUPERVISED_OPTIONS,
     DataConfig,
     DistributedConfig,
     ModelConfig,
@@ -127,14 +128,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 # Options of gmvae train that mean nothing to a selection, which keeps no checkpoints and
 # clusters without labels.
-_NOT_SELECT_FLAGS = {
-    "clusters",
-    "checkpoint_every",
-    "labels_known",
-    "aux_weight",
-    "consistency_weight",
-    "consistency_pretrain_factor",
-}
+_NOT_SELECT_FLAGS = {"clusters", "checkpoint_every", *SUPERVISED_OPTIONS}
 
 
 def _add_select(subparsers) -> None:

@@ -89,6 +89,12 @@ def start_for(n_features: int) -> str:
 
 TSNE_INPUTS = ("auto", "codes", "data", "joint")
 
+#: TrainConfig fields that mean something only when some labels are known: the estimator, which
+#: never has labels, refuses them, and ``gmvae select``, which clusters without, has no flags.
+SUPERVISED_OPTIONS = frozenset(
+    {"labels_known", "aux_weight", "consistency_weight", "consistency_pretrain_factor"}
+)
+
 
 def _help(text: str, **kwargs: Any) -> Any:
     return field(metadata={"help": text}, **kwargs)
@@ -532,12 +538,10 @@ class RunConfig:
             # connected: its weights are an MLP's, where auto would now build conv for images.
             model = {**model, "network": "mlp"}
         train = d.get("train", {})
-        if isinstance(train, dict) and "aux_weight" in train and "consistency_weight" not in train:
-            # Saved before pretraining's consistency term existed: resumed, it trains as it began.
-            train = {**train, "consistency_weight": 0.0}
         if isinstance(train, dict) and "aux_weight" in train:
-            # Saved before pretraining grew longer with the consistency term: as it began.
-            train = {"consistency_pretrain_factor": 1.0, **train}
+            # Saved since labels were supported: a field it lacks came later (the consistency
+            # term, then longer pretraining with it), so resumed, the run trains as it began.
+            train = {"consistency_weight": 0.0, "consistency_pretrain_factor": 1.0, **train}
         return cls(
             data=_from_dict(DataConfig, d.get("data", {})),
             model=_from_dict(ModelConfig, model),

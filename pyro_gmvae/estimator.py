@@ -33,7 +33,7 @@ from sklearn.base import (
 from sklearn.utils import check_random_state, check_scalar
 from sklearn.utils.validation import check_is_fitted
 
-from .config import ModelConfig, TrainConfig
+from .config import SUPERVISED_OPTIONS, ModelConfig, TrainConfig
 from .errors import CheckpointError, ConfigError
 from .evaluate import elbo_per_example, log_likelihood
 from .files import atomic_write_bytes, atomic_write_text
@@ -65,13 +65,6 @@ TRAIN_PARAMETERS = (
     "restarts",
     "beta",
 )
-# TrainConfig fields that mean something only with labels, which the estimator never has.
-SUPERVISED_OPTIONS = {
-    "labels_known",
-    "aux_weight",
-    "consistency_weight",
-    "consistency_pretrain_factor",
-}
 _SCORE_METHODS = ("elbo", "iwae")
 # t-SNE maps rows to 2-d from a PCA start, so each map needs 2 columns; the data map first
 # reduces the data to 50 principal components, which takes 50 rows when there are more columns.
