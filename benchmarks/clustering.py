@@ -25,7 +25,7 @@ methods it names on every dataset.
 Every pyro_gmvae run is also scored at its start: the clusters of the training rows that its
 mixture start found on the pretrained codes (the checkpoint's ``assignments``), as
 ``start_accuracy`` and ``start_nmi``, so that a table shows what the GMVAE's own training adds to
-its start; ``start_source`` and ``start_silhouette`` say which map the start kept and by what
+its start; ``start_source`` and ``start_scores`` say which map the start kept and by what
 scores (from the run's records).
 
 Labels are used for scoring only. With ``--heldout-fraction f`` every method is fitted on the same
@@ -315,15 +315,15 @@ def run_n2d(config: RunConfig, train: Dataset, heldout: Dataset | None) -> dict[
 
 def start_kept(run_dir: Path) -> dict[str, Any]:
     """What the run's records say of its mixture start: ``start_source``, the map or data it
-    clustered (``codes``, ``data``, ...), and ``start_silhouette``, the scores it chose by
+    clustered (``codes``, ``data``, ...), and ``start_scores``, the scores it chose by
     (empty where it had no choice); both None where the run made no start."""
     for record in read_metrics(run_dir):
         if "start" in record:
             return {
                 "start_source": record["start"],
-                "start_silhouette": record.get("start_silhouette", {}),
+                "start_scores": record.get("start_scores", {}),
             }
-    return {"start_source": None, "start_silhouette": None}
+    return {"start_source": None, "start_scores": None}
 
 
 def run_gmvae(config: RunConfig, run_dir: Path, train: Dataset) -> dict[str, Any]:

@@ -28,7 +28,7 @@ import numpy as np
 from sklearn.cluster import SpectralClustering
 from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE
-from sklearn.metrics import silhouette_score
+from sklearn.metrics import adjusted_rand_score, silhouette_score
 from sklearn.mixture import GaussianMixture
 from sklearn.neighbors import NearestNeighbors
 
@@ -44,6 +44,11 @@ DATA_COMPONENTS = 50
 #: start's responsibilities with a classifier's: a class that one of them rules out outright
 #: (a probability that underflowed to 0) is then decided by the other, not ruled out by both.
 EXPERT_FLOOR = 1e-6
+
+#: Random splits of a map's points into halves from which :func:`stability` fits mixtures: 20,
+#: about 7 s a map of 8,000 points on one thread, the mean's spread between draws about 0.005
+#: (benchmarks/RESULTS.md), where the maps it chose between differed by 0.013 to 0.14.
+STABILITY_SPLITS = 20
 
 #: Nearest sampled codes whose clusters a row outside the start's sample takes (the mean of
 #: their responsibilities): a vote of 15, which one code on the wrong side does not decide.
@@ -218,11 +223,52 @@ def side_by_side(*views: np.ndarray) -> np.ndarray:
 
 def separation(embedding: np.ndarray, labels: np.ndarray, seed: int) -> float:
     """Silhouette of the clusters ``labels (N,)`` on a map ``(N, 2)``, in [-1, 1], higher for
-    tighter, better separated clusters; from at most 10,000 points, as it costs O(N^2)."""
+    tighter, better separated clusters; from at most 10,000 points, as it costs O(N^2). The
+    t-SNE start chose its map by it until 2026-12-05 (:func:`stability` since); the sweeps in
+    ``benchmarks/`` that compare the two rules read it."""
     if not 2 <= len(np.unique(labels)) <= len(labels) - 1:  # undefined otherwise
         return -1.0
     size = min(len(labels), 10_000)
     return float(silhouette_score(embedding, labels, sample_size=size, random_state=seed))
+
+
+def stability(
+    embedding: np.ndarray,
+    n_clusters: int,
+    restarts: int,
+    seed: int,
+    uniform: bool,
+    splits: int = STABILITY_SPLITS,
+) -> float:
+    """How reproducible the ``n_clusters`` clusters of a map ``(N, 2)`` are, in [-1, 1]: over
+    ``splits`` random splits of the points into two halves, the mean adjusted Rand index between
+    the clusters that a mixture fitted to each half (the start's: full covariances, weights held
+    at ``1/K`` when ``uniform``, ``restarts`` initialisations) gives all the points. This is
+    clustering stability (Ben-Hur et al. 2002; Lange et al. 2004), which judges a clustering by
+    whether the data would give it again, not by its shape.
+
+    A map on which each class is an island of its own is cut into the same K clusters from
+    either half. A map that merges two classes into one island must cut some other island to
+    make K clusters, and where that cut falls moves with the half; however tight its clusters,
+    they are less reproducible. The silhouette, which scores the tightness alone, preferred such
+    a map on ``digits`` once the autoencoder was trained longer (benchmarks/RESULTS.md).
+
+    Halves of fewer than ``n_clusters`` points overlap, so that each half can hold K clusters.
+    """
+    n = len(embedding)
+    half = min(n, max(n // 2, n_clusters))
+    rng = np.random.default_rng([seed, n])
+    agreement = []
+    for split in range(splits):
+        order = rng.permutation(n)
+        clusters = [
+            fitted_mixture(
+                embedding[part], n_clusters, "full", restarts, seed + 1 + split, uniform
+            ).predict(embedding)
+            for part in (order[:half], order[n - half :])
+        ]
+        agreement.append(adjusted_rand_score(*clusters))
+    return float(np.mean(agreement))
 
 
 def one_hot(assignments: np.ndarray, n_clusters: int) -> np.ndarray:
@@ -275,11 +321,11 @@ def tsne_start(
     """Clusters of 2-d t-SNE maps of the codes and/or of the data's first 50 principal components
     (``config.tsne_input``): a full-covariance Gaussian mixture on each map (weights held uniform
     when the prior's are, ``restarts`` initialisations, best by likelihood), and of two maps the
-    one whose clusters have the higher silhouette; or (``joint``) one map of both side by side
-    (:func:`side_by_side`), which has no choice to make.
+    one whose clusters are the more stable (:func:`stability`, the score in ``scores``); or
+    (``joint``) one map of both side by side (:func:`side_by_side`), which has no choice to make.
 
     t-SNE follows the curved, elongated shapes that classes take in a code space, which a mixture
-    on the codes cuts across. Silhouettes compare maps, not likelihoods: two maps are two different
+    on the codes cuts across. Stability compares maps, not likelihoods: two maps are two different
     data sets. Which map wins depends on the data: a network pretrained on a few thousand small
     images can code them worse than their pixels.
     """
@@ -296,8 +342,8 @@ def tsne_start(
         mixture = fitted_mixture(
             embedding, n_clusters, "full", config.restarts, config.seed, uniform
         )
-        soft = mixture.predict_proba(embedding)
-        found[name] = (separation(embedding, soft.argmax(1), config.seed), soft)
+        score = stability(embedding, n_clusters, config.restarts, config.seed, uniform)
+        found[name] = (score, mixture.predict_proba(embedding))
     kept = max(found, key=lambda name: found[name][0])
     scores = {name: score for name, (score, _) in found.items()}
     candidates = {name: soft for name, (_, soft) in found.items()}

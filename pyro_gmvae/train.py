@@ -577,9 +577,10 @@ def default_recipe(
     there are no codes to start from: SVI alone, from the prior as it is.
 
     With labels known and the consistency term on, for ``images`` (the term needs moves that keep
-    a class), pretraining is ``consistency_pretrain_factor`` times as long: FixMatch keeps
-    learning from the rows it grows confident on (mnist8k with 100 labels: held-out 0.951 at
-    150 epochs, 0.960 at 300, five seeds; benchmarks/RESULTS.md)."""
+    a class), pretraining is ``consistency_pretrain_factor`` times as long (1 by default, since
+    the default pretraining is the 300 epochs that FixMatch's term was measured to need: mnist8k
+    with 100 labels, held-out 0.951 at 150 epochs, 0.960 at 300, five seeds;
+    benchmarks/RESULTS.md)."""
     svi = dict(  # 0 steps: no limit
         max_steps=config.steps or None, beta=config.beta, lr_decay=config.lr_decay, elbo=elbo
     )
@@ -837,14 +838,14 @@ class Trainer:
 
     def start_record(self) -> dict[str, Any]:
         """What the record of the current epoch says of a mixture start made as it began: the
-        start's ``start`` name, its ``start_silhouette`` scores (if any) and ``start_seconds``;
+        start's ``start`` name, its ``start_scores`` (each candidate's, if it chose between some) and ``start_seconds``;
         nothing in other epochs."""
         info = self.start_info
         if info is None or info["epoch"] != self.epoch or info["source"] is None:
             return {}
         record: dict[str, Any] = {"start": info["source"]}
         if info["scores"]:
-            record["start_silhouette"] = info["scores"]
+            record["start_scores"] = info["scores"]
         if "seconds" in info:
             record["start_seconds"] = info["seconds"]
         return record
