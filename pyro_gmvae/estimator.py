@@ -165,7 +165,7 @@ class GMVAEClustering(
         guide: str = "marginal",
         learn_weights: bool = False,
         epochs: int = 20,
-        pretrain_epochs: int = 150,
+        pretrain_epochs: int = 300,
         anchor_epochs: int = 60,
         batch_size: int = 256,
         lr: float = 1e-3,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import re
@@ -75,11 +76,11 @@ def test_the_start_epoch_records_which_map_the_start_came_from():
     started = [r for r in history if "start" in r]
     assert [r["epoch"] for r in started] == [3]  # the first epoch after pretraining
     assert started[0]["start"] in ("codes", "data")
-    assert set(started[0]["start_silhouette"]) == {"codes", "data"}
+    assert set(started[0]["start_scores"]) == {"codes", "data"}
     # A start that compares no maps is named by its name, for the record and the figures.
     history = fit(model, x, small_train(epochs=1, pretrain_epochs=2, init="gmm"), progress=False)
     assert [(r["epoch"], r["start"]) for r in history if "start" in r] == [(3, "gmm")]
-    assert not any("start_silhouette" in r for r in history)
+    assert not any("start_scores" in r for r in history)
 
 
 @pytest.mark.parametrize("guide", ["marginal", "enumerated"])
@@ -376,31 +377,33 @@ def test_a_recipe_is_changed_through_its_methods_and_refuses_what_cannot_run():
 
 
 def test_a_phase_of_at_most_so_many_steps_gets_fewer_epochs_on_more_data():
-    """The default schedule is 150/60/20 epochs on 8,000 rows (32 batches of 256), and on 8x the
+    """The default schedule is 300/60/20 epochs on 8,000 rows (32 batches of 256), and on 8x the
     rows about the same number of steps, not 8x; on small data the anchor still runs its 320
     steps (min_steps), rounded up to whole epochs."""
     config = TrainConfig()
     recipe = default_recipe(config)
-    assert recipe.lengths(math.ceil(8000 / 256)) == [150, 60, 20]
-    assert recipe.lengths(math.ceil(1797 / 256)) == [150, 60, 20]  # 480 anchor steps
-    assert recipe.lengths(math.ceil(569 / 256)) == [150, 107, 20]  # the anchor's 320 steps
-    assert recipe.lengths(math.ceil(150 / 256)) == [150, 320, 20]  # 150 rows: one batch
-    assert recipe.lengths(math.ceil(64000 / 256)) == [19, 8, 3]  # 4750, 2000, 750 steps
+    assert recipe.lengths(math.ceil(8000 / 256)) == [300, 60, 20]
+    assert recipe.lengths(math.ceil(1797 / 256)) == [300, 60, 20]  # 480 anchor steps
+    assert recipe.lengths(math.ceil(569 / 256)) == [300, 107, 20]  # the anchor's 320 steps
+    assert recipe.lengths(math.ceil(150 / 256)) == [300, 320, 20]  # 150 rows: one batch
+    assert recipe.lengths(math.ceil(64000 / 256)) == [38, 8, 3]  # 9500, 2000, 750 steps
     assert recipe.lengths(10**6) == [1, 1, 1]  # at least one pass each
     assert Pretrain(0, max_steps=10).length(1) == 0  # 0 epochs still skips the phase
-    assert default_recipe(TrainConfig(pretrain_steps=0)).lengths(10**6)[0] == 150  # 0: no limit
+    assert default_recipe(TrainConfig(pretrain_steps=0)).lengths(10**6)[0] == 300  # 0: no limit
     # With labels and the consistency term pretraining is consistency_pretrain_factor as long,
     # for images only: tables have no term to learn longer from.
-    labelled = TrainConfig(labels_known=100, consistency_pretrain_factor=2.0)
+    labelled = TrainConfig(labels_known=100, pretrain_epochs=150, pretrain_steps=4800)
+    labelled = dataclasses.replace(labelled, consistency_pretrain_factor=2.0)
     assert default_recipe(labelled).lengths(32)[0] == 300  # 9600 steps
     assert default_recipe(labelled).lengths(250)[0] == 38  # 9600 steps on 64,000 rows
     assert default_recipe(labelled, images=False).lengths(32)[0] == 150
-    off = TrainConfig(labels_known=100, consistency_weight=0.0)
+    off = dataclasses.replace(labelled, consistency_weight=0.0)
     assert default_recipe(off).lengths(32)[0] == 150
+    assert default_recipe(TrainConfig(labels_known=100)).lengths(32)[0] == 300  # factor 1
     short = TrainConfig(labels_known=100, pretrain_epochs=1, consistency_pretrain_factor=0.1)
     assert default_recipe(short).lengths(32)[0] == 1  # never 0: a factor does not skip it
-    unlimited = TrainConfig(labels_known=100, pretrain_steps=0)
-    assert default_recipe(unlimited).lengths(10**6)[0] == 300  # 0 steps stays no limit
+    unlimited = TrainConfig(labels_known=100, pretrain_steps=0, consistency_pretrain_factor=2.0)
+    assert default_recipe(unlimited).lengths(10**6)[0] == 600  # 0 steps stays no limit
     with pytest.raises(ConfigError, match="max_steps must be at least 1"):
         SVI(3, max_steps=0)
     assert SVI(3, min_steps=25).length(10) == 3 and SVI(3, min_steps=25).length(4) == 7
