@@ -257,7 +257,7 @@ def run_n2d(config: RunConfig, train: Dataset, heldout: Dataset | None) -> dict[
       q(z|x)) with the run's likelihood (Bernoulli for images, where N2D's Keras autoencoder has a
       linear output and a squared error; Gaussian with a learned scale per column for tables),
       gradients clipped at the run's ``--clip-norm`` (10); and for the pyro_gmvae run's pretraining
-      epochs (150, at most ``--pretrain-steps`` 4800 steps: 150 epochs on mnist8k and digits),
+      epochs (300, at most ``--pretrain-steps`` 9600 steps: 300 epochs on mnist8k and digits),
       where N2D trains for 1000 epochs on all 70,000 MNIST digits;
     - the random state is the run's seed, where N2D fixes 0 everywhere;
     - the code and the embedding have 10 dimensions on every dataset. N2D sets both to its number of
