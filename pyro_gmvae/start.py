@@ -46,8 +46,8 @@ DATA_COMPONENTS = 50
 EXPERT_FLOOR = 1e-6
 
 #: Random splits of a map's points into halves from which :func:`stability` fits mixtures: 20,
-#: about 7 s a map of 8,000 points on one thread, the mean's spread between draws about 0.005
-#: (benchmarks/RESULTS.md), where the maps it chose between differed by 0.013 to 0.14.
+#: about 7 s a map of 8,000 points on one thread. With 10, the mean moved by up to 0.06 between
+#: three draws of halves on one `digits` map, and the better map led by 0.03-0.12 on most cases.
 STABILITY_SPLITS = 20
 
 #: Nearest sampled codes whose clusters a row outside the start's sample takes (the mean of
