@@ -1,10 +1,15 @@
 """How the default ``gmvae train`` grows with the number of rows: 8,000 to 64,000 MNIST-like rows.
 
-For each N the rows are mnist8k followed by randomly shifted and rotated copies of it (the
-training augmentation's own function, rotations up to 15 degrees, shifts up to a tenth of the
-width; made on the fly into a temporary ``.npy`` of uint8 grey levels, which training streams
-from disk, and deleted afterwards, never committed), each copy with its original's label. Each
-size runs the default command with figures, as a user would, in a process of its own:
+For each N the rows are randomly shifted and rotated copies of mnist8k (the training
+augmentation's own function, rotations up to 15 degrees, shifts up to a tenth of the width; made
+on the fly into a temporary ``.npy`` of uint8 grey levels, which training streams from disk, and
+deleted afterwards, never committed), each copy with its original's label. Every row is a moved
+copy, the first 8,000 too: a moved copy is resampled, which softens its strokes, and a network
+pretrained for the default 300 epochs tells unmoved originals from copies by that alone (SCALE.md
+section 8), so a mix of both is two textures rather than one data set at a larger size.
+``--keep-originals`` makes the rows of sections 2-7 of SCALE.md instead: mnist8k itself, then
+the copies. Each size runs the default command with figures, as a user would, in a process of
+its own:
 
     python -m pyro_gmvae train --data ROWS.npy --clusters 10 --out RUN [EXTRA FLAGS]
 
@@ -13,14 +18,11 @@ and the benchmark reads back the wall time of each phase (the records' ``seconds
 process's peak resident memory (``wait4``), and then, in this process, the accuracy and NMI of
 the trained model's clusters and of its mixture start (the checkpoint's ``assignments``) against
 the rows' labels (an ``.npy`` holds no labels, so ``gmvae train`` cannot score them itself), on
-all N rows and on the 8,000 original rows alone (the moved copies are harder to cluster than the
-originals, so only the originals compare one N with another).
+all N rows and, with ``--keep-originals``, on the 8,000 original rows alone.
 
-With ``--pool P`` each size's rows are instead N drawn at random from the first P (mnist8k and
-its copies), so every size is the same mix of originals and copies, one data set sampled at
-several sizes: accuracy then compares the sizes directly, on all rows or on the originals among
-them, and says what more rows of one distribution buy, where the default layout mixes that with
-a harder distribution at larger N.
+With ``--pool P`` each size's rows are instead N drawn at random from the first P, one data set
+sampled at several sizes: accuracy then compares the sizes directly and says what more rows of
+one distribution buy, where the default layout gives a larger N more copies of each digit.
 
 From the sizes it fits a growth exponent per phase (time ~ N^b, least squares on the logs) and
 predicts the time at ``--predict`` rows on this CPU from the largest measured size and those
@@ -55,12 +57,22 @@ from pyro_gmvae.train import read_metrics
 PHASES = ("pretrain", "start", "anchor", "svi", "rest")
 
 
-def run_size(n: int, data, work: Path, extra: list[str], seed: int, pool: int = 0) -> dict:
+def run_size(
+    n: int,
+    data,
+    work: Path,
+    extra: list[str],
+    seed: int,
+    pool: int = 0,
+    keep_originals: bool = False,
+) -> dict:
     """Train on ``n`` rows in a child process; its phase times, peak memory and scores. With a
     ``pool``, the rows are ``n`` drawn at random (with ``seed``) from the first ``pool`` rows,
-    so that every size holds originals and moved copies in the same proportion."""
-    x, labels = rows(data, max(n, pool), 15.0, 0.1, seed)
-    original = np.arange(len(x)) < len(data)  # mnist8k itself: the first rows
+    so that every size is one distribution (and, with ``keep_originals``, holds originals and
+    moved copies in the same proportion)."""
+    x, labels = rows(data, max(n, pool), 15.0, 0.1, seed, keep_originals)
+    # mnist8k itself, the first rows, when kept
+    original = np.arange(len(x)) < (len(data) if keep_originals else 0)
     if pool:
         drawn = np.sort(np.random.default_rng([seed, n, pool]).choice(pool, n, replace=False))
         x, labels, original = x[drawn], labels[drawn], original[drawn]
@@ -81,8 +93,17 @@ def run_size(n: int, data, work: Path, extra: list[str], seed: int, pool: int = 
     clusters = GMVAE.load(out).predict(load_data(str(path)).x)
     final = clustering_scores(labels, clusters)
     start = load_checkpoint(out / "checkpoint.pt")["assignments"].numpy()
-    originals = clustering_scores(labels[original], clusters[original])
-    start_originals = clustering_scores(labels[original], start[original])
+    if original.any():
+        originals = {
+            "accuracy_originals": clustering_scores(labels[original], clusters[original])[
+                "accuracy"
+            ],
+            "start_accuracy_originals": clustering_scores(labels[original], start[original])[
+                "accuracy"
+            ],
+        }
+    else:
+        originals = {}
     start = clustering_scores(labels, start)
     path.unlink()
     seconds: dict[str, float] = defaultdict(float)
@@ -96,6 +117,7 @@ def run_size(n: int, data, work: Path, extra: list[str], seed: int, pool: int = 
         "n": n,
         "pool": pool,
         "originals": int(original.sum()),
+        "keep_originals": keep_originals,
         "wall_seconds": wall,
         "seconds": dict(seconds),
         "epochs": dict(epochs),
@@ -104,16 +126,22 @@ def run_size(n: int, data, work: Path, extra: list[str], seed: int, pool: int = 
         "nmi": final["nmi"],
         "start_accuracy": start["accuracy"],
         "start_nmi": start["nmi"],
-        "accuracy_originals": originals["accuracy"],
-        "start_accuracy_originals": start_originals["accuracy"],
+        **originals,
         **start_kept(out),
         "extra_flags": extra,
     }
 
 
 def same(result: dict, n: int, args: argparse.Namespace) -> bool:
-    """Whether ``result`` measured ``n`` rows as ``args`` asks (its flags, its pool)."""
-    return (result["n"], result["extra_flags"], result.get("pool", 0)) == (n, args.extra, args.pool)
+    """Whether ``result`` measured ``n`` rows as ``args`` asks (its flags, its pool, its rows);
+    results from before ``--keep-originals`` existed kept them."""
+    asked = (n, args.extra, args.pool, args.keep_originals)
+    return (
+        result["n"],
+        result["extra_flags"],
+        result.get("pool", 0),
+        result.get("keep_originals", True),
+    ) == asked
 
 
 def exponents(results: list[dict]) -> dict[str, float]:
@@ -143,6 +171,12 @@ def main() -> None:
         help="draw each size's rows at random from this many (mnist8k and its moved copies), so "
         "every size is the same mix (0: mnist8k first, then the copies)",
     )
+    parser.add_argument(
+        "--keep-originals",
+        action="store_true",
+        help="the rows of SCALE.md sections 2-7: mnist8k itself, then moved copies (default: "
+        "moved copies only, one texture)",
+    )
     parser.add_argument("extra", nargs="*", help="more gmvae train flags, after --")
     args = parser.parse_args()
     if args.pool and args.pool < max(args.sizes):
@@ -156,7 +190,9 @@ def main() -> None:
         for n in args.sizes:
             if any(same(r, n, args) for r in results):
                 continue
-            results.append(run_size(n, data, Path(work), args.extra, args.seed, args.pool))
+            results.append(
+                run_size(n, data, Path(work), args.extra, args.seed, args.pool, args.keep_originals)
+            )
             saved = {"machine": machine_info() | {"omp": os.environ.get("OMP_NUM_THREADS")}}
             saved["results"] = sorted(results, key=lambda r: r["n"])
             atomic_write_text(path, json.dumps(saved, indent=1) + "\n")

@@ -83,11 +83,18 @@ def source_rows(spec: str | None):
     return load_data(str(source))
 
 
-def rows(data, n: int, rotation: float, shift: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` rows: ``data`` and then moved copies of it, with their labels."""
+def rows(
+    data, n: int, rotation: float, shift: float, seed: int, keep_originals: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` rows: ``data`` and then moved copies of it, with their labels; without
+    ``keep_originals``, moved copies only (``data`` itself moved first).
+
+    A moved copy is resampled (bilinear), which softens its strokes: an autoencoder pretrained
+    long enough tells the originals from the copies by that alone (scale.py, SCALE.md section 8),
+    so a mix of both is two textures, not one data set at a larger size."""
     torch.manual_seed(seed)
     x = torch.as_tensor(data.x)
-    parts, labels = [x], [data.labels]
+    parts, labels = ([x], [data.labels]) if keep_originals else ([], [])
     while sum(len(p) for p in parts) < n:
         parts.append(augment_images(x, data.image_shape, rotation, shift))
         labels.append(data.labels)
