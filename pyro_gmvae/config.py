@@ -276,6 +276,12 @@ class TrainConfig:
         "(enumerated guide only)",
         default=5,
     )
+    cluster_encoder_steps: int = _help(
+        "at most this many optimizer steps of that fit, rounded to whole epochs (at least one; "
+        "0: no limit, --cluster-encoder-epochs alone): the anchor epochs go on teaching q(y|x) "
+        "the start's clusters, so a larger data set needs no more steps here",
+        default=160,
+    )
     restarts: int = _help(
         "mixture initialisations tried on the pretrained codes (or their t-SNE map), best by "
         "likelihood",
@@ -367,6 +373,7 @@ class TrainConfig:
             "anchor_min_steps",
             "checkpoint_every",
             "cluster_encoder_epochs",
+            "cluster_encoder_steps",
             "start_rows",
         ):
             if getattr(self, name) < 0:

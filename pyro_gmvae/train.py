@@ -203,6 +203,22 @@ class Batch:
 
 
 # ---------------------------------------------------------------------------------- phases
+def epochs_within(
+    epochs: int, batches_per_epoch: int, max_steps: int | None = None, min_steps: int | None = None
+) -> int:
+    """How many of ``epochs`` to run on data of ``batches_per_epoch`` minibatches: ``epochs``,
+    or ``max_steps`` steps rounded to whole epochs (at least one) when that is fewer, or
+    ``min_steps`` steps rounded up to whole epochs when that is more; 0 stays 0."""
+    length = epochs
+    if length == 0:
+        return 0
+    if max_steps is not None:
+        length = min(length, max(1, round(max_steps / batches_per_epoch)))
+    if min_steps is not None:
+        length = max(length, math.ceil(min_steps / batches_per_epoch))
+    return length
+
+
 @dataclass
 class Phase:
     """One stretch of the recipe: ``epochs`` passes over the training rows minimising
@@ -258,17 +274,9 @@ class Phase:
         self.on_begin = tuple(self.on_begin)
 
     def length(self, batches_per_epoch: int) -> int:
-        """The phase's length in epochs on data of ``batches_per_epoch`` minibatches: ``epochs``,
-        or ``max_steps`` steps rounded to whole epochs (at least one) when that is fewer, or
-        ``min_steps`` steps rounded up to whole epochs when that is more."""
-        length = self.epochs
-        if length == 0:
-            return 0
-        if self.max_steps is not None:
-            length = min(length, max(1, round(self.max_steps / batches_per_epoch)))
-        if self.min_steps is not None:
-            length = max(length, math.ceil(self.min_steps / batches_per_epoch))
-        return length
+        """The phase's length in epochs on data of ``batches_per_epoch`` minibatches (see
+        :func:`epochs_within`)."""
+        return epochs_within(self.epochs, batches_per_epoch, self.max_steps, self.min_steps)
 
     def loss(self, trainer: Trainer, batch: Batch) -> torch.Tensor:
         """The loss of ``batch``, per example (a scalar tensor to minimise)."""
@@ -923,7 +931,8 @@ class Trainer:
         """Start the prior from a :class:`~pyro_gmvae.start.Start` (or its responsibilities
         ``(N, K)``) of the training rows: each cluster's weight, mean and variance of the codes
         (the means of q(z|x), ``codes`` if already computed), q(z|x) narrow, and q(y|x) fitted
-        to them for ``cluster_encoder_epochs`` (enumerated guide). Each row's most probable
+        to them for ``cluster_encoder_epochs`` (enumerated guide; at most
+        ``config.cluster_encoder_steps`` steps, rounded to whole epochs). Each row's most probable
         cluster is held during Anchor phases.
 
         :class:`MixtureStart` calls this with the clusters its start finds.
@@ -953,6 +962,9 @@ class Trainer:
             if cluster_encoder_epochs is None
             else cluster_encoder_epochs
         )
+        # As a phase's length: a larger data set gets fewer epochs, not more steps.
+        steps = self.config.cluster_encoder_steps or None
+        epochs = epochs_within(epochs, self.batches_per_epoch, max_steps=steps)
         if model.cluster_encoder is not None and epochs > 0:
             with torch.enable_grad():
                 self._fit_cluster_encoder(
@@ -1316,6 +1328,7 @@ __all__ = [
     "TrainingProcessLost",
     "augment_images",
     "default_recipe",
+    "epochs_within",
     "fit",
     "resolve_device",
 ]

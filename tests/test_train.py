@@ -530,6 +530,23 @@ def test_a_batch_of_the_full_size_gives_the_same_per_example_loss(guide, phase):
     torch.testing.assert_close(sized, alone, rtol=1e-6, atol=0)
 
 
+@pytest.mark.parametrize("steps, epochs", [(12, 2), (9, 2), (1, 1), (0, 5), (1000, 5)])
+def test_the_fit_of_q_y_to_the_start_is_capped_in_steps_as_a_phase_is(steps, epochs):
+    """cluster_encoder_steps caps the epochs of q(y|x)'s fit to the start as max_steps caps a
+    phase: rounded to whole epochs, at least one, 0 no limit; counted here as the cluster
+    encoder's training passes (6 batches an epoch)."""
+    x, _ = blobs(n=60)
+    model = GMVAE(small_model(guide="enumerated", n_features=x.shape[1]))
+    config = small_train(batch_size=10, cluster_encoder_steps=steps)
+    trainer = Trainer(model, x, config, progress=False)
+    passes = []
+    model.cluster_encoder.register_forward_hook(
+        lambda module, args, out: passes.append(1) if torch.is_grad_enabled() else None
+    )
+    trainer.start_mixture(np.eye(3)[np.arange(60) % 3], cluster_encoder_epochs=5)
+    assert len(passes) == 6 * epochs
+
+
 @pytest.mark.parametrize("guide", ["marginal", "enumerated"])
 def test_the_anchor_classification_term_is_minus_alpha_log_q_of_the_start_cluster(guide):
     """Anchor(classify=alpha) adds -alpha * mean log q(y_start|x) to the ELBO given y: the
