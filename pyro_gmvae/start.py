@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 from sklearn.cluster import SpectralClustering
 from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE
@@ -49,6 +50,10 @@ EXPERT_FLOOR = 1e-6
 #: about 7 s a map of 8,000 points on one thread. With 10, the mean moved by up to 0.06 between
 #: three draws of halves on one `digits` map, and the better map led by 0.03-0.12 on most cases.
 STABILITY_SPLITS = 20
+
+#: Points of a map from which :func:`stability` fits its splits in parallel processes, one per
+#: core the process may use: below it the fits take less than the workers take to start.
+STABILITY_PARALLEL_POINTS = 4000
 
 #: Nearest sampled codes whose clusters a row outside the start's sample takes (the mean of
 #: their responsibilities): a vote of 15, which one code on the wrong side does not decide.
@@ -239,6 +244,7 @@ def stability(
     seed: int,
     uniform: bool,
     splits: int = STABILITY_SPLITS,
+    n_jobs: int | None = None,
 ) -> float:
     """How reproducible the ``n_clusters`` clusters of a map ``(N, 2)`` are, in [-1, 1]: over
     ``splits`` random splits of the points into two halves, the mean adjusted Rand index between
@@ -254,21 +260,57 @@ def stability(
     a map on ``digits`` once the autoencoder was trained longer (benchmarks/RESULTS.md).
 
     Halves of fewer than ``n_clusters`` points overlap, so that each half can hold K clusters.
+
+    The splits are fitted in ``n_jobs`` processes (None: one per core the process may use,
+    :func:`available_cores`, on maps of at least :data:`STABILITY_PARALLEL_POINTS` points;
+    serial below), each split with its own seed: the score is the same however many.
     """
     n = len(embedding)
     half = min(n, max(n // 2, n_clusters))
     rng = np.random.default_rng([seed, n])
-    agreement = []
-    for split in range(splits):
-        order = rng.permutation(n)
-        clusters = [
-            fitted_mixture(
-                embedding[part], n_clusters, "full", restarts, seed + 1 + split, uniform
-            ).predict(embedding)
-            for part in (order[:half], order[n - half :])
-        ]
-        agreement.append(adjusted_rand_score(*clusters))
+    orders = [rng.permutation(n) for _ in range(splits)]
+    tasks = [
+        (embedding, (order[:half], order[n - half :]), n_clusters, restarts, seed + 1 + split)
+        for split, order in enumerate(orders)
+    ]
+    if n_jobs is None:
+        n_jobs = available_cores() if n >= STABILITY_PARALLEL_POINTS else 1
+    if min(n_jobs, splits) > 1:
+        from joblib import Parallel, delayed
+
+        fit = delayed(_halves_agreement)
+        agreement = Parallel(n_jobs=min(n_jobs, splits))(fit(*t, uniform) for t in tasks)
+    else:
+        agreement = [_halves_agreement(*t, uniform) for t in tasks]
     return float(np.mean(agreement))
+
+
+def _halves_agreement(
+    embedding: np.ndarray,
+    halves: tuple[np.ndarray, np.ndarray],
+    n_clusters: int,
+    restarts: int,
+    seed: int,
+    uniform: bool,
+) -> float:
+    """The ARI between the clusters that mixtures fitted to each of two halves give all points."""
+    clusters = [
+        fitted_mixture(embedding[part], n_clusters, "full", restarts, seed, uniform).predict(
+            embedding
+        )
+        for part in halves
+    ]
+    return adjusted_rand_score(*clusters)
+
+
+def available_cores() -> int:
+    """The cores this process may use: its CPU affinity, and at most the threads torch was
+    given (``OMP_NUM_THREADS``, or ``torch.set_num_threads``, as on a box shared by several jobs
+    or in :func:`~pyro_gmvae.selection.select_clusters`' one-thread workers)."""
+    cores = (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    )
+    return max(1, min(cores, torch.get_num_threads()))
 
 
 def one_hot(assignments: np.ndarray, n_clusters: int) -> np.ndarray:

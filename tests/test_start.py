@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pyro
 import pytest
+import torch
 from helpers import blobs, small_model, small_train
 
 from pyro_gmvae import GMVAE, clustering_scores
@@ -14,6 +15,7 @@ from pyro_gmvae.start import (
     STARTS,
     Start,
     UniformWeightsMixture,
+    available_cores,
     check_start,
     find_start,
     fitted_mixture,
@@ -204,6 +206,25 @@ def test_stability_is_one_for_islands_and_lower_where_a_cluster_must_cut_one():
     assert stability(two_islands, 3, restarts=2, seed=0, uniform=True) < 0.9
     # Fewer points than two clusters' worth: the halves overlap and it is still defined.
     assert -1.0 <= stability(islands[:5], 4, restarts=1, seed=0, uniform=True) <= 1.0
+
+
+def test_stability_is_the_same_score_in_parallel_processes():
+    """Each split has its own halves and seed, drawn before any is fitted: two worker
+    processes give the serial score exactly (a map where the splits disagree, so it is not 1)."""
+    rng = np.random.default_rng(2)
+    two_islands = np.concatenate([rng.normal(c, 0.5, (150, 2)) for c in ([0, 0], [9, 0])])
+    serial = stability(two_islands, 3, restarts=2, seed=0, uniform=True, splits=6, n_jobs=1)
+    parallel = stability(two_islands, 3, restarts=2, seed=0, uniform=True, splits=6, n_jobs=2)
+    assert parallel == serial < 0.95
+
+
+def test_the_cores_the_start_uses_are_at_most_torchs_threads():
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert available_cores() == 1
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_tsne_iterations_reach_every_map_of_the_start(monkeypatch):
