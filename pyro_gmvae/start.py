@@ -32,6 +32,7 @@ from sklearn.manifold import TSNE
 from sklearn.metrics import adjusted_rand_score, silhouette_score
 from sklearn.mixture import GaussianMixture
 from sklearn.neighbors import NearestNeighbors
+from threadpoolctl import threadpool_limits
 
 from .config import AUTO_START, TrainConfig
 from .dataset import ScaledRows
@@ -193,16 +194,18 @@ def fitted_mixture(
 
     In float64 whatever ``x`` is: t-SNE maps come in float32, scaled to hundreds, where the
     covariance of a cluster lying on a line (a table of few distinct rows) loses its positive
-    determinant to rounding and EM fails (scikit-learn keeps float32 input in float32)."""
+    determinant to rounding and EM fails (scikit-learn keeps float32 input in float32).
+
+    On one BLAS and OpenMP thread: EM's arrays have a few columns, where more threads only wait
+    on each other, and on a box busy with other jobs they wait long (the stability of a map of
+    1,000 points: 118 s on the process's two threads beside two other jobs, 5 s on one)."""
     x = np.asarray(x, dtype=np.float64)
     kind = UniformWeightsMixture if uniform else GaussianMixture
-    return kind(
-        n_clusters,
-        covariance_type=covariance,
-        n_init=restarts,
-        random_state=seed,
-        reg_covar=1e-4,
-    ).fit(x)
+    mixture = kind(
+        n_clusters, covariance_type=covariance, n_init=restarts, random_state=seed, reg_covar=1e-4
+    )
+    with threadpool_limits(1):
+        return mixture.fit(x)
 
 
 def principal_components(x: np.ndarray, n: int, seed: int) -> np.ndarray:

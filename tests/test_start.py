@@ -218,6 +218,25 @@ def test_stability_is_the_same_score_in_parallel_processes():
     assert parallel == serial < 0.95
 
 
+def test_every_mixture_fit_runs_on_one_thread(monkeypatch):
+    from sklearn.mixture import GaussianMixture
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    threads, fit = [], GaussianMixture.fit
+
+    def counted(self, x, y=None):
+        threads.append(max((i["num_threads"] for i in threadpool_info()), default=1))
+        return fit(self, x, y)
+
+    monkeypatch.setattr(GaussianMixture, "fit", counted)
+    rng = np.random.default_rng(3)
+    islands = np.concatenate([rng.normal(c, 0.5, (40, 2)) for c in ([0, 0], [9, 0], [0, 9])])
+    with threadpool_limits(2):  # the process's own, whatever OMP_NUM_THREADS says
+        for uniform in (False, True):
+            fitted_mixture(islands, 3, "full", 1, 0, uniform)
+    assert threads == [1, 1]
+
+
 def test_the_cores_the_start_uses_are_at_most_torchs_threads():
     threads = torch.get_num_threads()
     try:
