@@ -16,7 +16,6 @@ import json
 import math
 import multiprocessing
 import numbers
-import os
 import time
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
@@ -34,6 +33,7 @@ from .estimator import GMVAEClustering
 from .files import atomic_write_text
 from .metrics import clustering_scores
 from .runs import LOCK_FILE
+from .start import affinity_cores
 
 #: What :func:`write_selection` writes into its directory.
 SELECTION_FILE = "selection.json"
@@ -323,10 +323,7 @@ def _n_workers(n_jobs: int | None, n_ks: int) -> int:
         raise ConfigError(
             f"n_jobs must be a positive number of processes or -1 (every core), not {n_jobs!r}"
         )
-    cores = (
-        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    )
-    return max(1, min(n_ks, cores if n_jobs == -1 else int(n_jobs)))
+    return max(1, min(n_ks, affinity_cores() if n_jobs == -1 else int(n_jobs)))
 
 
 def _as_k(k: Any) -> int:

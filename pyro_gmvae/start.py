@@ -307,14 +307,19 @@ def _halves_agreement(
     return adjusted_rand_score(*clusters)
 
 
+def affinity_cores() -> int:
+    """The cores the operating system lets this process run on (its CPU affinity where the
+    platform has one, else every core)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def available_cores() -> int:
     """The cores this process may use: its CPU affinity, and at most the threads torch was
     given (``OMP_NUM_THREADS``, or ``torch.set_num_threads``, as on a box shared by several jobs
     or in :func:`~pyro_gmvae.selection.select_clusters`' one-thread workers)."""
-    cores = (
-        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    )
-    return max(1, min(cores, torch.get_num_threads()))
+    return max(1, min(affinity_cores(), torch.get_num_threads()))
 
 
 def one_hot(assignments: np.ndarray, n_clusters: int) -> np.ndarray:
