@@ -128,7 +128,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 # Options of gmvae train that mean nothing to a selection, which keeps no checkpoints and
 # clusters without labels.
-_NOT_SELECT_FLAGS = {"clusters", "checkpoint_every", *SUPERVISED_OPTIONS}
+_NOT_SELECT_FLAGS = {"clusters", "checkpoint_every", "checkpoint_minutes", *SUPERVISED_OPTIONS}
 
 
 def _add_select(subparsers) -> None:

@@ -360,6 +360,12 @@ class TrainConfig:
     seed: int = _help("random seed", default=0)
     device: str | None = _help("cpu or cuda (default: cuda when available)", default=None)
     checkpoint_every: int = _help("save a checkpoint every this many epochs", default=5)
+    checkpoint_minutes: float = _help(
+        "also save one when this many minutes of training have passed since the last, in the "
+        "middle of an epoch if need be, so that a crash on a large data set (an epoch of a "
+        "million rows takes minutes) loses at most this much (0: only --checkpoint-every)",
+        default=10.0,
+    )
 
     def validate(self) -> None:
         _check_finite(self)
@@ -372,6 +378,7 @@ class TrainConfig:
             "anchor_steps",
             "anchor_min_steps",
             "checkpoint_every",
+            "checkpoint_minutes",
             "cluster_encoder_epochs",
             "cluster_encoder_steps",
             "start_rows",

@@ -19,8 +19,9 @@ it one epoch at a time inside one ``lightning.Trainer.fit``, as ``Trainer.run`` 
   start is a t-SNE or a mixture fit, minutes on one process that the others need not repeat,
   and a broadcast makes every process's start the same whatever the action's randomness.
 - **Files.** Rank 0 alone writes ``metrics.jsonl`` and ``checkpoint.pt``, atomically, in the
-  format of the single-process trainer, at the end of every ``checkpoint_every``-th epoch and the
-  last: ``GMVAE.load``, ``gmvae evaluate`` and ``Trainer.resume`` read it in one process, and a
+  format of the single-process trainer, at the end of every ``checkpoint_every``-th epoch, of
+  an epoch that ends ``checkpoint_minutes`` or more after the last save (never mid-epoch), and of
+  the last: ``GMVAE.load``, ``gmvae evaluate`` and ``Trainer.resume`` read it in one process, and a
   multi-process run resumes from a single-process checkpoint as well.
 - **Stopping.** Ctrl-C, SIGTERM or SIGHUP on any process asks for a stop; the processes agree
   after every step, all stop after the same one, and rank 0 saves the weights reached at the
@@ -306,7 +307,9 @@ class GMVAELightning(_LightningModule):
         runner.history.append(record)
         last = runner.epoch == runner.total_epochs
         every = runner.config.checkpoint_every
-        if leader and (last or (every and runner.epoch % every == 0)):
+        # Rank 0 alone decides and writes (no collective), so its clock may differ from others'.
+        due = last or (every and runner.epoch % every == 0) or runner._checkpoint_due()
+        if leader and due:
             runner.save()
         if leader and runner.on_epoch is not None:
             runner.on_epoch(record)

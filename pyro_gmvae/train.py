@@ -756,6 +756,7 @@ class Trainer:
         self.optimizer: torch.optim.Optimizer | None = None
         self._stop_signal: int | None = None
         self._stop_requested = False
+        self._saved_at = time.monotonic()  # when the last checkpoint was written (or run began)
         self._bar: tqdm | None = None
         # Reading a loss back syncs a GPU with the host: there, check for NaN every 50 batches.
         self.check_every = 1 if self.device.type == "cpu" else 50
@@ -1047,7 +1048,18 @@ class Trainer:
         self.start_info = state["start"]
         set_rng_state(state["rng"], self.device)
 
+    def _checkpoint_due(self) -> bool:
+        """Whether ``checkpoint_minutes`` have passed since the last checkpoint (or the run's
+        beginning), with a run directory to write it to."""
+        minutes = self.config.checkpoint_minutes
+        return (
+            self.run_dir is not None
+            and minutes > 0
+            and time.monotonic() - self._saved_at >= 60 * minutes
+        )
+
     def save(self) -> None:
+        self._saved_at = time.monotonic()
         if self.run_dir is not None:
             # Metrics first: killed in between, the metrics are ahead of the checkpoint and
             # resume drops the extra records; the other way round an epoch's record would be lost.
@@ -1133,6 +1145,7 @@ class Trainer:
         """
         if (self.epoch, self.batch, self.begun) == (0, 0, 0):
             seed_everything(self.config.seed)
+        self._saved_at = time.monotonic()
         in_main = threading.current_thread() is threading.main_thread()
         handled = [signal.SIGINT, signal.SIGTERM] + (
             [signal.SIGHUP] if hasattr(signal, "SIGHUP") else []
@@ -1209,14 +1222,18 @@ class Trainer:
             self.step(loss)
             if self.on_batch is not None:
                 self.on_batch(self)
-            if self._stop_requested:  # the checkpoint must hold no unchecked step
+            stopping = self._stop_requested
+            saving = stopping or self._checkpoint_due()
+            if saving:  # the checkpoint must hold no unchecked step
                 self._add_losses(pending, phase.name, last=self.batch)
                 self._check_weights(self.batch)
             self.batch += 1
             if self._bar is not None:
                 self._bar.update(1)
-            if self._stop_requested and self.batch < n_batches:
-                self._interrupt()
+            if saving and self.batch < n_batches:
+                if stopping:
+                    self._interrupt()
+                self.save()  # mid-epoch: resume continues this epoch's permutation
         self._check_weights(n_batches - 1)  # a finite loss can still end in an inf gradient
         record: dict[str, Any] = {
             "epoch": self.epoch + 1,
@@ -1240,7 +1257,12 @@ class Trainer:
         self.history.append(record)
         last = self.epoch == self.total_epochs
         every = self.config.checkpoint_every
-        if last or (every and self.epoch % every == 0) or self._stop_requested:
+        if (
+            last
+            or (every and self.epoch % every == 0)
+            or self._stop_requested
+            or self._checkpoint_due()
+        ):
             self.save()
         if self.on_epoch is not None:
             self.on_epoch(record)

@@ -263,6 +263,36 @@ def test_a_kill_while_saving_leaves_a_run_that_resumes_exactly(tmp_path, monkeyp
     assert_same_as_uninterrupted(resumed, tmp_path)
 
 
+def test_a_checkpoint_after_checkpoint_minutes_mid_epoch_survives_a_kill(tmp_path, monkeypatch):
+    """On data whose epochs take minutes (a million rows), --checkpoint-minutes writes a
+    checkpoint once that much time has passed, in the middle of an epoch; a run killed later,
+    with no save on the way out, resumes from it and ends where the uninterrupted run does."""
+    reference()
+    clock = [0.0]
+    monkeypatch.setattr(training.time, "monotonic", lambda: clock[0])
+    svi = PRETRAIN + ANCHOR  # the 0-based epoch where SVI begins
+
+    def ten_minutes_then_a_kill(trainer: Trainer) -> None:
+        if (trainer.epoch, trainer.batch) == (svi, 1):
+            assert not (tmp_path / CHECKPOINT_FILE).exists()  # checkpoint_every=0: none yet
+            clock[0] += 10 * 60  # the ten minutes pass during this batch
+        if (trainer.epoch, trainer.batch) == (svi + 1, 2):
+            raise KeyboardInterrupt  # a kill: nothing is saved on the way out
+
+    tc = train_config(checkpoint_every=0, checkpoint_minutes=10.0)
+    first = make_trainer(tmp_path, tc, on_batch=ten_minutes_then_a_kill)
+    with pytest.raises(KeyboardInterrupt):
+        first.run()
+    state = load_checkpoint(tmp_path)
+    assert (state["epoch"], state["batch"]) == (svi, 2)  # after batch 1, mid-epoch
+    assert [r["epoch"] for r in read_metrics(tmp_path)] == list(range(1, svi + 1))
+
+    second = make_trainer(tmp_path, tc)
+    second.resume(read_metrics(tmp_path))
+    second.run()
+    assert_same_as_uninterrupted(second, tmp_path)
+
+
 def test_deferred_loss_checks_are_flushed_before_an_interrupt_saves(tmp_path):
     """On a GPU the loss is read back every ``check_every`` batches; a Ctrl-C in between must
     still count the unchecked batches in the epoch's loss."""
