@@ -199,21 +199,25 @@ def main() -> None:
             print(json.dumps(results[-1]), flush=True)
     results = [r for r in saved["results"] if same(r, r["n"], args)]
     fitted = exponents(results)
+    originals = any("accuracy_originals" in r for r in results)  # only with --keep-originals
     print(
         "\n| rows | "
         + " | ".join(PHASES)
-        + " | wall | start share | peak memory | start accuracy | accuracy | NMI "
-        + "| the originals among them: start, end |"
+        + " | wall | start share | peak memory | start accuracy | accuracy | NMI |"
+        + (" the originals among them: start, end |" if originals else "")
     )
-    print("|---" * (len(PHASES) + 8) + "|")
+    print("|---" * (len(PHASES) + 7 + originals) + "|")
     for r in results:
         times = " | ".join(f"{r['seconds'].get(p, 0.0):.0f} s" for p in PHASES)
         share = r["seconds"].get("start", 0.0) / r["wall_seconds"]
+        kept = (
+            f" {r.get('start_accuracy_originals', float('nan')):.3f}, "
+            f"{r.get('accuracy_originals', float('nan')):.3f} |"
+        )
         print(
             f"| {r['n']:,} | {times} | {r['wall_seconds'] / 60:.1f} min | {share:.0%} | "
             f"{r['peak_rss_gib']:.2f} GiB | {r['start_accuracy']:.3f} | {r['accuracy']:.3f} | "
-            f"{r['nmi']:.3f} | {r.get('start_accuracy_originals', float('nan')):.3f}, "
-            f"{r.get('accuracy_originals', float('nan')):.3f} |"
+            f"{r['nmi']:.3f} |" + (kept if originals else "")
         )
     print(
         "\ngrowth exponent b (time ~ N^b): " + ", ".join(f"{p} {b:.2f}" for p, b in fitted.items())
