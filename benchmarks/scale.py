@@ -15,7 +15,8 @@ its own:
 
 and the benchmark reads back the wall time of each phase (the records' ``seconds`` by
 ``phase``, the start's ``start_seconds``; "rest" is loading, scoring and the figures), the
-process's peak resident memory (``wait4``), and then, in this process, the accuracy and NMI of
+process's peak resident memory (its ``VmHWM``, polled: ``_memory.py`` says why not ``wait4``;
+and the peak of it and its worker processes together), and then, in this process, the accuracy and NMI of
 the trained model's clusters and of its mixture start (the checkpoint's ``assignments``) against
 the rows' labels (an ``.npy`` holds no labels, so ``gmvae train`` cannot score them itself), on
 all N rows and, with ``--keep-originals``, on the 8,000 original rows alone.
@@ -46,6 +47,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+from _memory import PeakMemory  # beside this script
 from clustering import machine_info, start_kept  # beside this script
 from starts import rows, source_rows  # beside this script
 
@@ -84,9 +86,11 @@ def run_size(
     command += ["--clusters", "10", "--out", str(out), "--no-progress", "--seed", str(seed)]
     began = time.perf_counter()
     child = subprocess.Popen(command + extra, stdout=subprocess.PIPE, text=True)
+    memory = PeakMemory(child.pid)
     stdout = child.stdout.read()
-    _, status, usage = os.wait4(child.pid, 0)
+    status = child.wait()
     wall = time.perf_counter() - began
+    memory.stop()
     if status != 0:
         raise SystemExit(f"gmvae train failed on {n} rows (status {status})")
     json.loads(stdout)  # what gmvae train printed is its result
@@ -121,7 +125,11 @@ def run_size(
         "wall_seconds": wall,
         "seconds": dict(seconds),
         "epochs": dict(epochs),
-        "peak_rss_gib": usage.ru_maxrss / 2**20,  # kilobytes on Linux
+        # The training process's own peak (VmHWM), and that of it and its workers together
+        # (sampled); before 2026-12-06 wait4's ru_maxrss, which holds this script's own peak.
+        "peak_rss_gib": memory.peak_kib / 2**20,
+        "peak_tree_rss_gib": memory.tree_peak_kib / 2**20,
+        "memory_measure": "VmHWM",
         "accuracy": final["accuracy"],
         "nmi": final["nmi"],
         "start_accuracy": start["accuracy"],

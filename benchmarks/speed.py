@@ -47,6 +47,7 @@ from unittest import mock
 import numpy as np
 import pyro
 import torch
+from _memory import status_kib  # benchmarks/_memory.py, beside this script
 from pyro.infer import ELBO, JitTraceEnum_ELBO, TraceEnum_ELBO
 from pyro.infer.traceenum_elbo import _compute_dice_elbo
 
@@ -515,14 +516,8 @@ def print_steps_notes(args: argparse.Namespace) -> None:
 
 def _status_mb(field: str) -> float:
     """A memory field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``) in MB, or NaN."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) / 1024  # kB
-    except (OSError, ValueError, IndexError):
-        pass
-    return float("nan")
+    kib = status_kib(field)
+    return float("nan") if kib is None else kib / 1024
 
 
 def _reset_peak_rss() -> bool:
