@@ -11,7 +11,6 @@ from helpers import blobs, small_model, small_train
 from pyro_gmvae import GMVAE, clustering_scores
 from pyro_gmvae.dataset import ScaledRows
 from pyro_gmvae.errors import ConfigError, DataError
-from pyro_gmvae.selection import _n_workers
 from pyro_gmvae.start import (
     STARTS,
     Start,
@@ -250,13 +249,12 @@ def test_the_cores_the_start_uses_are_at_most_torchs_threads():
 
 def test_the_cores_the_start_uses_are_at_most_the_cpu_affinity(monkeypatch):
     """A process pinned to one core (taskset, a container's cpuset) fits on one, however many
-    threads torch has; ``select_clusters(n_jobs=-1)`` reads the same count."""
+    threads torch has (``select_clusters(n_jobs=-1)`` reads the same ``affinity_cores``)."""
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0}, raising=False)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
         assert affinity_cores() == 1 and available_cores() == 1
-        assert _n_workers(-1, 5) == 1 and _n_workers(3, 5) == 3  # an explicit count is obeyed
     finally:
         torch.set_num_threads(threads)
 
