@@ -3,8 +3,8 @@
 Not ``ru_maxrss`` (``resource.getrusage``, ``os.wait4``): at ``exec`` Linux folds the address
 space being replaced into it, and ``subprocess`` starts a child by ``vfork`` and ``exec``, so a
 child's ``ru_maxrss`` is at least its parent's peak. ``scale.py`` reported its own peak that
-way (9.29 GiB for a 1,000,000-row run whose training process peaked at about 2 GiB: the rows it
-makes hold 3 float32 copies). ``VmHWM`` is the peak of one address space, started afresh at
+way (9.29 GiB for a 1,000,000-row run whose training process peaked at 1.66 GiB: the rows
+it makes hold 3 float32 copies). ``VmHWM`` is the peak of one address space, started afresh at
 ``exec``. Imported as ``_memory`` by the scripts beside it, as ``_paths`` is.
 """
 

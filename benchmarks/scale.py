@@ -16,8 +16,8 @@ its own:
 and the benchmark reads back the wall time of each phase (the records' ``seconds`` by
 ``phase``, the start's ``start_seconds``; "rest" is loading, scoring and the figures), the
 process's peak resident memory (its ``VmHWM``, polled: ``_memory.py`` says why not ``wait4``;
-and the peak of it and its worker processes together), and then, in this process, the accuracy and NMI of
-the trained model's clusters and of its mixture start (the checkpoint's ``assignments``) against
+and the peak of it and its worker processes together), and then, in this process, the accuracy
+and NMI of the trained model's clusters and of its mixture start (the checkpoint's ``assignments``) against
 the rows' labels (an ``.npy`` holds no labels, so ``gmvae train`` cannot score them itself), on
 all N rows and, with ``--keep-originals``, on the 8,000 original rows alone.
 
