@@ -13,13 +13,13 @@ its own:
 
     python -m pyro_gmvae train --data ROWS.npy --clusters 10 --out RUN [EXTRA FLAGS]
 
-and the benchmark reads back the wall time of each phase (the records' ``seconds`` by
-``phase``, the start's ``start_seconds``; "rest" is loading, scoring and the figures), the
-process's peak resident memory (its ``VmHWM``, polled: ``_memory.py`` says why not ``wait4``;
-and the peak of it and its worker processes together), and then, in this process, the accuracy
-and NMI of the trained model's clusters and of its mixture start (the checkpoint's ``assignments``) against
-the rows' labels (an ``.npy`` holds no labels, so ``gmvae train`` cannot score them itself), on
-all N rows and, with ``--keep-originals``, on the 8,000 original rows alone.
+and the benchmark reads back the wall time of each phase (the records' ``seconds`` by ``phase``,
+the start's ``start_seconds``; "rest" is loading, scoring and the figures), the process's peak
+resident memory (its ``VmHWM``, polled: ``_memory.py`` says why not ``wait4``; and the peak of it
+and its worker processes together), and then, in this process, the accuracy and NMI of the trained
+model's clusters and of its mixture start (the checkpoint's ``assignments``) against the rows'
+labels (an ``.npy`` holds no labels, so ``gmvae train`` cannot score them itself), on all N rows
+and, with ``--keep-originals``, on the 8,000 original rows alone.
 
 With ``--pool P`` each size's rows are instead N drawn at random from the first P, one data set
 sampled at several sizes: accuracy then compares the sizes directly and says what more rows of
