@@ -305,11 +305,8 @@ class GMVAELightning(_LightningModule):
         runner.epoch += 1
         runner.perm, runner.batch, runner.epoch_loss = None, 0, 0.0
         runner.history.append(record)
-        last = runner.epoch == runner.total_epochs
-        every = runner.config.checkpoint_every
         # Rank 0 alone decides and writes (no collective), so its clock may differ from others'.
-        due = last or (every and runner.epoch % every == 0) or runner._checkpoint_due()
-        if leader and due:
+        if leader and runner._checkpoint_after_epoch():
             runner.save()
         if leader and runner.on_epoch is not None:
             runner.on_epoch(record)

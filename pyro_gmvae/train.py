@@ -1058,6 +1058,17 @@ class Trainer:
             and time.monotonic() - self._saved_at >= 60 * minutes
         )
 
+    def _checkpoint_after_epoch(self) -> bool:
+        """Whether the epoch just ended (``epoch`` counts it) gets a checkpoint: the last one,
+        every ``checkpoint_every``-th, and one ending ``checkpoint_minutes`` after the last save.
+        The rule of the multi-process trainer's rank 0 too."""
+        every = self.config.checkpoint_every
+        return (
+            self.epoch == self.total_epochs
+            or bool(every and self.epoch % every == 0)
+            or self._checkpoint_due()
+        )
+
     def save(self) -> None:
         self._saved_at = time.monotonic()
         if self.run_dir is not None:
@@ -1255,18 +1266,11 @@ class Trainer:
         self.epoch += 1
         self.perm, self.batch = None, 0
         self.history.append(record)
-        last = self.epoch == self.total_epochs
-        every = self.config.checkpoint_every
-        if (
-            last
-            or (every and self.epoch % every == 0)
-            or self._stop_requested
-            or self._checkpoint_due()
-        ):
+        if self._checkpoint_after_epoch() or self._stop_requested:
             self.save()
         if self.on_epoch is not None:
             self.on_epoch(record)
-        if self._stop_requested and not last:
+        if self._stop_requested and self.epoch < self.total_epochs:
             self._interrupt()
         return record
 
