@@ -1,9 +1,12 @@
 """UMAP maps of the codes and of the data against the default t-SNE start, on the pretrained
 networks that ``after_start.py`` cached (issue 14): each map's full-covariance mixture (the
 ``umap`` start's: 10-d, 20 neighbours, ``min_dist=0``, weights held at 1/K), its accuracy and
-its silhouette on the map, beside the t-SNE start the cache holds. Labels score only.
+its silhouette and its stability (``start.stability``, the rule the t-SNE start keeps a map by),
+beside the t-SNE start the cache holds. Labels score only.
 
-    OMP_NUM_THREADS=1 python benchmarks/sweeps/umap_maps.py DATA NAME SEED [CACHE]
+    OMP_NUM_THREADS=1 python benchmarks/sweeps/umap_maps.py DATA NAME SEED [CACHE [NEIGHBORS]]
+
+``NEIGHBORS`` (default 20, N2D's) sets the UMAP maps' neighbours.
 """
 
 import json
@@ -20,21 +23,23 @@ from pyro_gmvae.data import load_data
 from pyro_gmvae.metrics import clustering_scores
 
 
-def main(spec: str, name: str, seed: int, cache: Path) -> None:
+def main(spec: str, name: str, seed: int, cache: Path, neighbors: int = 20) -> None:
     data = load_data(spec)
     data.name = name
     model, _, info = pretrained(data, seed, TrainConfig(seed=seed, device="cpu"), cache)
     codes = model.encode(data.x).astype(np.float64)
     pixels = starts.principal_components(np.asarray(data.x), starts.DATA_COMPONENTS, seed)
-    out = {"data": name, "seed": seed, "tsne_start": info["start"]["accuracy"]}
+    out = {"data": name, "seed": seed, "neighbors": neighbors}
+    out["tsne_start"] = info["start"]["accuracy"]
     out |= {"tsne_source": info["source"], "tsne_scores": info["scores"]}
     for source, x in (("codes", codes), ("data", pixels)):
         began = time.perf_counter()
-        embedding = starts.umap_map(x, 10, 20, seed)
+        embedding = starts.umap_map(x, 10, neighbors, seed)
         clusters = starts.map_clusters(embedding, 10, 10, seed, True)
         out[f"umap_{source}"] = {
             "acc": round(clustering_scores(data.labels, clusters)["accuracy"], 4),
             "sil": round(starts.separation(embedding, clusters, seed), 4),
+            "stab": round(starts.stability(embedding, 10, 10, seed, True), 4),
             "s": round(time.perf_counter() - began, 1),
         }
     print(json.dumps(out), flush=True)
@@ -42,4 +47,5 @@ def main(spec: str, name: str, seed: int, cache: Path) -> None:
 
 if __name__ == "__main__":
     cache = Path(sys.argv[4]) if len(sys.argv) > 4 else Path(".exp/after_start/cache")
-    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), cache)
+    neighbors = int(sys.argv[5]) if len(sys.argv) > 5 else 20
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), cache, neighbors)
