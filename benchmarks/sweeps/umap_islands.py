@@ -1,0 +1,54 @@
+"""Why the UMAP maps of ``digits`` cluster worse than its pixels' t-SNE map (issue 14): the
+start's mixture (full covariances, weights held at 1/K) with K, K + 1 and K + 2 components on
+the 10-d UMAP maps (20 neighbours, ``min_dist=0``) of the codes and of the data, each
+clustering's accuracy (one cluster a class) and many-to-one accuracy (each cluster its
+majority class), and its two smallest clusters' sizes. A small island of one class that takes a
+whole component shows as a smallest cluster of a few dozen rows and a many-to-one accuracy
+well above the one-to-one. The network comes from ``after_start.py``'s cache. Labels score only.
+
+    OMP_NUM_THREADS=1 python benchmarks/sweeps/umap_islands.py DATA NAME SEED CACHE
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from after_start import pretrained  # beside this script
+
+from pyro_gmvae import start as starts
+from pyro_gmvae.config import TrainConfig
+from pyro_gmvae.data import load_data
+from pyro_gmvae.metrics import clustering_scores
+
+
+def main(spec: str, name: str, seed: int, cache: Path) -> None:
+    data = load_data(spec)
+    data.name = name
+    config = TrainConfig(seed=seed, device="cpu")
+    model, _, _ = pretrained(data, seed, config, cache)
+    k = int(data.labels.max()) + 1
+    sources = {
+        "codes": model.encode(data.x).astype(np.float64),
+        "data": starts.principal_components(np.asarray(data.x), starts.DATA_COMPONENTS, seed),
+    }
+    for source, x in sources.items():
+        embedding = starts.umap_map(x, config.umap_components, config.umap_neighbors, seed)
+        for n_clusters in (k, k + 1, k + 2):
+            found = starts.map_clusters(embedding, n_clusters, config.restarts, seed, True)
+            scores = clustering_scores(data.labels, found)
+            sizes = sorted(np.bincount(found, minlength=n_clusters))
+            record = {
+                "data": name,
+                "seed": seed,
+                "source": source,
+                "components": n_clusters,
+                "accuracy": round(scores["accuracy"], 4),
+                "many_to_one_accuracy": round(scores["many_to_one_accuracy"], 4),
+                "smallest": [int(size) for size in sizes[:2]],
+            }
+            print(json.dumps(record), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), Path(sys.argv[4]))
