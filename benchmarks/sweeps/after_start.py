@@ -38,6 +38,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyro
 import torch
 
@@ -45,7 +46,15 @@ from pyro_gmvae.config import AUTO_START, ModelConfig, TrainConfig, start_for
 from pyro_gmvae.data import load_data
 from pyro_gmvae.metrics import clustering_scores
 from pyro_gmvae.model import GMVAE
-from pyro_gmvae.start import Start, find_start, map_clusters, one_hot, umap_map
+from pyro_gmvae.start import (
+    DATA_COMPONENTS,
+    Start,
+    find_start,
+    map_clusters,
+    one_hot,
+    principal_components,
+    umap_map,
+)
 from pyro_gmvae.train import (
     SVI,
     Anchor,
@@ -154,6 +163,21 @@ def pretrained(data, seed: int, cfg: TrainConfig, cache: Path, decay: float = 1.
     cache.mkdir(parents=True, exist_ok=True)
     torch.save({"weights": model.state_dict(), "start": start, "info": info}, path)
     return model, start, info
+
+
+def map_sources(spec: str, name: str, seed: int, cache: Path):
+    """What the start maps, from the cached (or newly pretrained) default network of ``seed``:
+    ``(data, config, info, sources)``, where ``sources`` holds the codes and the data's first 50
+    principal components ``(N, D)`` in float64 and ``info`` the default start's record."""
+    data = load_data(spec)
+    data.name = name
+    config = TrainConfig(seed=seed, device="cpu")
+    model, _, info = pretrained(data, seed, config, cache)
+    sources = {
+        "codes": model.encode(data.x).astype(np.float64),
+        "data": principal_components(np.asarray(data.x), DATA_COMPONENTS, seed),
+    }
+    return data, config, info, sources
 
 
 def main() -> None:

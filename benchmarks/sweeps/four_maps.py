@@ -14,25 +14,15 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-from after_start import pretrained  # beside this script
+from after_start import map_sources  # beside this script
 from sklearn.metrics import adjusted_rand_score
 
 from pyro_gmvae import start as starts
-from pyro_gmvae.config import TrainConfig
-from pyro_gmvae.data import load_data
 from pyro_gmvae.metrics import clustering_scores
 
 
 def main(spec: str, name: str, seed: int, cache: Path) -> None:
-    data = load_data(spec)
-    data.name = name
-    config = TrainConfig(seed=seed, device="cpu")
-    model, _, info = pretrained(data, seed, config, cache)
-    sources = {
-        "codes": model.encode(data.x).astype(np.float64),
-        "data": starts.principal_components(np.asarray(data.x), starts.DATA_COMPONENTS, seed),
-    }
+    data, config, info, sources = map_sources(spec, name, seed, cache)
     out = {"data": name, "seed": seed, "tsne_kept": info["source"]}
     clusters = {}
     for source, x in sources.items():

@@ -14,24 +14,15 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from after_start import pretrained  # beside this script
+from after_start import map_sources  # beside this script
 
 from pyro_gmvae import start as starts
-from pyro_gmvae.config import TrainConfig
-from pyro_gmvae.data import load_data
 from pyro_gmvae.metrics import clustering_scores
 
 
 def main(spec: str, name: str, seed: int, cache: Path) -> None:
-    data = load_data(spec)
-    data.name = name
-    config = TrainConfig(seed=seed, device="cpu")
-    model, _, _ = pretrained(data, seed, config, cache)
+    data, config, _, sources = map_sources(spec, name, seed, cache)
     k = int(data.labels.max()) + 1
-    sources = {
-        "codes": model.encode(data.x).astype(np.float64),
-        "data": starts.principal_components(np.asarray(data.x), starts.DATA_COMPONENTS, seed),
-    }
     for source, x in sources.items():
         embedding = starts.umap_map(x, config.umap_components, config.umap_neighbors, seed)
         for n_clusters in (k, k + 1, k + 2):

@@ -14,25 +14,18 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-from after_start import pretrained  # beside this script
+from after_start import map_sources  # beside this script
 
 from pyro_gmvae import start as starts
-from pyro_gmvae.config import TrainConfig
-from pyro_gmvae.data import load_data
 from pyro_gmvae.metrics import clustering_scores
 
 
 def main(spec: str, name: str, seed: int, cache: Path, neighbors: int = 20) -> None:
-    data = load_data(spec)
-    data.name = name
-    model, _, info = pretrained(data, seed, TrainConfig(seed=seed, device="cpu"), cache)
-    codes = model.encode(data.x).astype(np.float64)
-    pixels = starts.principal_components(np.asarray(data.x), starts.DATA_COMPONENTS, seed)
+    data, _, info, sources = map_sources(spec, name, seed, cache)
     out = {"data": name, "seed": seed, "neighbors": neighbors}
     out["tsne_start"] = info["start"]["accuracy"]
     out |= {"tsne_source": info["source"], "tsne_scores": info["scores"]}
-    for source, x in (("codes", codes), ("data", pixels)):
+    for source, x in sources.items():
         began = time.perf_counter()
         embedding = starts.umap_map(x, 10, neighbors, seed)
         clusters = starts.map_clusters(embedding, 10, 10, seed, True)
