@@ -20,8 +20,8 @@ with other variants skips them. A variant is a recipe of the phases after pretra
   scaled by up to 15%, shifted up to 0.15 of the width, half of them with a square of 0.35 of the
   side blanked) against the model's own cluster of the row as it is, where q(y|x) of the row is
   above 0.95 (self-labelling, as SCAN's last step and FixMatch do; images only), then SVI.
-- ``umap``: the default anchor and SVI from another start: the start's mixture on a 10-d UMAP map
-  of the codes (20 neighbours, ``min_dist=0``: N2D's), instead of the cached t-SNE start.
+- ``umap``: the default anchor and SVI from the library's ``umap`` start (N2D's: the start's
+  mixture on a 10-d UMAP map of the codes), instead of the cached t-SNE start.
 
 Labels score each variant only (the start, each epoch, the end); nothing chooses by them.
 
@@ -48,12 +48,11 @@ from pyro_gmvae.metrics import clustering_scores
 from pyro_gmvae.model import GMVAE
 from pyro_gmvae.start import (
     DATA_COMPONENTS,
+    STARTS,
     Start,
     find_start,
-    map_clusters,
     one_hot,
     principal_components,
-    umap_map,
 )
 from pyro_gmvae.train import (
     SVI,
@@ -202,9 +201,9 @@ def main() -> None:
         model.load_state_dict(base)
         pyro.clear_param_store()
         if name == "umap":
-            embedding = umap_map(model.encode(data.x), 10, 20, a.seed)
-            umap_start = map_clusters(embedding, model.n_clusters, cfg.restarts, a.seed, True)
-            recipe = variant("default", Start(one_hot(umap_start, model.n_clusters)), cfg)
+            codes = model.encode(data.x)
+            umap_start = STARTS["umap"](codes, data.x, model.n_clusters, cfg, True)
+            recipe = variant("default", umap_start, cfg)
         else:
             recipe = variant(name, start, cfg)
         tr = Trainer(model, data.x, cfg, recipe=recipe, labels=data.labels, progress=False)
@@ -217,7 +216,7 @@ def main() -> None:
             "pretrain_lr_decay": a.pretrain_lr_decay,
             "variant": name,
             "start_accuracy": (
-                clustering_scores(data.labels, umap_start)["accuracy"]
+                clustering_scores(data.labels, umap_start.assignments)["accuracy"]
                 if name == "umap"
                 else info["start"]["accuracy"]
             ),
