@@ -88,6 +88,7 @@ def start_for(n_features: int) -> str:
 
 
 TSNE_INPUTS = ("auto", "codes", "data", "joint")
+UMAP_INPUTS = ("codes", "data", "joint")
 
 #: TrainConfig fields that mean something only when some labels are known: the estimator, which
 #: never has labels, refuses them, and ``gmvae select``, which clusters without, has no flags.
@@ -236,8 +237,8 @@ class TrainConfig:
         "fewer than 64 features, tables; tsne otherwise), tsne (a Gaussian mixture on 2-d "
         "t-SNE maps of the codes and of the data), data-gmm (a Gaussian mixture on the data's "
         "columns, or their first 50 principal components, with full or diagonal covariances by "
-        "BIC), umap (a Gaussian "
-        "mixture on a 10-d UMAP embedding of the codes, as N2D), spectral "
+        "BIC), umap (a Gaussian mixture on a 10-d UMAP embedding of the codes and the data side "
+        "by side; of the codes alone, as N2D, with --umap-input codes), spectral "
         "(clusters of the codes' nearest-neighbour graph) or gmm (a Gaussian mixture on the "
         "codes themselves, as in VaDE)",
         default=AUTO_START,
@@ -264,8 +265,14 @@ class TrainConfig:
         "side, each scaled to unit total variance: no choice to get wrong, one map's cost)",
         default="auto",
     )
+    umap_input: str = _help(
+        "what the UMAP embedding of --init umap is made of: codes (of the pretrained encoder, as "
+        "N2D), data (its first 50 principal components) or joint (both side by side, each "
+        "scaled to unit total variance: neighbours near in the codes and in the pixels)",
+        default="joint",
+    )
     umap_components: int = _help(
-        "dimensions of the UMAP embedding of the codes that --init umap clusters", default=10
+        "dimensions of the UMAP embedding that --init umap clusters", default=10
     )
     umap_neighbors: int = _help(
         "neighbours per code in the UMAP graph of --init umap (more: a more global map)",
@@ -419,6 +426,10 @@ class TrainConfig:
         if self.tsne_input not in TSNE_INPUTS:
             raise ConfigError(
                 f"--tsne-input must be one of {', '.join(TSNE_INPUTS)}, not {self.tsne_input!r}"
+            )
+        if self.umap_input not in UMAP_INPUTS:
+            raise ConfigError(
+                f"--umap-input must be one of {', '.join(UMAP_INPUTS)}, not {self.umap_input!r}"
             )
         if self.umap_components < 1:
             raise ConfigError(f"--umap-components must be at least 1, not {self.umap_components}")

@@ -412,16 +412,58 @@ def umap_start(
 ) -> Start:
     """N2D's start (McConville et al. 2019): a full-covariance Gaussian mixture (weights held
     uniform when the prior's are, ``restarts`` initialisations, best by likelihood) on a
-    ``umap_components``-d UMAP embedding of the codes (``umap_neighbors`` neighbours,
-    ``min_dist=0``).
+    ``umap_components``-d UMAP embedding (``umap_neighbors`` neighbours, ``min_dist=0``) of what
+    ``config.umap_input`` names: the codes (N2D's), the data's first 50 principal components, or
+    both side by side (``joint``, :func:`side_by_side`); with weights held uniform, a component too
+    small to be a class gives way to one more (:func:`balanced_clusters`).
 
     UMAP keeps the local neighbourhoods that make a class a connected piece of the code space,
     as t-SNE does, in more than two dimensions, where ten classes need not share a plane; and its
     cost grows as about N log N, where the exact-neighbour t-SNE's made 60,000 rows
-    impractical."""
-    embedding = umap_map(codes, config.umap_components, config.umap_neighbors, config.seed)
-    labels = map_clusters(embedding, n_clusters, config.restarts, config.seed, uniform)
-    return Start(one_hot(labels, n_clusters), source="codes")
+    impractical. Side by side, a row's neighbours are near in the codes and in the data: a
+    network that codes some class worse than its pixels (small data, short pretraining) and
+    pixels whose distances mislead (MNIST's strokes) do not both mislead one neighbourhood, and
+    there is no choice between two maps to get wrong (benchmarks/RESULTS.md)."""
+    source = codes
+    if config.umap_input != "codes":
+        pixels = principal_components(data, DATA_COMPONENTS, config.seed)
+        source = pixels if config.umap_input == "data" else side_by_side(codes, pixels)
+    embedding = umap_map(source, config.umap_components, config.umap_neighbors, config.seed)
+    if uniform:
+        labels = balanced_clusters(embedding, n_clusters, config.restarts, config.seed)
+    else:
+        labels = map_clusters(embedding, n_clusters, config.restarts, config.seed, uniform)
+    return Start(one_hot(labels, n_clusters), source=config.umap_input)
+
+
+def balanced_clusters(
+    embedding: np.ndarray, n_clusters: int, restarts: int, seed: int
+) -> np.ndarray:
+    """``n_clusters`` clusters ``(N,)`` of a map ``(N, D)`` whose classes are about equally
+    large, as a prior with weights held at ``1/K`` says: a full-covariance mixture with weights
+    held uniform (:func:`map_clusters`'s); while one of its clusters holds fewer than half a
+    ``1/K`` share of the rows, the mixture is fitted again with one component more, and the
+    components with the fewest rows are dropped, each of their rows taken by its most probable
+    remaining component (at most ``n_clusters`` extra, and no more components than rows).
+
+    A K-component mixture on a UMAP map gives a whole component to any small island, and then
+    puts two classes in one component elsewhere: every UMAP map of ``digits`` holds an island of
+    27 ones, whose component cost 7-9 points of accuracy. Half a share is not a size fitted to
+    data: a class that small is already far outside what the balanced prior expects, and the
+    mnist8k maps' smallest clusters (84-88% of a share) are not touched (benchmarks/RESULTS.md).
+    """
+    n = len(embedding)
+    floor = n / (2 * n_clusters)
+    found = map_clusters(embedding, n_clusters, restarts, seed, True)
+    for extra in range(1, min(n_clusters, n - n_clusters) + 1):
+        if np.bincount(found, minlength=n_clusters).min() >= floor:
+            break
+        mixture = fitted_mixture(embedding, n_clusters + extra, "full", restarts, seed, True)
+        responsibilities = mixture.predict_proba(embedding)
+        counts = np.bincount(responsibilities.argmax(1), minlength=n_clusters + extra)
+        kept = np.argsort(counts, kind="stable")[extra:]
+        found = responsibilities[:, kept].argmax(1)
+    return found
 
 
 @register_start("spectral")
