@@ -215,6 +215,7 @@ def fast_args(data, out, *extra: str) -> list[str]:
         ("--tsne-perplexity", "0"),
         ("--tsne-iterations", "249"),
         ("--tsne-input", "pixels"),
+        ("--umap-input", "pixels"),
         ("--anchor-epochs", "-1"),
         ("--anchor-beta", "0"),
         ("--labels-known", "some"),

@@ -1020,6 +1020,7 @@ def test_identical_rows_are_refused_before_pretraining(tmp_path, capsys):
         (10, ["--init", "spectral"], "--init-neighbors 10 needs more than that many"),
         (3, ["--init", "tsne", "--tsne-input", "auto"], None),  # as many clusters as rows
         (30, ["--init", "tsne", "--tsne-input", "data"], None),  # fewer rows than components
+        (3, ["--init", "umap"], None),  # the codes and the data side by side, K rows
     ],
 )
 def test_small_data_starts_or_is_refused_before_pretraining(tmp_path, capsys, rows, flags, match):

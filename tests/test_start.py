@@ -17,9 +17,11 @@ from pyro_gmvae.start import (
     UniformWeightsMixture,
     affinity_cores,
     available_cores,
+    balanced_clusters,
     check_start,
     find_start,
     fitted_mixture,
+    map_clusters,
     mixture_moments,
     register_start,
     separation,
@@ -367,6 +369,57 @@ def test_the_umap_start_is_the_same_for_the_same_seed_and_keeps_its_options_in_r
     again = find_start("umap", codes, codes, 3, config, uniform_weights=True)
     np.testing.assert_array_equal(first.assignments, again.assignments)
     assert clustering_scores(np.repeat([0, 1, 2], 40), first.assignments)["accuracy"] == 1.0
+
+
+def _blobs_and_an_island() -> tuple[np.ndarray, np.ndarray]:
+    """Three classes of 100 points in a plane, two of them close, and 12 points of the third
+    class in a tight island far off: a map as UMAP draws ``digits``' ones."""
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.0, 0.0], [4.0, 0.0], [12.0, 0.0]])
+    labels = np.repeat([0, 1, 2], 100)
+    points = centres[labels] + rng.normal(0, 0.5, (300, 2))
+    island = np.array([12.0, 25.0]) + rng.normal(0, 0.05, (12, 2))
+    return np.concatenate([points, island]), np.concatenate([labels, np.full(12, 2)])
+
+
+def test_balanced_clusters_give_no_component_to_an_island_too_small_to_be_a_class():
+    """The plain mixture spends a component on the island and merges the two close classes; the
+    balanced rule fits one component more, drops the island's and finds the three classes (the
+    island joins whichever remaining component finds it the most probable)."""
+    embedding, labels = _blobs_and_an_island()
+    plain = map_clusters(embedding, 3, 2, 0, True)
+    assert np.bincount(plain).min() == 12  # the island took a component
+    assert clustering_scores(labels, plain)["accuracy"] < 0.75
+    balanced = balanced_clusters(embedding, 3, 2, 0)
+    assert clustering_scores(labels[:300], balanced[:300])["accuracy"] == 1.0
+    assert len(np.unique(balanced[300:])) == 1
+
+
+def test_balanced_clusters_leave_a_mixture_alone_when_every_cluster_is_large_enough():
+    """Clusters of unequal size, each at least half a 1/K share, are the plain mixture's."""
+    rng = np.random.default_rng(2)
+    sizes = [60, 100, 140]
+    embedding = np.concatenate(
+        [rng.normal(c, 0.5, size=(n, 2)) for c, n in zip((-4.0, 0.0, 4.0), sizes, strict=True)]
+    )
+    plain = map_clusters(embedding, 3, 2, 0, True)
+    np.testing.assert_array_equal(balanced_clusters(embedding, 3, 2, 0), plain)
+    assert sorted(np.bincount(plain)) == sizes
+
+
+def test_the_umap_start_sees_the_data_beside_codes_that_say_nothing():
+    """``umap_input``: a map of codes that are noise finds no classes; a map of the data alone,
+    or of both side by side, finds the data's."""
+    x, labels = blobs(n=240)
+    codes = np.random.default_rng(3).normal(size=(240, 4))
+    accuracy = {}
+    for source in ("codes", "data", "joint"):
+        config = small_train(init="umap", umap_input=source)
+        start = find_start("umap", codes, x, 3, config, uniform_weights=True)
+        assert start.source == source
+        accuracy[source] = clustering_scores(labels, start.assignments)["accuracy"]
+    assert accuracy["codes"] < 0.6
+    assert accuracy["data"] == accuracy["joint"] == 1.0
 
 
 def _three_blobs_of_codes(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
