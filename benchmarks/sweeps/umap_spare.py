@@ -31,7 +31,9 @@ from pyro_gmvae.metrics import clustering_scores
 
 def spare_clusters(embedding, k, restarts, seed, uniform=True, fit=None):
     """The rule above: clusters ``(N,)`` of all points, from a mixture fitted to ``fit`` (row
-    indices; all rows when None); and the number of components fitted."""
+    indices; all rows when None); and the number of components fitted. On all rows it is the
+    library's ``start.balanced_clusters`` (``main`` checks that they agree); the halves of the
+    stability score need the fit on some rows and the clusters of all."""
     fit = np.arange(len(embedding)) if fit is None else fit
     floor = len(fit) / (2 * k)
     for extra in range(k + 1):
@@ -67,6 +69,8 @@ def main(spec: str, name: str, seed: int, cache: Path, wanted: list[str]) -> Non
         t0 = time.time()
         embedding = starts.umap_map(x, config.umap_components, config.umap_neighbors, seed)
         found, fitted = spare_clusters(embedding, k, config.restarts, seed)
+        library = starts.balanced_clusters(embedding, k, config.restarts, seed)
+        assert (found == library).all(), "the sweep's rule is no longer the library's"
         plain = starts.map_clusters(embedding, k, config.restarts, seed, True)
         record = {
             "data": name,
