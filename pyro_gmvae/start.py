@@ -448,9 +448,10 @@ def balanced_clusters(
 
     A K-component mixture on a UMAP map gives a whole component to any small island, and then
     puts two classes in one component elsewhere: every UMAP map of ``digits`` holds an island of
-    27 ones, whose component cost 7-9 points of accuracy. Half a share is not a size fitted to
-    data: a class that small is already far outside what the balanced prior expects, and the
-    mnist8k maps' smallest clusters (84-88% of a share) are not touched (benchmarks/RESULTS.md).
+    27 ones, whose component cost its maps 1.3-9.4 points of accuracy. Half a share is not a
+    size fitted to data: a class that small is already far outside what the balanced prior
+    expects; the islands caught on ``digits`` hold 15% of a share, and no mnist8k map measured
+    had a cluster under half of one (benchmarks/RESULTS.md).
     """
     n = len(embedding)
     floor = n / (2 * n_clusters)
