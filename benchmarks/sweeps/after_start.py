@@ -20,8 +20,9 @@ with other variants skips them. A variant is a recipe of the phases after pretra
   scaled by up to 15%, shifted up to 0.15 of the width, half of them with a square of 0.35 of the
   side blanked) against the model's own cluster of the row as it is, where q(y|x) of the row is
   above 0.95 (self-labelling, as SCAN's last step and FixMatch do; images only), then SVI.
-- ``umap``: the default anchor and SVI from the library's ``umap`` start (N2D's: the start's
-  mixture on a 10-d UMAP map of the codes), instead of the cached t-SNE start.
+- ``umap``: the default anchor and SVI from the library's ``umap`` start (a 10-d UMAP map of the
+  codes and the data side by side, ``balanced_clusters``), instead of the cached t-SNE start;
+  ``umap:V`` the variant ``V`` (``long``, ``relabel``, ...) from that start.
 
 Labels score each variant only (the start, each epoch, the end); nothing chooses by them.
 
@@ -200,10 +201,10 @@ def main() -> None:
     for name in a.variants:
         model.load_state_dict(base)
         pyro.clear_param_store()
-        if name == "umap":
+        if name.split(":")[0] == "umap":
             codes = model.encode(data.x)
             umap_start = STARTS["umap"](codes, data.x, model.n_clusters, cfg, True)
-            recipe = variant("default", umap_start, cfg)
+            recipe = variant(name.partition(":")[2] or "default", umap_start, cfg)
         else:
             recipe = variant(name, start, cfg)
         tr = Trainer(model, data.x, cfg, recipe=recipe, labels=data.labels, progress=False)
@@ -217,7 +218,7 @@ def main() -> None:
             "variant": name,
             "start_accuracy": (
                 clustering_scores(data.labels, umap_start.assignments)["accuracy"]
-                if name == "umap"
+                if name.split(":")[0] == "umap"
                 else info["start"]["accuracy"]
             ),
             **clustering_scores(data.labels, model.predict(data.x)),
