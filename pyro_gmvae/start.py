@@ -406,6 +406,10 @@ def tsne_start(
     )
 
 
+#: How a run's record and its figures name what the ``umap`` start mapped (``umap_input``).
+UMAP_VIEWS = {"codes": "the codes", "data": "the data", "joint": "codes and data"}
+
+
 @register_start("umap")
 def umap_start(
     codes: np.ndarray, data: np.ndarray, n_clusters: int, config: TrainConfig, uniform: bool
@@ -433,7 +437,7 @@ def umap_start(
         labels = balanced_clusters(embedding, n_clusters, config.restarts, config.seed)
     else:
         labels = map_clusters(embedding, n_clusters, config.restarts, config.seed, uniform)
-    return Start(one_hot(labels, n_clusters), source=config.umap_input)
+    return Start(one_hot(labels, n_clusters), source=f"UMAP map of {UMAP_VIEWS[config.umap_input]}")
 
 
 def balanced_clusters(

@@ -176,6 +176,7 @@ def test_training_curves_take_any_phases_from_the_records_in_order():
         ("data", "mixture start (t-SNE map of the data)"),
         ("joint", "mixture start (t-SNE map of codes and data)"),
         ("umap", "mixture start (umap)"),
+        ("UMAP map of codes and data", "mixture start (UMAP map of codes and data)"),
         (None, "mixture start"),
     ],
 )

@@ -413,10 +413,14 @@ def test_the_umap_start_sees_the_data_beside_codes_that_say_nothing():
     x, labels = blobs(n=240)
     codes = np.random.default_rng(3).normal(size=(240, 4))
     accuracy = {}
-    for source in ("codes", "data", "joint"):
+    for source, named in (
+        ("codes", "the codes"),
+        ("data", "the data"),
+        ("joint", "codes and data"),
+    ):
         config = small_train(init="umap", umap_input=source)
         start = find_start("umap", codes, x, 3, config, uniform_weights=True)
-        assert start.source == source
+        assert start.source == f"UMAP map of {named}"  # what the figures and records say
         accuracy[source] = clustering_scores(labels, start.assignments)["accuracy"]
     assert accuracy["codes"] < 0.6
     assert accuracy["data"] == accuracy["joint"] == 1.0
