@@ -89,6 +89,8 @@ def start_for(n_features: int) -> str:
 
 TSNE_INPUTS = ("auto", "codes", "data", "joint")
 UMAP_INPUTS = ("codes", "data", "joint")
+#: What a map of each input shows, as the records and figures name it (t-SNE's and UMAP's alike).
+MAP_VIEWS = {"codes": "the codes", "data": "the data", "joint": "codes and data"}
 
 #: TrainConfig fields that mean something only when some labels are known: the estimator, which
 #: never has labels, refuses them, and ``gmvae select``, which clusters without, has no flags.

@@ -25,6 +25,7 @@ from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from .config import MAP_VIEWS
 from .dataset import Dataset, ScaledRows, as_rows, has_label
 from .files import atomic_write_bytes
 from .metrics import contingency, match_clusters, matched_confusion
@@ -180,7 +181,7 @@ def _mixture_start(history: list[dict[str, Any]]) -> tuple[int, str] | None:
     for i, record in enumerate(history):
         start = record.get("start")
         if start:
-            where = {"codes": "the codes", "data": "the data", "joint": "codes and data"}.get(start)
+            where = MAP_VIEWS.get(start)
             return (
                 i,
                 f"mixture start (t-SNE map of {where})" if where else f"mixture start ({start})",

@@ -34,7 +34,7 @@ from sklearn.mixture import GaussianMixture
 from sklearn.neighbors import NearestNeighbors
 from threadpoolctl import threadpool_limits
 
-from .config import AUTO_START, TrainConfig
+from .config import AUTO_START, MAP_VIEWS, TrainConfig
 from .dataset import ScaledRows
 from .errors import ConfigError, DataError
 from .metrics import cluster_accuracy, match_clusters
@@ -406,10 +406,6 @@ def tsne_start(
     )
 
 
-#: How a run's record and its figures name what the ``umap`` start mapped (``umap_input``).
-UMAP_VIEWS = {"codes": "the codes", "data": "the data", "joint": "codes and data"}
-
-
 @register_start("umap")
 def umap_start(
     codes: np.ndarray, data: np.ndarray, n_clusters: int, config: TrainConfig, uniform: bool
@@ -437,7 +433,7 @@ def umap_start(
         labels = balanced_clusters(embedding, n_clusters, config.restarts, config.seed)
     else:
         labels = map_clusters(embedding, n_clusters, config.restarts, config.seed, uniform)
-    return Start(one_hot(labels, n_clusters), source=f"UMAP map of {UMAP_VIEWS[config.umap_input]}")
+    return Start(one_hot(labels, n_clusters), source=f"UMAP map of {MAP_VIEWS[config.umap_input]}")
 
 
 def balanced_clusters(
