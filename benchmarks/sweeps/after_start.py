@@ -24,6 +24,12 @@ with other variants skips them. A variant is a recipe of the phases after pretra
   codes and the data side by side, ``balanced_clusters``), instead of the cached t-SNE start;
   ``umap:V`` the variant ``V`` (``long``, ``relabel``, ...) from that start.
 
+``--guide enumerated`` runs every variant with the enumerated guide, q(y|x) q(z|x,y): the cached
+network's weights (pretrained with the default marginal guide, which pretraining does not use)
+are loaded into a model whose cluster encoder q(y|x) is new and whose per-cluster offsets of
+q(z|x,y) are zero; the start then fits q(y|x) to its clusters, as ``gmvae train --guide
+enumerated`` does.
+
 Labels score each variant only (the start, each epoch, the end); nothing chooses by them.
 
     OMP_NUM_THREADS=1 python benchmarks/sweeps/after_start.py --data PATH --name mnist8k \
@@ -189,6 +195,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path(".exp/after_start"))
     p.add_argument("--pretrain-steps", type=int, help="default: TrainConfig's")
     p.add_argument("--pretrain-lr-decay", type=float, default=1.0, help="per tenth of pretraining")
+    p.add_argument("--guide", default="marginal", choices=["marginal", "enumerated"])
     a = p.parse_args()
     data = load_data(a.data)
     data.name = a.name
@@ -199,8 +206,18 @@ def main() -> None:
     base = {k: v.clone() for k, v in model.state_dict().items()}
     print(json.dumps({k: v for k, v in info.items() if k != "pretrain_loss"}), flush=True)
     for name in a.variants:
-        model.load_state_dict(base)
         pyro.clear_param_store()
+        if a.guide == "enumerated":
+            pyro.set_rng_seed(a.seed)
+            config = ModelConfig(
+                n_features=data.n_features, image_shape=data.image_shape, guide="enumerated"
+            )
+            model = GMVAE(config)
+            missing, unexpected = model.load_state_dict(base, strict=False)
+            new = ("cluster_encoder.", "encoder.cluster_offset.")
+            assert not unexpected and all(k.startswith(new) for k in missing), (missing, unexpected)
+        else:
+            model.load_state_dict(base)
         if name.split(":")[0] == "umap":
             codes = model.encode(data.x)
             umap_start = STARTS["umap"](codes, data.x, model.n_clusters, cfg, True)
@@ -216,6 +233,7 @@ def main() -> None:
             "pretrain_steps": cfg.pretrain_steps,
             "pretrain_lr_decay": a.pretrain_lr_decay,
             "variant": name,
+            "guide": a.guide,
             "start_accuracy": (
                 clustering_scores(data.labels, umap_start.assignments)["accuracy"]
                 if name.split(":")[0] == "umap"
