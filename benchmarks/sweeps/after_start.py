@@ -20,6 +20,11 @@ with other variants skips them. A variant is a recipe of the phases after pretra
   scaled by up to 15%, shifted up to 0.15 of the width, half of them with a square of 0.35 of the
   side blanked) against the model's own cluster of the row as it is, where q(y|x) of the row is
   above 0.95 (self-labelling, as SCAN's last step and FixMatch do; images only), then SVI.
+- ``fitq``: the default anchor and SVI, with q(y|x) fitted to the start for
+  ``cluster_encoder_steps`` steps, as many epochs as that takes, instead of
+  ``cluster_encoder_epochs`` (a small data set's five epochs are few steps; enumerated guide).
+- ``steps``: the default anchor with ``--anchor-min-steps`` at ``--anchor-steps``: as many
+  optimizer steps on every data set (on `digits` four times the default's).
 - ``umap``: the default anchor and SVI from the library's ``umap`` start (a 10-d UMAP map of the
   codes and the data side by side, ``balanced_clusters``), instead of the cached t-SNE start;
   ``umap:V`` the variant ``V`` (``long``, ``relabel``, ...) from that start.
@@ -106,7 +111,7 @@ class SelfLabel(SVI):
         return super().loss(trainer, batch) + self.weight * cross_entropy
 
 
-def variant(name: str, start: Start, cfg: TrainConfig) -> Recipe:
+def variant(name: str, start: Start, cfg: TrainConfig, n_rows: int) -> Recipe:
     base = default_recipe(cfg)
     anchor = dataclasses.replace(base["anchor"], on_begin=[MixtureStart(holding(start))])
     svi = base["svi"]
@@ -124,6 +129,12 @@ def variant(name: str, start: Start, cfg: TrainConfig) -> Recipe:
 
     if name == "default":
         phases = [anchor]
+    elif name == "steps":
+        phases = [dataclasses.replace(anchor, min_steps=anchor.max_steps)]
+    elif name == "fitq":
+        epochs = -(-cfg.cluster_encoder_steps * cfg.batch_size // n_rows)
+        held = MixtureStart(holding(start), cluster_encoder_epochs=epochs)
+        phases = [dataclasses.replace(anchor, on_begin=[held])]
     elif name == "relabel":
         phases = [part(anchor, 0.5, "anchor", True), part(anchor, 0.5, "reanchor", False)]
     elif name == "relabel-long":
@@ -221,9 +232,9 @@ def main() -> None:
         if name.split(":")[0] == "umap":
             codes = model.encode(data.x)
             umap_start = STARTS["umap"](codes, data.x, model.n_clusters, cfg, True)
-            recipe = variant(name.partition(":")[2] or "default", umap_start, cfg)
+            recipe = variant(name.partition(":")[2] or "default", umap_start, cfg, len(data.x))
         else:
-            recipe = variant(name, start, cfg)
+            recipe = variant(name, start, cfg, len(data.x))
         tr = Trainer(model, data.x, cfg, recipe=recipe, labels=data.labels, progress=False)
         t0 = time.time()
         history = tr.run()
