@@ -309,9 +309,9 @@ class TrainConfig:
     )
     anchor_min_steps: int = _help(
         "at least this many optimizer steps of anchor epochs, rounded up to whole epochs (0: "
-        "--anchor-epochs alone): a small data set gets more passes, as its codes need as many "
-        "steps as a large one's to gather at their start clusters",
-        default=320,
+        "--anchor-epochs alone): a small data set gets more passes, as its codes and q(y|x) "
+        "need as many steps as a large one's to learn their start clusters",
+        default=1920,
     )
     anchor_beta: float = _help(
         "weight of the KL terms against the likelihood during the anchor epochs", default=3.0

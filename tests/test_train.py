@@ -378,14 +378,15 @@ def test_a_recipe_is_changed_through_its_methods_and_refuses_what_cannot_run():
 
 def test_a_phase_of_at_most_so_many_steps_gets_fewer_epochs_on_more_data():
     """The default schedule is 300/60/20 epochs on 8,000 rows (32 batches of 256), and on 8x the
-    rows about the same number of steps, not 8x; on small data the anchor still runs its 320
+    rows about the same number of steps, not 8x; on small data the anchor still runs its 1,920
     steps (min_steps), rounded up to whole epochs."""
     config = TrainConfig()
     recipe = default_recipe(config)
     assert recipe.lengths(math.ceil(8000 / 256)) == [300, 60, 20]
-    assert recipe.lengths(math.ceil(1797 / 256)) == [300, 60, 20]  # 480 anchor steps
-    assert recipe.lengths(math.ceil(569 / 256)) == [300, 107, 20]  # the anchor's 320 steps
-    assert recipe.lengths(math.ceil(150 / 256)) == [300, 320, 20]  # 150 rows: one batch
+    assert recipe.lengths(math.ceil(6400 / 256)) == [300, 77, 20]  # 80% of 8,000: 1,925 steps
+    assert recipe.lengths(math.ceil(1797 / 256)) == [300, 240, 20]  # the anchor's 1,920 steps
+    assert recipe.lengths(math.ceil(569 / 256)) == [300, 640, 20]
+    assert recipe.lengths(math.ceil(150 / 256)) == [300, 1920, 20]  # 150 rows: one batch
     assert recipe.lengths(math.ceil(64000 / 256)) == [38, 8, 3]  # 9500, 2000, 750 steps
     assert recipe.lengths(10**6) == [1, 1, 1]  # at least one pass each
     assert Pretrain(0, max_steps=10).length(1) == 0  # 0 epochs still skips the phase
