@@ -348,7 +348,8 @@ def test_resume_and_force_together_are_refused(table, tmp_path, capsys):
 # Enough training for three blobs in 2-d to be told apart (as in test_selection.py).
 SELECT_SHORT = (
     "--seed 2 --pretrain-epochs 30 --anchor-epochs 10 --epochs 60 --hidden 16 --latent-dim 2 "
-    "--init gmm --batch-size 32 --lr 0.01 --lr-decay 0.9 --device cpu --no-progress"
+    "--init gmm --batch-size 32 --lr 0.01 --lr-decay 0.9 --device cpu --no-progress "
+    "--anchor-min-steps 320"
 ).split()
 
 

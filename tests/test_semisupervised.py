@@ -442,6 +442,7 @@ def test_gmvae_train_labels_known_reports_plain_accuracy_on_unlabelled_and_heldo
     args = ["train", "--data", str(data), "--out", str(out), "--clusters", "3"]
     args += ["--latent-dim", "2", "--hidden", "32", "--batch-size", "64", "--lr", "0.003"]
     args += ["--pretrain-epochs", "10", "--anchor-epochs", "3", "--epochs", "10", "--init", "gmm"]
+    args += ["--anchor-min-steps", "320"]  # as this was measured; the default is 1,920
     args += ["--restarts", "2", "--heldout-fraction", "0.2", "--labels-known", "6"]
     args += ["--likelihood", "gaussian", "--device", "cpu", "--no-progress", "--no-plots"]
     assert main(args) == 0
@@ -515,6 +516,7 @@ def _tiny_train(data, out, *extra: str) -> list[str]:
     args = ["train", "--data", str(data), "--label-column", "y", "--out", str(out)]
     args += ["--clusters", "3", "--latent-dim", "2", "--hidden", "16", "--batch-size", "64"]
     args += ["--pretrain-epochs", "2", "--anchor-epochs", "1", "--epochs", "2", "--init", "gmm"]
+    args += ["--anchor-min-steps", "320"]  # as this was measured; the default is 1,920
     args += ["--restarts", "1", "--heldout-fraction", "0.2", "--likelihood", "gaussian"]
     return [*args, "--device", "cpu", "--no-progress", "--no-plots", *extra]
 

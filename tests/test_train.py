@@ -322,6 +322,8 @@ def test_cli_trains_on_mnist8k_to_well_above_chance(mnist8k_path, tmp_path, caps
         "2e-3",
         "--anchor-epochs",
         "2",
+        "--anchor-min-steps",  # as this was measured; the default is 1,920
+        "320",
         "--restarts",
         "2",
         "--beta",
