@@ -404,7 +404,8 @@ def test_select_recommends_the_number_of_blobs_and_writes_its_files(selected):
     parameters = record["parameters"]
     assert parameters["random_state"] == 2 and parameters["hidden"] == [16]
     assert parameters["likelihood"] == "gaussian"  # a table, as gmvae train would have it
-    assert parameters["init"] == "gmm" and parameters["train_options"] == {"lr_decay": 0.9}
+    assert parameters["init"] == "gmm"
+    assert parameters["train_options"] == {"lr_decay": 0.9, "anchor_min_steps": 320}
     # The labels are reported beside each K, never used to choose.
     assert record["table"][2]["accuracy"] == 1.0
     png = (out / "figures" / "selection.png").read_bytes()
