@@ -276,9 +276,11 @@ class TrainConfig:
     umap_components: int = _help(
         "dimensions of the UMAP embedding that --init umap clusters", default=10
     )
-    umap_neighbors: int = _help(
-        "neighbours per code in the UMAP graph of --init umap (more: a more global map)",
-        default=20,
+    umap_neighbors: tuple[int, ...] = _help(
+        "neighbours per point in the UMAP graph of --init umap (more: a more global map), one "
+        "map per value; of several, the start keeps the clusters whose sizes are the most even, "
+        "as the prior's equal weights expect (with --learn-weights, the middle value's map alone)",
+        default=(10, 20, 30, 50, 100),
     )
     cluster_encoder_epochs: int = _help(
         "epochs in which q(y|x) is fitted to the mixture start's clusters when it is made "
@@ -435,8 +437,11 @@ class TrainConfig:
             )
         if self.umap_components < 1:
             raise ConfigError(f"--umap-components must be at least 1, not {self.umap_components}")
-        if self.umap_neighbors < 2:
-            raise ConfigError(f"--umap-neighbors must be at least 2, not {self.umap_neighbors}")
+        if not self.umap_neighbors or min(self.umap_neighbors) < 2:
+            shown = " ".join(map(str, self.umap_neighbors)) or "nothing"
+            raise ConfigError(
+                f"--umap-neighbors must be one or more values of at least 2, not {shown}"
+            )
         if self.init_neighbors < 1:
             raise ConfigError(f"--init-neighbors must be at least 1, not {self.init_neighbors}")
         if self.restarts < 1:
@@ -569,6 +574,9 @@ class RunConfig:
             # Saved since labels were supported: a field it lacks came later (the consistency
             # term, then longer pretraining with it), so resumed, the run trains as it began.
             train = {"consistency_weight": 0.0, "consistency_pretrain_factor": 1.0, **train}
+        if isinstance(train, dict) and isinstance(train.get("umap_neighbors"), int):
+            # Saved when the umap start made one map: the same map, one value of the tuple.
+            train = {**train, "umap_neighbors": (train["umap_neighbors"],)}
         return cls(
             data=_from_dict(DataConfig, d.get("data", {})),
             model=_from_dict(ModelConfig, model),

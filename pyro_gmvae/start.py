@@ -412,10 +412,23 @@ def umap_start(
 ) -> Start:
     """N2D's start (McConville et al. 2019): a full-covariance Gaussian mixture (weights held
     uniform when the prior's are, ``restarts`` initialisations, best by likelihood) on a
-    ``umap_components``-d UMAP embedding (``umap_neighbors`` neighbours, ``min_dist=0``) of what
-    ``config.umap_input`` names: the codes (N2D's), the data's first 50 principal components, or
-    both side by side (``joint``, :func:`side_by_side`); with weights held uniform, a component too
-    small to be a class gives way to one more (:func:`balanced_clusters`).
+    ``umap_components``-d UMAP embedding (``min_dist=0``) of what ``config.umap_input`` names: the
+    codes (N2D's), the data's first 50 principal components, or both side by side (``joint``,
+    :func:`side_by_side`); with weights held uniform, a component too small to be a class gives
+    way to one more (:func:`balanced_clusters`).
+
+    One map per value of ``umap_neighbors``, the size of the neighbourhood each point's map
+    keeps. With weights held uniform the start keeps the map whose clusters are the most even
+    (:func:`evenness`, each map's in ``scores``): the prior the model is trained under gives every
+    cluster a 1/K share, and of several partitions that each fit their map, the one whose sizes
+    are nearest those shares is the one it finds most probable (the multinomial likelihood of the
+    sizes under equal weights rises with their entropy). Where a map merges two classes, another
+    class is split to make K clusters, and one cluster grows as another shrinks. With learned
+    weights, which expect no sizes, the middle value's map alone is made (N2D's 20 by default).
+
+    No one neighbourhood size suits every data set: N2D's 20 neighbours are 1.1% of `digits`'
+    rows and 0.25% of mnist8k's, and on `digits` the joint map at 20 merged the ones with the
+    eights on three seeds of six where another size did not (benchmarks/RESULTS.md).
 
     UMAP keeps the local neighbourhoods that make a class a connected piece of the code space,
     as t-SNE does, in more than two dimensions, where ten classes need not share a plane; and its
@@ -428,12 +441,45 @@ def umap_start(
     if config.umap_input != "codes":
         pixels = principal_components(data, DATA_COMPONENTS, config.seed)
         source = pixels if config.umap_input == "data" else side_by_side(codes, pixels)
-    embedding = umap_map(source, config.umap_components, config.umap_neighbors, config.seed)
-    if uniform:
-        labels = balanced_clusters(embedding, n_clusters, config.restarts, config.seed)
-    else:
-        labels = map_clusters(embedding, n_clusters, config.restarts, config.seed, uniform)
-    return Start(one_hot(labels, n_clusters), source=f"UMAP map of {MAP_VIEWS[config.umap_input]}")
+    view = MAP_VIEWS[config.umap_input]
+    sizes = config.umap_neighbors if uniform else [median_value(config.umap_neighbors)]
+    found = {}
+    for neighbors in sizes:
+        embedding = umap_map(source, config.umap_components, neighbors, config.seed)
+        if uniform:
+            labels = balanced_clusters(embedding, n_clusters, config.restarts, config.seed)
+        else:
+            labels = map_clusters(embedding, n_clusters, config.restarts, config.seed, uniform)
+        found[f"UMAP map of {view}, {neighbors} neighbours"] = labels
+    scores = {name: evenness(labels, n_clusters) for name, labels in found.items()}
+    kept = max(found, key=scores.__getitem__)  # the first listed of equals
+    return Start(
+        one_hot(found[kept], n_clusters),
+        source=kept,
+        scores=scores if len(found) > 1 else {},
+        candidates={name: one_hot(labels, n_clusters) for name, labels in found.items()}
+        if len(found) > 1
+        else {},
+    )
+
+
+def median_value(values: tuple[int, ...] | list[int]) -> int:
+    """The middle of ``values`` in sorted order (the lower middle of an even count)."""
+    ordered = sorted(values)
+    return ordered[(len(ordered) - 1) // 2]
+
+
+def evenness(labels: np.ndarray, n_clusters: int) -> float:
+    """How even the sizes of the ``n_clusters`` clusters ``labels (N,)`` are, in [0, 1]: the
+    entropy of their shares over that of ``n_clusters`` equal shares (1: all the same size; an
+    empty cluster adds nothing). Sizes of higher evenness are the more probable under equal
+    weights: the log of their multinomial probability is about ``N log K (evenness - 1)`` (by
+    Stirling's approximation)."""
+    if n_clusters < 2:
+        return 1.0
+    shares = np.bincount(labels, minlength=n_clusters) / len(labels)
+    shares = shares[shares > 0]
+    return float(-(shares * np.log(shares)).sum() / np.log(n_clusters))
 
 
 def balanced_clusters(

@@ -216,6 +216,7 @@ def fast_args(data, out, *extra: str) -> list[str]:
         ("--tsne-iterations", "249"),
         ("--tsne-input", "pixels"),
         ("--umap-input", "pixels"),
+        ("--umap-neighbors", "1"),
         ("--anchor-epochs", "-1"),
         ("--anchor-beta", "0"),
         ("--labels-known", "some"),

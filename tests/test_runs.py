@@ -22,7 +22,7 @@ from pyro_gmvae.checkpoints import (
     save_checkpoint,
 )
 from pyro_gmvae.config import ModelConfig, RunConfig
-from pyro_gmvae.errors import CheckpointError, RunDirectoryError
+from pyro_gmvae.errors import CheckpointError, ConfigError, RunDirectoryError
 from pyro_gmvae.files import atomic_write_bytes, atomic_write_text
 from pyro_gmvae.model import GMVAE
 from pyro_gmvae.runs import prepare_run_directory
@@ -479,3 +479,13 @@ def test_a_run_saved_before_longer_pretraining_with_labels_resumes_as_it_began()
     assert RunConfig.from_dict(saved).train.consistency_pretrain_factor == 3.0
     fresh = RunConfig.from_dict({"train": {"seed": 3}}).train
     assert fresh.consistency_pretrain_factor == RunConfig().train.consistency_pretrain_factor
+
+
+def test_a_run_saved_when_the_umap_start_made_one_map_resumes_with_that_map():
+    """Its config.json holds ``umap_neighbors`` as one number: it loads as that one value, so a
+    resumed run's start is the map it began with, not today's several."""
+    saved = RunConfig().to_dict()
+    saved["train"]["umap_neighbors"] = 20
+    assert RunConfig.from_dict(saved).train.umap_neighbors == (20,)
+    with pytest.raises(ConfigError, match="umap_neighbors"):
+        RunConfig.from_dict({"train": {"umap_neighbors": "20"}})

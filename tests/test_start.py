@@ -19,6 +19,7 @@ from pyro_gmvae.start import (
     available_cores,
     balanced_clusters,
     check_start,
+    evenness,
     find_start,
     fitted_mixture,
     map_clusters,
@@ -364,7 +365,7 @@ def test_the_umap_start_is_the_same_for_the_same_seed_and_keeps_its_options_in_r
     neighbours or components than rows are capped instead of crashing umap-learn."""
     rng = np.random.default_rng(1)
     codes = np.concatenate([rng.normal(c, 0.3, size=(40, 3)) for c in (-3.0, 0.0, 3.0)])
-    config = small_train(init="umap", umap_neighbors=500, umap_components=400)
+    config = small_train(init="umap", umap_neighbors=(500,), umap_components=400)
     first = find_start("umap", codes, codes, 3, config, uniform_weights=True)
     again = find_start("umap", codes, codes, 3, config, uniform_weights=True)
     np.testing.assert_array_equal(first.assignments, again.assignments)
@@ -420,10 +421,37 @@ def test_the_umap_start_sees_the_data_beside_codes_that_say_nothing():
     ):
         config = small_train(init="umap", umap_input=source)
         start = find_start("umap", codes, x, 3, config, uniform_weights=True)
-        assert start.source == f"UMAP map of {named}"  # what the figures and records say
+        assert start.source.startswith(f"UMAP map of {named}, ")  # as figures and records say
         accuracy[source] = clustering_scores(labels, start.assignments)["accuracy"]
     assert accuracy["codes"] < 0.6
     assert accuracy["data"] == accuracy["joint"] == 1.0
+
+
+def test_evenness_is_one_for_equal_clusters_and_falls_as_one_grows_at_another_s_cost():
+    """A map that merges two classes must split another to make K clusters: one cluster grows
+    as another shrinks, and the sizes are less probable under the prior's equal weights."""
+    equal = np.repeat(np.arange(4), 50)
+    assert evenness(equal, 4) == pytest.approx(1.0)
+    merged = np.repeat(np.arange(4), [80, 50, 50, 20])
+    assert evenness(merged, 4) < evenness(np.repeat(np.arange(4), [60, 50, 50, 40]), 4) < 1
+    assert evenness(np.zeros(200, dtype=int), 4) == 0.0
+
+
+def test_the_umap_start_makes_a_map_per_neighbourhood_size_and_keeps_the_most_even():
+    """With weights held uniform, one map per value of ``umap_neighbors``, each one's evenness in
+    ``scores``, the kept one the most even; with learned weights, the middle value's map alone."""
+    x, labels = blobs(n=240)
+    config = small_train(init="umap", umap_input="data", umap_neighbors=(5, 15, 40))
+    start = find_start("umap", x, x, 3, config, uniform_weights=True)
+    names = [f"UMAP map of the data, {n} neighbours" for n in (5, 15, 40)]
+    assert list(start.scores) == list(start.candidates) == names
+    assert start.source == max(names, key=start.scores.__getitem__)
+    assert start.scores[start.source] == pytest.approx(evenness(start.assignments, 3))
+    np.testing.assert_array_equal(start.candidates[start.source].argmax(1), start.assignments)
+    learned = find_start("umap", x, x, 3, config, uniform_weights=False)
+    assert learned.source == "UMAP map of the data, 15 neighbours"
+    assert learned.scores == {} and learned.candidates == {}
+    assert clustering_scores(labels, learned.assignments)["accuracy"] == 1.0
 
 
 def _three_blobs_of_codes(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -20,6 +20,10 @@ from sklearn.metrics import adjusted_rand_score
 from pyro_gmvae import start as starts
 from pyro_gmvae.metrics import clustering_scores
 
+#: The one neighbourhood size of the umap start when this sweep ran (N2D's); --umap-neighbors
+#: has since taken several.
+UMAP_NEIGHBORS = 20
+
 
 def main(spec: str, name: str, seed: int, cache: Path) -> None:
     data, config, info, sources = map_sources(spec, name, seed, cache)
@@ -31,7 +35,7 @@ def main(spec: str, name: str, seed: int, cache: Path) -> None:
             if kind == "tsne":
                 embedding = starts.tsne_map(x, config.tsne_perplexity, seed)
             else:
-                embedding = starts.umap_map(x, config.umap_components, config.umap_neighbors, seed)
+                embedding = starts.umap_map(x, config.umap_components, UMAP_NEIGHBORS, seed)
             found = starts.map_clusters(embedding, 10, config.restarts, seed, True)
             clusters[f"{kind}_{source}"] = found
             out[f"{kind}_{source}"] = {

@@ -21,12 +21,16 @@ from after_start import map_sources  # beside this script
 from pyro_gmvae import start as starts
 from pyro_gmvae.metrics import clustering_scores
 
+#: The one neighbourhood size of the umap start when this sweep ran (N2D's); --umap-neighbors
+#: has since taken several.
+UMAP_NEIGHBORS = 20
+
 
 def main(spec: str, name: str, seed: int, cache: Path) -> None:
     data, config, _, sources = map_sources(spec, name, seed, cache)
     k = int(data.labels.max()) + 1
     for source, x in sources.items():
-        embedding = starts.umap_map(x, config.umap_components, config.umap_neighbors, seed)
+        embedding = starts.umap_map(x, config.umap_components, UMAP_NEIGHBORS, seed)
         for n_clusters in (k, k + 1, k + 2):
             mixture = starts.fitted_mixture(
                 embedding, n_clusters, "full", config.restarts, seed, True

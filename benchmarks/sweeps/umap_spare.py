@@ -28,6 +28,10 @@ from sklearn.metrics import adjusted_rand_score
 from pyro_gmvae import start as starts
 from pyro_gmvae.metrics import clustering_scores
 
+#: The one neighbourhood size of the umap start when this sweep ran (N2D's); --umap-neighbors
+#: has since taken several.
+UMAP_NEIGHBORS = 20
+
 
 def spare_clusters(embedding, k, restarts, seed, uniform=True, fit=None):
     """The rule above: clusters ``(N,)`` of all points, from a mixture fitted to ``fit`` (row
@@ -67,7 +71,7 @@ def main(spec: str, name: str, seed: int, cache: Path, wanted: list[str]) -> Non
     for source in wanted or ["codes", "data"]:
         x = sources[source]
         t0 = time.time()
-        embedding = starts.umap_map(x, config.umap_components, config.umap_neighbors, seed)
+        embedding = starts.umap_map(x, config.umap_components, UMAP_NEIGHBORS, seed)
         found, fitted = spare_clusters(embedding, k, config.restarts, seed)
         library = starts.balanced_clusters(embedding, k, config.restarts, seed)
         assert (found == library).all(), "the sweep's rule is no longer the library's"
