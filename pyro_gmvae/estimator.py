@@ -33,7 +33,7 @@ from sklearn.base import (
 from sklearn.utils import check_random_state, check_scalar
 from sklearn.utils.validation import check_is_fitted
 
-from .config import SUPERVISED_OPTIONS, ModelConfig, TrainConfig
+from .config import SUPERVISED_OPTIONS, ModelConfig, RunConfig, TrainConfig
 from .errors import CheckpointError, ConfigError
 from .evaluate import elbo_per_example, log_likelihood
 from .files import atomic_write_bytes, atomic_write_text
@@ -545,7 +545,12 @@ class GMVAEClustering(
             estimator.device = device
         estimator.model_ = GMVAE.load(path, map_location=_usable_device(estimator.device))
         fitted = dict(record["fitted"])
-        fitted["train_config_"] = TrainConfig(**fitted["train_config_"])
+        try:  # the run config's own reading: JSON's lists back to tuples, each type checked
+            fitted["train_config_"] = RunConfig.from_dict({"train": fitted["train_config_"]}).train
+        except ConfigError as e:
+            raise CheckpointError(
+                f"{path / ESTIMATOR_FILE} holds a bad training config: {e}"
+            ) from None
         if "feature_names_in_" in fitted:
             fitted["feature_names_in_"] = np.asarray(fitted["feature_names_in_"], dtype=object)
         for name, value in fitted.items():
