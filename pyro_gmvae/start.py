@@ -427,8 +427,9 @@ def umap_start(
     weights, which expect no sizes, the middle value's map alone is made (N2D's 20 by default).
 
     No one neighbourhood size suits every data set: N2D's 20 neighbours are 1.1% of `digits`'
-    rows and 0.25% of mnist8k's, and on `digits` the joint map at 20 merged the ones with the
-    eights on three seeds of six where another size did not (benchmarks/RESULTS.md).
+    rows and 0.25% of mnist8k's, and on `digits` the joint map at 20 put two classes in one
+    cluster (282-290 rows beside one of 111-132) on three seeds of six, where another size did not
+    and was kept (benchmarks/RESULTS.md).
 
     UMAP keeps the local neighbourhoods that make a class a connected piece of the code space,
     as t-SNE does, in more than two dimensions, where ten classes need not share a plane; and its
