@@ -22,6 +22,7 @@ import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from statistics import median_low
 from typing import Any
 
 import numpy as np
@@ -443,7 +444,7 @@ def umap_start(
         pixels = principal_components(data, DATA_COMPONENTS, config.seed)
         source = pixels if config.umap_input == "data" else side_by_side(codes, pixels)
     view = MAP_VIEWS[config.umap_input]
-    sizes = config.umap_neighbors if uniform else [median_value(config.umap_neighbors)]
+    sizes = config.umap_neighbors if uniform else [median_low(config.umap_neighbors)]
     found = {}
     for neighbors in sizes:
         embedding = umap_map(source, config.umap_components, neighbors, config.seed)
@@ -462,12 +463,6 @@ def umap_start(
         if len(found) > 1
         else {},
     )
-
-
-def median_value(values: tuple[int, ...] | list[int]) -> int:
-    """The middle of ``values`` in sorted order (the lower middle of an even count)."""
-    ordered = sorted(values)
-    return ordered[(len(ordered) - 1) // 2]
 
 
 def evenness(labels: np.ndarray, n_clusters: int) -> float:
