@@ -28,8 +28,9 @@ with other variants skips them. A variant is a recipe of the phases after pretra
   optimizer steps on every data set (on `digits` four times the 480 of 60 epochs). Since commit
   9822bad this is the default's anchor; the runs in ``results/sweep-anchor-steps`` were made
   with the earlier minimum of 320 steps.
-- ``umap``: the default anchor and SVI from the library's ``umap`` start (a 10-d UMAP map of the
-  codes and the data side by side, ``balanced_clusters``), instead of the cached t-SNE start;
+- ``umap``: the default anchor and SVI from the library's ``umap`` start (10-d UMAP maps of the
+  codes and the data side by side, ``balanced_clusters``; since commit f140e0a one map per
+  ``--umap-neighbors`` size, the most even kept), instead of the cached t-SNE start;
   ``umap:V`` the variant ``V`` (``long``, ``relabel``, ...) from that start.
 
 ``--guide enumerated`` runs every variant with the enumerated guide, q(y|x) q(z|x,y): the cached
@@ -184,6 +185,11 @@ def pretrained(data, seed: int, cfg: TrainConfig, cache: Path, decay: float = 1.
     cache.mkdir(parents=True, exist_ok=True)
     torch.save({"weights": model.state_dict(), "start": start, "info": info}, path)
     return model, start, info
+
+
+#: The one neighbourhood size of the umap start when the UMAP sweeps beside this script ran
+#: (N2D's, 20); --umap-neighbors has since taken several.
+UMAP_NEIGHBORS = 20
 
 
 def map_sources(spec: str, name: str, seed: int, cache: Path):

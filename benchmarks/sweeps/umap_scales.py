@@ -5,7 +5,7 @@ map of several. Prints one JSON line per size.
 
     OMP_NUM_THREADS=1 python benchmarks/sweeps/umap_scales.py DATA NAME SEED CACHE [SIZES]
 
-``SIZES``: comma-separated neighbours per point (default: 10,20,30,50,100, the start's default).
+``SIZES``: comma-separated neighbours per point (default: the start's, ``TrainConfig().umap_neighbors``).
 """
 
 import json
@@ -17,6 +17,7 @@ import numpy as np
 from after_start import map_sources  # beside this script
 
 from pyro_gmvae import start as starts
+from pyro_gmvae.config import TrainConfig
 from pyro_gmvae.metrics import clustering_scores
 
 
@@ -43,5 +44,6 @@ def main(spec: str, name: str, seed: int, cache: Path, sizes: list[int]) -> None
 
 
 if __name__ == "__main__":
-    sizes = [int(s) for s in sys.argv[5].split(",")] if len(sys.argv) > 5 else [10, 20, 30, 50, 100]
+    given = sys.argv[5] if len(sys.argv) > 5 else None
+    sizes = [int(s) for s in given.split(",")] if given else list(TrainConfig().umap_neighbors)
     main(sys.argv[1], sys.argv[2], int(sys.argv[3]), Path(sys.argv[4]), sizes)

@@ -22,15 +22,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-from after_start import map_sources  # beside this script
+from after_start import UMAP_NEIGHBORS, map_sources  # beside this script
 from sklearn.metrics import adjusted_rand_score
 
 from pyro_gmvae import start as starts
 from pyro_gmvae.metrics import clustering_scores
-
-#: The one neighbourhood size of the umap start when this sweep ran (N2D's); --umap-neighbors
-#: has since taken several.
-UMAP_NEIGHBORS = 20
 
 
 def spare_clusters(embedding, k, restarts, seed, uniform=True, fit=None):
