@@ -976,17 +976,26 @@ class Trainer:
     def _fit_cluster_encoder(self, responsibilities: torch.Tensor, epochs: int) -> None:
         """Start q(y|x) from the start's responsibilities, so the enumerated guide begins where
         the marginal one would (cross-entropy to soft targets), on what it will see in SVI: the
-        moved views when augmentation is on."""
+        moved views when augmentation is on.
+
+        The gradients come from ``torch.autograd.grad``, not ``backward``: on several processes
+        this runs on rank 0 alone, between DDP's steps, and a ``backward`` would reach DDP's
+        hooks on the parameters, which would then take q(y|x) as used by rank 0 in the next
+        step, where only SVI uses it, and stop ("gradient which is undefined, but still
+        allreduced by DDP reducer")."""
         encoder = self.model.cluster_encoder
-        optimizer = torch.optim.Adam(encoder.parameters(), lr=self.config.lr)
+        params = list(encoder.parameters())
+        optimizer = torch.optim.Adam(params, lr=self.config.lr)
         n, bs = len(self.x), self.config.batch_size
         for _ in range(epochs):
             for idx in torch.randperm(n, device=self.device).split(bs):
                 logits = encoder(self.minibatch(idx).seen)
                 loss = -(responsibilities[idx] * F.log_softmax(logits, -1)).sum(-1).mean()
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                for p, grad in zip(params, torch.autograd.grad(loss, params), strict=True):
+                    p.grad = grad
                 optimizer.step()
+        for p in params:
+            p.grad = None
 
     @contextlib.contextmanager
     def activity(self, what: str) -> Iterator[None]:

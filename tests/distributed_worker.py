@@ -9,6 +9,10 @@ epoch and write ``OUT/rank{R}_resumed.pt``. An action at the start of the anchor
 on rank 0 only, as every ``on_begin`` action is) keeps the weights after pretraining in
 ``OUT/pretrained.pt``: pretraining draws no random numbers, so they can be compared with a
 single-process run over the same global batches.
+
+The model has the enumerated guide, whose start fits q(y|x) on rank 0 between DDP's steps (a
+backward there once stopped the next step); `gmvae train --devices 2` in
+tests/test_distributed.py trains the marginal guide.
 """
 
 from __future__ import annotations
@@ -26,6 +30,10 @@ from pyro_gmvae.distributed import close_process_group, distributed_fit, run_lig
 from pyro_gmvae.train import SVI, Anchor, MixtureStart, Pretrain, Recipe, Trainer, read_metrics
 
 N, BATCH, PRETRAIN_EPOCHS = 128, 16, 2
+
+
+def model_config(n_features: int):
+    return small_model(n_features=n_features, guide="enumerated")
 
 
 def config():
@@ -47,7 +55,7 @@ def main(out: Path) -> None:
     torch.set_num_threads(1)
     x, labels = blobs(n=N)
     pyro.set_rng_seed(0)
-    model = GMVAE(small_model(n_features=x.shape[1]))
+    model = GMVAE(model_config(x.shape[1]))
     run_config = RunConfig(model=model.config, train=config())  # GMVAE.load rebuilds from it
     distributed_fit(
         model,
@@ -68,7 +76,7 @@ def main(out: Path) -> None:
     # A multi-process run resumed on as many processes: each reads rank 0's checkpoint, once
     # rank 0 has written it.
     torch.distributed.barrier()
-    model = GMVAE(small_model(n_features=x.shape[1]))
+    model = GMVAE(model_config(x.shape[1]))
     longer = Recipe(recipe(out)).replace("svi", SVI(2))
     trainer = Trainer(
         model,

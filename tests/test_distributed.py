@@ -20,8 +20,8 @@ import numpy as np
 import pyro
 import pytest
 import torch
-from distributed_worker import BATCH, PRETRAIN_EPOCHS, N, config, recipe
-from helpers import blobs, small_model
+from distributed_worker import BATCH, PRETRAIN_EPOCHS, N, config, model_config, recipe
+from helpers import blobs
 from torch.utils.data import DistributedSampler
 
 from pyro_gmvae import GMVAE, DistributedConfig
@@ -77,7 +77,7 @@ def test_pretraining_matches_one_process_over_the_same_global_batches(two_proces
     """
     x, _ = blobs(n=N)
     pyro.set_rng_seed(0)
-    model = GMVAE(small_model(n_features=x.shape[1]))
+    model = GMVAE(model_config(x.shape[1]))
     trainer = Trainer(model, x, config(), recipe=[Pretrain(PRETRAIN_EPOCHS)], progress=False)
     trainer.optimizer = trainer.make_optimizer()
     phase = trainer.recipe[0]
@@ -116,7 +116,7 @@ def test_a_two_process_run_resumes_in_one_process(two_processes, tmp_path):
     for name in ("checkpoint.pt", "metrics.jsonl"):
         (run / name).write_bytes((two_processes / "run" / name).read_bytes())
     x, labels = blobs(n=N)
-    model = GMVAE(small_model(n_features=x.shape[1]))
+    model = GMVAE(model_config(x.shape[1]))
     longer = Recipe(recipe(tmp_path)).replace("svi", SVI(3))
     trainer = Trainer(model, x, config(), recipe=longer, run_dir=run, progress=False)
     trainer.resume(read_metrics(run))
