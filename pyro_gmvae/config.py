@@ -73,18 +73,23 @@ def network_for(image_shape: tuple[int, int] | None) -> str:
 
 def start_for(n_features: int) -> str:
     """The start ``--init auto`` takes for data of ``n_features`` features: ``data-gmm`` (a
-    Gaussian mixture on the columns) below :data:`WIDE_DATA` features, ``tsne``
+    Gaussian mixture on the columns) below :data:`WIDE_DATA` features, ``umap``
     from there on, the same width at which :func:`sized_network` gives the image network.
 
     A narrow table's columns are measured quantities whose classes a Gaussian mixture models
-    directly, as model-based clustering of tables has done for decades; a 2-d t-SNE map of a few
-    hundred such rows at perplexity 50 sees a third of the data as each point's neighbours, and
-    distorts the densities the mixture then cuts. Pixels are another matter: a class of images
-    lies on a curved piece of pixel space that a mixture cuts across (mnist8k: 0.63 for a full
-    mixture on 50 principal components) and t-SNE follows. Measured on scikit-learn's tables
-    (benchmarks/RESULTS.md): iris 0.827 with the t-SNE start, 0.967 with this one.
+    directly, as model-based clustering of tables has done for decades; a map of a few hundred
+    such rows (a 2-d t-SNE map at perplexity 50 sees a third of the data as each point's
+    neighbours) distorts the densities the mixture then cuts. Pixels are another matter: a class
+    of images lies on a curved piece of pixel space that a mixture cuts across (mnist8k: 0.63 for
+    a full mixture on 50 principal components), whose neighbourhoods a UMAP map keeps, in ten
+    dimensions, at several scales, the most even clusters kept (see
+    :func:`~pyro_gmvae.start.umap_start`); its cost grows as about N log N, where the exact
+    t-SNE's made 60,000 rows impractical. Measured (benchmarks/RESULTS.md): iris 0.827 with the
+    t-SNE start, 0.967 with ``data-gmm``; mnist8k 0.960 and `digits` 0.944 from the ``umap``
+    start with the enumerated guide, where the ``tsne`` start with the marginal guide (the
+    defaults before) gave 0.939 and 0.938.
     """
-    return "data-gmm" if n_features < WIDE_DATA else "tsne"
+    return "data-gmm" if n_features < WIDE_DATA else "umap"
 
 
 TSNE_INPUTS = ("auto", "codes", "data", "joint")
@@ -158,7 +163,7 @@ class ModelConfig:
     guide: str = _help(
         "enumerated: q(y|x) q(z|x,y) with y summed out in the guide; "
         "marginal: q(z|x) with y summed out in the model",
-        default="marginal",
+        default="enumerated",
     )
     learn_weights: bool = _help(
         "learn the mixture weights pi (default: fixed uniform, which keeps clusters from "
@@ -236,11 +241,12 @@ class TrainConfig:
     )
     init: str = _help(
         "how the mixture prior starts from the pretrained codes: auto (data-gmm for data of "
-        "fewer than 64 features, tables; tsne otherwise), tsne (a Gaussian mixture on 2-d "
+        "fewer than 64 features, tables; umap otherwise), umap (a Gaussian mixture on a 10-d "
+        "UMAP embedding of the codes and the data side by side, at each of --umap-neighbors; of "
+        "the codes alone, as N2D, with --umap-input codes), tsne (a Gaussian mixture on 2-d "
         "t-SNE maps of the codes and of the data), data-gmm (a Gaussian mixture on the data's "
         "columns, or their first 50 principal components, with full or diagonal covariances by "
-        "BIC), umap (a Gaussian mixture on a 10-d UMAP embedding of the codes and the data side "
-        "by side; of the codes alone, as N2D, with --umap-input codes), spectral "
+        "BIC), spectral "
         "(clusters of the codes' nearest-neighbour graph) or gmm (a Gaussian mixture on the "
         "codes themselves, as in VaDE)",
         default=AUTO_START,
@@ -294,8 +300,8 @@ class TrainConfig:
         default=160,
     )
     restarts: int = _help(
-        "mixture initialisations tried on the pretrained codes (or their t-SNE map), best by "
-        "likelihood",
+        "mixture initialisations tried on the pretrained codes (or their UMAP or t-SNE map), "
+        "best by likelihood",
         default=10,
     )
     anchor_epochs: int = _help(

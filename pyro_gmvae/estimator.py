@@ -104,8 +104,8 @@ class GMVAEClustering(
             with ``image_shape``: 3x3 convolutions of stride 2, then the layers ``hidden``).
         likelihood: ``"auto"`` (see above), ``"bernoulli"``, ``"continuous_bernoulli"`` or
             ``"gaussian"``.
-        guide: ``"marginal"`` (q(z|x), y summed out in the model) or ``"enumerated"``
-            (q(y|x) q(z|x,y)).
+        guide: ``"enumerated"`` (q(y|x) q(z|x,y)) or ``"marginal"`` (q(z|x), y summed out in
+            the model).
         learn_weights: learn the mixture weights (default: fixed uniform).
         epochs: epochs of SVI on the ELBO.
         pretrain_epochs: epochs of autoencoder pretraining (0: none, and no anchor epochs).
@@ -113,8 +113,7 @@ class GMVAEClustering(
         batch_size: minibatch size (capped at ``n_samples``).
         lr: Adam learning rate.
         init: the mixture start, ``"auto"`` (``"data-gmm"`` for fewer than 64 features, else
-            ``"tsne"``), ``"tsne"``, ``"data-gmm"``, ``"umap"`` (for large data), ``"spectral"``
-            or ``"gmm"``.
+            ``"umap"``), ``"umap"``, ``"tsne"``, ``"data-gmm"``, ``"spectral"`` or ``"gmm"``.
         restarts: mixture initialisations tried at the start, the best by likelihood.
         beta: weight of the KL terms during SVI (1: the exact ELBO).
         image_shape: ``(height, width)`` when rows are flattened grey images, which turns on the
@@ -162,7 +161,7 @@ class GMVAEClustering(
         hidden: tuple[int, ...] = (),
         network: str = "auto",
         likelihood: str = "auto",
-        guide: str = "marginal",
+        guide: str = "enumerated",
         learn_weights: bool = False,
         epochs: int = 20,
         pretrain_epochs: int = 300,

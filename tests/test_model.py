@@ -261,7 +261,9 @@ def test_sample_from_a_cluster(fitted_like):
 
 def test_marginal_predict_proba_is_exact_bayes_at_encoder_mean(x_np):
     pyro.set_rng_seed(0)
-    model = GMVAE(ModelConfig(clusters=K, latent_dim=Z, hidden=(8,), n_features=D))
+    model = GMVAE(
+        ModelConfig(clusters=K, latent_dim=Z, hidden=(8,), n_features=D, guide="marginal")
+    )
     with torch.no_grad():
         model.cluster_logits.normal_()
         model.cluster_raw_scales.normal_(0, 0.5)
@@ -415,7 +417,7 @@ class ShiftedEncoder(Encoder):
 
 
 def test_custom_encoder_is_used(x_np):
-    config = ModelConfig(clusters=K, latent_dim=Z, hidden=(8,), n_features=D)
+    config = ModelConfig(clusters=K, latent_dim=Z, hidden=(8,), n_features=D, guide="marginal")
     plain = GMVAE(config)
     encoder = ShiftedEncoder(D, (8,), Z)
     encoder.load_state_dict(plain.encoder.state_dict())

@@ -138,7 +138,7 @@ def test_data_gmm_start_takes_diagonal_covariances_where_bic_or_the_row_count_sa
     assert find_start("data-gmm", few[:, :2], few, 3, config, True).source.startswith("data (diag")
 
 
-@pytest.mark.parametrize(("n_features", "chosen"), [(5, "data-gmm"), (64, "tsne")])
+@pytest.mark.parametrize(("n_features", "chosen"), [(5, "data-gmm"), (64, "umap")])
 def test_init_auto_takes_the_start_for_the_data_width_in_the_api_as_in_the_cli(n_features, chosen):
     """``init="auto"`` (the default) is resolved where the start runs, from the model's width,
     by the one rule the CLI applies before it saves config.json (``config.start_for``)."""
