@@ -104,8 +104,9 @@ class GMVAEClustering(
             with ``image_shape``: 3x3 convolutions of stride 2, then the layers ``hidden``).
         likelihood: ``"auto"`` (see above), ``"bernoulli"``, ``"continuous_bernoulli"`` or
             ``"gaussian"``.
-        guide: ``"enumerated"`` (q(y|x) q(z|x,y)) or ``"marginal"`` (q(z|x), y summed out in
-            the model).
+        guide: ``"auto"`` (``"enumerated"``: the estimator never sees labels),
+            ``"enumerated"`` (q(y|x) q(z|x,y)) or ``"marginal"`` (q(z|x), y summed out in the
+            model).
         learn_weights: learn the mixture weights (default: fixed uniform).
         epochs: epochs of SVI on the ELBO.
         pretrain_epochs: epochs of autoencoder pretraining (0: none, and no anchor epochs).
@@ -161,7 +162,7 @@ class GMVAEClustering(
         hidden: tuple[int, ...] = (),
         network: str = "auto",
         likelihood: str = "auto",
-        guide: str = "enumerated",
+        guide: str = "auto",
         learn_weights: bool = False,
         epochs: int = 20,
         pretrain_epochs: int = 300,

@@ -70,6 +70,8 @@ class GMVAE(nn.Module):
         if config.n_features < 1:
             raise ValueError("config.n_features must be set to the size of one observation")
         config.size_from_data()  # hidden and latent_dim from the data, where not set
+        # guide "auto" without labels known here; gmvae train resolves it first, knowing them
+        config.guide_from_labels(semi_supervised=False)
         self.config = config
         self.name = name
         K, Z, D = config.clusters, config.latent_dim, config.n_features

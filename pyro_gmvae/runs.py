@@ -256,7 +256,11 @@ def _training_data(config: RunConfig) -> tuple[Dataset, Dataset, Dataset | None]
     config.model.n_features = dataset.n_features
     config.model.image_shape = dataset.image_shape
     # saved in config.json with the rest, so that a resumed run keeps them
-    chosen = {**config.model.size_from_data(), **config.train.start_from_data(dataset.n_features)}
+    chosen = {
+        **config.model.size_from_data(),
+        **config.train.start_from_data(dataset.n_features),
+        **config.model.guide_from_labels(config.train.semi_supervised),
+    }
     if chosen:
         said = ", ".join(
             f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, tuple) else v}"

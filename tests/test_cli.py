@@ -188,6 +188,8 @@ def fast_args(data, out, *extra: str) -> list[str]:
         "0",
         "--init",  # named, so stderr holds no "chosen from the data" line
         "gmm",
+        "--guide",
+        "enumerated",
         "--device",
         "cpu",
         "--no-progress",

@@ -177,8 +177,9 @@ def test_a_process_that_dies_stops_the_run_with_one_line_and_an_intact_checkpoin
     command += ["--no-progress", "--devices", "2", "--accelerator", "cpu", "--data", "x.npy"]
     command += ["--likelihood", "gaussian", "--clusters", "3", "--latent-dim", "2", "--hidden"]
     command += ["32", "--pretrain-epochs", "300", "--batch-size", "16", "--device", "cpu"]
-    # --init and --network given: no "chosen from the data" line before the error
-    command += ["--checkpoint-every", "1", "--init", "tsne", "--network", "mlp"]
+    # --init, --network and --guide given: no "chosen from the data" line before the error
+    command += ["--checkpoint-every", "1", "--init", "tsne", "--network", "mlp", "--guide"]
+    command += ["marginal"]
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     with subprocess.Popen(
         command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE

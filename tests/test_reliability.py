@@ -469,6 +469,8 @@ def gmvae_train(tmp_path: Path, *args: str) -> list[str]:
         "0",
         "--init",  # named, so stderr holds no "chosen from the data" line
         "tsne",
+        "--guide",
+        "enumerated",
         "--seed",
         "0",
         "--device",

@@ -447,12 +447,13 @@ def test_gmvae_train_prints_and_saves_the_network_and_start_it_chose_from_the_da
     train_run(config, tmp_path / "run", progress=False, plots=False)
     assert (
         "chosen from the data's 5 features: --network mlp, --hidden 40 40, --latent-dim 2, "
-        "--init data-gmm" in capsys.readouterr().err
+        "--init data-gmm, --guide enumerated (pass them to choose)" in capsys.readouterr().err
     )
     saved_config = RunConfig.load(tmp_path / "run" / "config.json")
     saved = saved_config.model
     assert (saved.hidden, saved.latent_dim) == ((40, 40), 2)
     assert saved_config.train.init == "data-gmm"  # a resume starts the same way
+    assert saved.guide == "enumerated"  # no labels known (config.guide_for)
     assert GMVAE.load(tmp_path / "run").encoder.loc.out_features == 2
 
 

@@ -446,8 +446,12 @@ def test_gmvae_train_labels_known_reports_plain_accuracy_on_unlabelled_and_heldo
     args += ["--restarts", "2", "--heldout-fraction", "0.2", "--labels-known", "6"]
     args += ["--likelihood", "gaussian", "--device", "cpu", "--no-progress", "--no-plots"]
     assert main(args) == 0
-    result = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
     assert result["labels_known"] == 6
+    # --guide auto with labels known: the marginal guide, said and saved (config.guide_for)
+    assert "--guide marginal" in captured.err
+    assert json.loads((out / "config.json").read_text())["model"]["guide"] == "marginal"
     assert result["train"]["class_accuracy"] > 0.95
     assert result["heldout"]["class_accuracy"] > 0.95
 
