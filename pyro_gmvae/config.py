@@ -87,7 +87,7 @@ def start_for(n_features: int) -> str:
     dimensions, at several scales, the most even clusters kept (see
     :func:`~pyro_gmvae.start.umap_start`); its cost grows as about N log N, where the exact
     t-SNE's made 60,000 rows impractical. Measured (benchmarks/RESULTS.md): iris 0.827 with the
-    t-SNE start, 0.967 with ``data-gmm``; mnist8k 0.960 and `digits` 0.944 from the ``umap``
+    t-SNE start, 0.967 with ``data-gmm``; mnist8k 0.961 and `digits` 0.944 from the ``umap``
     start with the enumerated guide, where the ``tsne`` start with the marginal guide (the
     defaults before) gave 0.939 and 0.938.
     """
