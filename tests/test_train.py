@@ -165,6 +165,7 @@ def test_run_directory_contents(table_file, tmp_path):
     expected = copy.deepcopy(config)
     expected.model.n_features = 12
     expected.model.network = "mlp"  # auto, resolved from the data (a table) and saved
+    expected.model.guide = "enumerated"  # auto, resolved: no labels are known
     out = tmp_path / "run"
     result = train_run(config, out, progress=False, plots=False)
 
