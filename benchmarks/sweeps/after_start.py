@@ -28,6 +28,14 @@ with other variants skips them. A variant is a recipe of the phases after pretra
   optimizer steps on every data set (on `digits` four times the 480 of 60 epochs). Since commit
   9822bad this is the default's anchor; the runs in ``results/sweep-anchor-steps`` were made
   with the earlier minimum of 320 steps.
+- ``anneal``: the default anchor, then SVI whose loss begins as the anchor's and becomes the
+  summed-out ELBO over its first half (:class:`AnnealedSVI`: the KL weight falls from
+  ``--anchor-beta`` to 1 and the classification term at the start's clusters from
+  ``--anchor-classify`` to 0); ``anneal-beta`` and ``anneal-classify`` anneal one of the two;
+  ``anneal@F`` anneals over the fraction F of SVI.
+- ``decay``: the default anchor with its learning rate falling step by step from ``--lr`` to
+  ``--svi-lr`` by its end, so SVI continues at the rate the anchor ended with;
+  ``decay-V``: that anchor, then what variant ``V`` puts after its anchor (``decay-anneal``).
 - ``umap``: the default anchor and SVI from the library's ``umap`` start (10-d UMAP maps of the
   codes and the data side by side, ``balanced_clusters``; since commit f140e0a one map per
   ``--umap-neighbors`` size, the most even kept), instead of the cached t-SNE start;
@@ -50,6 +58,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,7 +124,43 @@ class SelfLabel(SVI):
         return super().loss(trainer, batch) + self.weight * cross_entropy
 
 
-def variant(name: str, start: Start, cfg: TrainConfig) -> Recipe:
+@dataclass
+class AnnealedSVI(SVI):
+    """SVI whose loss begins as the anchor's and becomes the summed-out ELBO: in the first
+    ``fraction`` of the phase's steps, ``w`` falls linearly from 1 to 0 and the loss is the
+    summed-out ELBO with KL weight ``1 + w (anchor_beta - 1)`` plus ``w * anchor_classify``
+    times the cross-entropy of q(y|x) at each row's start cluster (``parts``: which of the two
+    are annealed, ``beta``, ``classify`` or both); then the ELBO alone."""
+
+    name: str = "svi"
+    fraction: float = 0.5
+    anchor_beta: float = 3.0
+    anchor_classify: float = 10.0
+    parts: tuple[str, ...] = ("beta", "classify")
+
+    def weight(self, trainer: Trainer) -> float:
+        index, position = trainer.locate(trainer.epoch)
+        steps = trainer.lengths[index] * trainer.batches_per_epoch
+        done = position * trainer.batches_per_epoch + trainer.batch
+        return max(0.0, 1.0 - done / (self.fraction * steps))
+
+    def loss(self, trainer: Trainer, batch) -> torch.Tensor:
+        w = self.weight(trainer)
+        beta = 1.0 + w * (self.anchor_beta - 1.0) if "beta" in self.parts else 1.0
+        loss = (
+            self.elbo.differentiable_loss(
+                trainer.model_fn, trainer.guide_fn, *batch.args, kl_scale=beta, **batch.plate
+            )
+            / batch.examples
+        )
+        if w > 0 and "classify" in self.parts:
+            y = trainer.assignments[batch.idx]
+            log_q = trainer.model.cluster_log_proba(batch.seen)
+            loss = loss - w * self.anchor_classify * log_q.gather(-1, y.unsqueeze(-1)).mean()
+        return loss
+
+
+def variant(name: str, start: Start, cfg: TrainConfig, n_batches: int) -> Recipe:
     base = default_recipe(cfg)
     anchor = dataclasses.replace(base["anchor"], on_begin=[MixtureStart(holding(start))])
     svi = base["svi"]
@@ -131,6 +176,32 @@ def variant(name: str, start: Start, cfg: TrainConfig) -> Recipe:
             new_optimizer=first,
         )
 
+    if name.startswith("decay"):
+        # The anchor's learning rate falls from --lr to --svi-lr by its end, step by step (every
+        # tenth of the phase, or every 10 epochs of a phase that min_steps lengthened).
+        n = anchor.length(n_batches)
+        period = 10 if n >= anchor.epochs else 10 * n / anchor.epochs
+        decays = max(1, math.floor(n / period + 1e-9))
+        factor = (cfg.svi_lr / cfg.lr) ** (1 / decays)
+        anchor = dataclasses.replace(anchor, lr_decay=factor)
+        rest = name.removeprefix("decay").lstrip("-") or "default"
+        recipe = variant(rest, start, cfg, n_batches)
+        return Recipe([anchor, *list(recipe)[1:]])
+    if name.startswith("anneal"):
+        # anneal, anneal-beta, anneal-classify; a suffix @F: the fraction of SVI annealed
+        kind, _, fraction = name.partition("@")
+        parts = {"anneal": ("beta", "classify"), "anneal-beta": ("beta",)}.get(kind, ("classify",))
+        annealed = AnnealedSVI(
+            svi.epochs,
+            max_steps=svi.max_steps,
+            lr=svi.lr,
+            lr_decay=svi.lr_decay,
+            fraction=float(fraction or 0.5),
+            anchor_beta=cfg.anchor_beta,
+            anchor_classify=cfg.anchor_classify,
+            parts=parts,
+        )
+        return Recipe([anchor, annealed])
     if name == "default":
         phases = [anchor]
     elif name == "steps":
@@ -160,7 +231,10 @@ def pretrained(data, seed: int, cfg: TrainConfig, cache: Path, decay: float = 1.
     """The pretrained model's weights and the start, cached per data set, seed and length."""
     path = cache / f"{data.name}_{seed}_{cfg.pretrain_steps}_{decay}.pt"
     pyro.set_rng_seed(seed)
-    model = GMVAE(ModelConfig(n_features=data.n_features, image_shape=data.image_shape))
+    # The marginal guide's network: pretraining uses neither q(y|x) nor the offsets of
+    # q(z|x,y), and the caches were written with it (--guide enumerated adds them fresh).
+    config = ModelConfig(n_features=data.n_features, image_shape=data.image_shape)
+    model = GMVAE(dataclasses.replace(config, guide="marginal"))
     if path.exists():
         saved = torch.load(path, weights_only=False)
         model.load_state_dict(saved["weights"])
@@ -226,6 +300,8 @@ def main() -> None:
     model, start, info = pretrained(data, a.seed, cfg, a.out / "cache", a.pretrain_lr_decay)
     base = {k: v.clone() for k, v in model.state_dict().items()}
     print(json.dumps({k: v for k, v in info.items() if k != "pretrain_loss"}), flush=True)
+    umap_start = None
+    n_batches = math.ceil(len(data.x) / cfg.batch_size)
     for name in a.variants:
         pyro.clear_param_store()
         if a.guide == "enumerated":
@@ -240,11 +316,12 @@ def main() -> None:
         else:
             model.load_state_dict(base)
         if name.split(":")[0] == "umap":
-            codes = model.encode(data.x)
-            umap_start = STARTS["umap"](codes, data.x, model.n_clusters, cfg, True)
-            recipe = variant(name.partition(":")[2] or "default", umap_start, cfg)
+            if umap_start is None:  # the same network, so the same start for every variant
+                codes = model.encode(data.x)
+                umap_start = STARTS["umap"](codes, data.x, model.n_clusters, cfg, True)
+            recipe = variant(name.partition(":")[2] or "default", umap_start, cfg, n_batches)
         else:
-            recipe = variant(name, start, cfg)
+            recipe = variant(name, start, cfg, n_batches)
         tr = Trainer(model, data.x, cfg, recipe=recipe, labels=data.labels, progress=False)
         t0 = time.time()
         history = tr.run()
