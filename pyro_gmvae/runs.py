@@ -266,9 +266,13 @@ def _training_data(config: RunConfig) -> tuple[Dataset, Dataset, Dataset | None]
             f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, tuple) else v}"
             for k, v in chosen.items()
         )
+        # --guide follows whether labels are known, the rest the data's width
+        labels = ""
+        if "guide" in chosen:
+            labels = ", with labels" if config.train.semi_supervised else ", without labels"
         print(
-            f"gmvae: chosen from the data's {dataset.n_features} features: {said} (pass them to "
-            "choose)",
+            f"gmvae: chosen from the data's {dataset.n_features} features{labels}: {said} (pass "
+            "them to choose)",
             file=sys.stderr,
         )
     return dataset, train_data, heldout

@@ -446,8 +446,9 @@ def test_gmvae_train_prints_and_saves_the_network_and_start_it_chose_from_the_da
     )
     train_run(config, tmp_path / "run", progress=False, plots=False)
     assert (
-        "chosen from the data's 5 features: --network mlp, --hidden 40 40, --latent-dim 2, "
-        "--init data-gmm, --guide enumerated (pass them to choose)" in capsys.readouterr().err
+        "chosen from the data's 5 features, without labels: --network mlp, --hidden 40 40, "
+        "--latent-dim 2, --init data-gmm, --guide enumerated (pass them to choose)"
+        in capsys.readouterr().err
     )
     saved_config = RunConfig.load(tmp_path / "run" / "config.json")
     saved = saved_config.model

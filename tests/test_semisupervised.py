@@ -450,7 +450,7 @@ def test_gmvae_train_labels_known_reports_plain_accuracy_on_unlabelled_and_heldo
     result = json.loads(captured.out)
     assert result["labels_known"] == 6
     # --guide auto with labels known: the marginal guide, said and saved (config.guide_for)
-    assert "--guide marginal" in captured.err
+    assert "features, with labels: " in captured.err and "--guide marginal" in captured.err
     assert json.loads((out / "config.json").read_text())["model"]["guide"] == "marginal"
     assert result["train"]["class_accuracy"] > 0.95
     assert result["heldout"]["class_accuracy"] > 0.95
