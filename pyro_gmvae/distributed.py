@@ -17,7 +17,11 @@ it one epoch at a time inside one ``lightning.Trainer.fit``, as ``Trainer.run`` 
 - **Phase starts.** ``on_begin`` actions (the mixture start) run once, on rank 0, which then
   broadcasts the model's state, each row's cluster and the start's notes to every process: the
   start is a t-SNE or a mixture fit, minutes on one process that the others need not repeat,
-  and a broadcast makes every process's start the same whatever the action's randomness.
+  and a broadcast makes every process's start the same whatever the action's randomness. An
+  action of your own that fits parameters must take their gradients with
+  ``torch.autograd.grad``, as the start's fit of q(y|x) does (``Trainer._fit_cluster_encoder``):
+  a ``backward`` on rank 0 alone reaches DDP's hooks on those parameters, and the next step
+  stops with "Encountered gradient which is undefined, but still allreduced by DDP reducer".
 - **Files.** Rank 0 alone writes ``metrics.jsonl`` and ``checkpoint.pt``, atomically, in the
   format of the single-process trainer, at the end of every ``checkpoint_every``-th epoch, of
   an epoch that ends ``checkpoint_minutes`` or more after the last save (never mid-epoch), and of
