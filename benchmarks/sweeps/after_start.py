@@ -33,8 +33,10 @@ with other variants skips them. A variant is a recipe of the phases after pretra
   ``--anchor-beta`` to 1 and the classification term at the start's clusters from
   ``--anchor-classify`` to 0); ``anneal-beta`` and ``anneal-classify`` anneal one of the two;
   ``anneal@F`` anneals over the fraction F of SVI.
-- ``decay``: the default anchor with its learning rate falling step by step from ``--lr`` to
-  ``--svi-lr`` by its end, so SVI continues at the rate the anchor ended with;
+- ``decay``: the default anchor with its learning rate falling step by step from ``--lr``
+  towards ``--svi-lr`` (``floor(n / period)`` steps of the phase's schedule are planned, of
+  which its last epoch has taken all but one: ``digits``' 240 epochs end at 1.1e-4), so SVI
+  continues near the rate the anchor ended with;
   ``decay-V``: that anchor, then what variant ``V`` puts after its anchor (``decay-anneal``).
 - ``umap``: the default anchor and SVI from the library's ``umap`` start (10-d UMAP maps of the
   codes and the data side by side, ``balanced_clusters``; since commit f140e0a one map per
@@ -233,8 +235,9 @@ def pretrained(data, seed: int, cfg: TrainConfig, cache: Path, decay: float = 1.
     pyro.set_rng_seed(seed)
     # The marginal guide's network: pretraining uses neither q(y|x) nor the offsets of
     # q(z|x,y), and the caches were written with it (--guide enumerated adds them fresh).
-    config = ModelConfig(n_features=data.n_features, image_shape=data.image_shape)
-    model = GMVAE(dataclasses.replace(config, guide="marginal"))
+    model = GMVAE(
+        ModelConfig(n_features=data.n_features, image_shape=data.image_shape, guide="marginal")
+    )
     if path.exists():
         saved = torch.load(path, weights_only=False)
         model.load_state_dict(saved["weights"])
