@@ -105,10 +105,6 @@ N2D_HIDDEN = (500, 500, 2000)
 N2D_LATENT = 10
 N2D_COMPONENTS = 10
 N2D_NEIGHBORS = 20
-# The N2D port pretrains the run's --pretrain-epochs (300), at most 9,600 steps (300 epochs of
-# mnist8k), as every N2D run recorded in RESULTS.md did: pyro_gmvae's own cap became 6,400 steps
-# for time (2026-12-07), and the baseline keeps the longer pretraining rather than weaken with it.
-N2D_PRETRAIN_STEPS = 9600
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -260,9 +256,9 @@ def run_n2d(config: RunConfig, train: Dataset, heldout: Dataset | None) -> dict[
       and trains as pyro_gmvae's ``Pretrain`` phase does: the loss is -log p(x | z = the mean of
       q(z|x)) with the run's likelihood (Bernoulli for images, where N2D's Keras autoencoder has a
       linear output and a squared error; Gaussian with a learned scale per column for tables),
-      gradients clipped at the run's ``--clip-norm`` (10); and for the run's pretraining epochs
-      (300), at most 9,600 steps (300 epochs on mnist8k and digits; pyro_gmvae's own cap until
-      2026-12-07, when it became 6,400), where N2D trains 1000 epochs on all 70,000 MNIST digits;
+      gradients clipped at the run's ``--clip-norm`` (10); and for the pyro_gmvae run's pretraining
+      epochs (300, at most ``--pretrain-steps`` 9600 steps: 300 epochs on mnist8k and digits),
+      where N2D trains for 1000 epochs on all 70,000 MNIST digits;
     - the random state is the run's seed, where N2D fixes 0 everywhere;
     - the code and the embedding have 10 dimensions on every dataset. N2D sets both to its number of
       clusters (10 on MNIST; 6 on its 6-class HAR), so on the tables (2 or 3 classes) this is N2D's
@@ -271,7 +267,7 @@ def run_n2d(config: RunConfig, train: Dataset, heldout: Dataset | None) -> dict[
       the fitted mixture, with nothing refitted.
 
     On images the network, its initial weights (seeded as ``gmvae train`` seeds) and its
-    pretraining loss are pyro_gmvae's own but for the moved copies; the ``umap`` start of pyro_gmvae then
+    pretraining are pyro_gmvae's own but for the moved copies; the ``umap`` start of pyro_gmvae then
     differs only in its mixture (weights held uniform, 10 restarts, ``reg_covar=1e-4``).
     """
     import umap  # numba compiles on first use: only when n2d runs
@@ -289,7 +285,7 @@ def run_n2d(config: RunConfig, train: Dataset, heldout: Dataset | None) -> dict[
             image_shape=train.image_shape,
         )
     )
-    pretrain = Pretrain(settings.pretrain_epochs, max_steps=N2D_PRETRAIN_STEPS)
+    pretrain = Pretrain(settings.pretrain_epochs, max_steps=settings.pretrain_steps or None)
     # Trainer.run, not fit: fit stops quietly on Ctrl-C, which would score a half-trained network.
     trainer = Trainer(model, train.x, settings, recipe=Recipe([pretrain]), progress=False)
     history = trainer.run()

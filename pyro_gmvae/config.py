@@ -250,7 +250,7 @@ class TrainConfig:
     steps: int = _help(
         "at most this many optimizer steps of SVI, rounded to whole epochs (at least one): "
         "a larger data set gets fewer epochs, not more steps (0: no limit, --epochs alone)",
-        default=320,
+        default=640,
     )
     batch_size: int = _help("minibatch size", default=256)
     lr: float = _help("Adam learning rate", default=1e-3)
@@ -267,7 +267,7 @@ class TrainConfig:
     pretrain_steps: int = _help(
         "at most this many optimizer steps of pretraining, rounded to whole epochs (at least "
         "one; 0: no limit, --pretrain-epochs alone)",
-        default=6400,
+        default=9600,
     )
     init: str = _help(
         "how the mixture prior starts from the pretrained codes: auto (data-gmm for data of "
@@ -400,10 +400,9 @@ class TrainConfig:
     )
     consistency_pretrain_factor: float = _help(
         "with --labels-known and the consistency term (images, --consistency-weight above 0): "
-        "pretraining may run this many times --pretrain-steps, since the term keeps learning "
-        "from the rows it grows confident on; its epochs stay --pretrain-epochs (1: as long as "
-        "without labels)",
-        default=1.5,
+        "pretraining runs this many times --pretrain-epochs and --pretrain-steps, since the "
+        "term keeps learning from the rows it grows confident on (1: as long as without labels)",
+        default=1.0,
     )
     seed: int = _help("random seed", default=0)
     device: str | None = _help("cpu or cuda (default: cuda when available)", default=None)

@@ -380,33 +380,34 @@ def test_a_recipe_is_changed_through_its_methods_and_refuses_what_cannot_run():
 
 
 def test_a_phase_of_at_most_so_many_steps_gets_fewer_epochs_on_more_data():
-    """The default schedule is 200/60/10 epochs on 8,000 rows (32 batches of 256), 300/.../20 on
-    data of up to about 5,500 rows, and on 8x the rows about the same number of steps, not 8x;
-    on small data the anchor still runs its 1,920 steps (min_steps), rounded up to whole epochs."""
+    """The default schedule is 300/60/20 epochs on 8,000 rows (32 batches of 256), and on 8x the
+    rows about the same number of steps, not 8x; on small data the anchor still runs its 1,920
+    steps (min_steps), rounded up to whole epochs."""
     config = TrainConfig()
     recipe = default_recipe(config)
-    assert recipe.lengths(math.ceil(8000 / 256)) == [200, 60, 10]
-    assert recipe.lengths(math.ceil(6400 / 256)) == [256, 77, 13]  # 80% of 8,000: 1,925 steps
+    assert recipe.lengths(math.ceil(8000 / 256)) == [300, 60, 20]
+    assert recipe.lengths(math.ceil(6400 / 256)) == [300, 77, 20]  # 80% of 8,000: 1,925 steps
     assert recipe.lengths(math.ceil(1797 / 256)) == [300, 240, 20]  # the anchor's 1,920 steps
     assert recipe.lengths(math.ceil(569 / 256)) == [300, 640, 20]
     assert recipe.lengths(math.ceil(150 / 256)) == [300, 1920, 20]  # 150 rows: one batch
-    assert recipe.lengths(math.ceil(64000 / 256)) == [26, 8, 1]  # 6500, 2000, 250 steps
+    assert recipe.lengths(math.ceil(64000 / 256)) == [38, 8, 3]  # 9500, 2000, 750 steps
     assert recipe.lengths(10**6) == [1, 1, 1]  # at least one pass each
     assert Pretrain(0, max_steps=10).length(1) == 0  # 0 epochs still skips the phase
     assert default_recipe(TrainConfig(pretrain_steps=0)).lengths(10**6)[0] == 300  # 0: no limit
-    # With labels and the consistency term pretraining may run consistency_pretrain_factor
-    # times as many steps (not epochs), for images only: tables have no term to learn longer from.
-    labelled = TrainConfig(labels_known=100)
-    assert default_recipe(labelled).lengths(32)[0] == 300  # 9600 steps, as measured with labels
+    # With labels and the consistency term pretraining is consistency_pretrain_factor as long,
+    # for images only: tables have no term to learn longer from.
+    labelled = TrainConfig(labels_known=100, pretrain_epochs=150, pretrain_steps=4800)
+    labelled = dataclasses.replace(labelled, consistency_pretrain_factor=2.0)
+    assert default_recipe(labelled).lengths(32)[0] == 300  # 9600 steps
     assert default_recipe(labelled).lengths(250)[0] == 38  # 9600 steps on 64,000 rows
-    assert default_recipe(labelled).lengths(8)[0] == 300  # digits: the epochs, not 1.5x them
-    assert default_recipe(labelled, images=False).lengths(32)[0] == 200
+    assert default_recipe(labelled, images=False).lengths(32)[0] == 150
     off = dataclasses.replace(labelled, consistency_weight=0.0)
-    assert default_recipe(off).lengths(32)[0] == 200
-    short = TrainConfig(labels_known=100, pretrain_steps=1, consistency_pretrain_factor=0.1)
+    assert default_recipe(off).lengths(32)[0] == 150
+    assert default_recipe(TrainConfig(labels_known=100)).lengths(32)[0] == 300  # factor 1
+    short = TrainConfig(labels_known=100, pretrain_epochs=1, consistency_pretrain_factor=0.1)
     assert default_recipe(short).lengths(32)[0] == 1  # never 0: a factor does not skip it
     unlimited = TrainConfig(labels_known=100, pretrain_steps=0, consistency_pretrain_factor=2.0)
-    assert default_recipe(unlimited).lengths(10**6)[0] == 300  # 0 steps stays no limit
+    assert default_recipe(unlimited).lengths(10**6)[0] == 600  # 0 steps stays no limit
     with pytest.raises(ConfigError, match="max_steps must be at least 1"):
         SVI(3, max_steps=0)
     assert SVI(3, min_steps=25).length(10) == 3 and SVI(3, min_steps=25).length(4) == 7
