@@ -54,8 +54,9 @@ from pyro.infer.traceenum_elbo import _compute_dice_elbo
 from pyro_gmvae.config import ModelConfig, TrainConfig
 from pyro_gmvae.data import load_data
 from pyro_gmvae.model import GMVAE
+from pyro_gmvae.networks import CONV_LAYOUT
 from pyro_gmvae.reference import draw_like_jit, hand_loss
-from pyro_gmvae.train import SVI, Batch, Recipe, Trainer
+from pyro_gmvae.train import SVI, Batch, Pretrain, Recipe, Trainer
 
 from _paths import resolve_mnist8k  # benchmarks/_paths.py, beside this script
 
@@ -831,6 +832,76 @@ def profile_steps(args: argparse.Namespace, x: np.ndarray, image_shape) -> None:
             stats.sort_stats("cumulative").print_stats(12)
 
 
+def run_layouts(args: argparse.Namespace, x: np.ndarray, image_shape) -> list[dict[str, Any]]:
+    """``--layouts``: one pretraining step and one SVI step (``Trainer.step`` on each phase's
+    loss) with the convolutions' weights in the library's layout (``networks.CONV_LAYOUT``)
+    against the same weights in PyTorch's default (contiguous) layout: two models built from
+    one seed, the same batch, interleaved round-robin in one process. Prints the medians, their
+    ratio and whether the two losses agree (the arithmetic is the same; the order of float
+    additions is not)."""
+    print(
+        f"\n## Layout of the convolutions: {CONV_LAYOUT} against contiguous, ms a step "
+        f"(median of {args.repeats}, after {args.warmup} warm-up; {args.threads} threads)"
+    )
+    print(
+        f"{'guide':<11}{'batch':>6}  {'phase':<9}{'library':>9}{'contiguous':>11}{'ratio':>7}  loss diff"
+    )
+    rows = []
+    for guide in args.guides:
+        config = model_config(args, guide, args.step_clusters, image_shape)
+        models = {
+            "library": build_model(config, args.seed),
+            "contiguous": build_model(config, args.seed).to(memory_format=torch.contiguous_format),
+        }
+        for batch in args.step_batches:
+            trainers = {
+                name: Trainer(
+                    model,
+                    x[:batch],
+                    train_config(args, batch),
+                    recipe=Recipe([SVI(1)]),
+                    progress=False,
+                )
+                for name, model in models.items()
+            }
+            for trainer in trainers.values():
+                trainer.optimizer = trainer.make_optimizer()
+            rows_batch = trainers["library"].minibatch(torch.arange(batch))
+            for phase in (Pretrain(1), SVI(1)):
+                # Before any step of this phase; the same draws of z for both.
+                pyro.set_rng_seed(args.seed)
+                a = float(phase.loss(trainers["library"], rows_batch))
+                pyro.set_rng_seed(args.seed)
+                b = float(phase.loss(trainers["contiguous"], rows_batch))
+                times: dict[str, list[float]] = {name: [] for name in trainers}
+                for r in range(args.warmup + args.repeats):
+                    for name in list(trainers)[r % 2 :] + list(trainers)[: r % 2]:
+                        trainer = trainers[name]
+                        _sync(rows_batch.x.device)
+                        t0 = time.perf_counter()
+                        trainer.step(phase.loss(trainer, rows_batch))
+                        _sync(rows_batch.x.device)
+                        if r >= args.warmup:
+                            times[name].append(time.perf_counter() - t0)
+                median = {name: statistics.median(t) for name, t in times.items()}
+                row = {
+                    "guide": guide,
+                    "batch": batch,
+                    "phase": phase.name,
+                    "library_s": median["library"],
+                    "contiguous_s": median["contiguous"],
+                    "ratio": median["library"] / median["contiguous"],
+                    "loss_relative_difference": abs(a - b) / max(abs(b), 1e-12),
+                }
+                rows.append(row)
+                print(
+                    f"{guide:<11}{batch:>6}  {phase.name:<9}{row['library_s'] * 1e3:>9.1f}"
+                    f"{row['contiguous_s'] * 1e3:>11.1f}{row['ratio']:>7.2f}  "
+                    f"{row['loss_relative_difference']:.0e}"
+                )
+    return rows
+
+
 # ----------------------------------------------------------------------------------------------
 # Command line
 
@@ -902,6 +973,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--epoch-timeout", type=float, default=600, help="seconds per epoch process")
     p.add_argument("--profile", type=int, default=0, help="only profile this many steps")
+    p.add_argument(
+        "--layouts",
+        action="store_true",
+        help="only time pretraining and SVI steps with the convolutions' layout against contiguous",
+    )
     p.add_argument("--json", type=Path, help="also write all results to this JSON file")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -950,6 +1026,13 @@ def main(argv: list[str] | None = None) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             profile_steps(args, x, image_shape)
+        return
+    if args.layouts:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            rows = run_layouts(args, x, image_shape)
+        if args.json is not None:
+            args.json.write_text(json.dumps({"machine": machine, "layouts": rows}, indent=1) + "\n")
         return
 
     steps: list[dict[str, Any]] = []

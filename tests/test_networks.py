@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
-from pyro_gmvae.networks import ConvDecoder, ConvEncoder, ConvTrunk, conv_sizes
+from pyro_gmvae.networks import CONV_LAYOUT, ConvDecoder, ConvEncoder, ConvTrunk, conv_sizes
 
 
 @pytest.mark.parametrize(
@@ -104,3 +106,55 @@ def test_each_decoder_stage_is_the_transpose_of_the_trunks():
     left = (conv(x) * y).sum()
     right = (x * transposed(y, output_size=(7, 7))).sum()
     torch.testing.assert_close(left, right)
+
+
+def _contiguous_twin(module: torch.nn.Module) -> torch.nn.Module:
+    """The same weights in PyTorch's default layout, as a model of an earlier version had them."""
+    twin = copy.deepcopy(module).to(memory_format=torch.contiguous_format)
+    assert all(p.is_contiguous() for p in twin.parameters())
+    return twin
+
+
+def test_the_layout_of_the_convolutions_changes_no_output_or_gradient():
+    """The convolutions keep their weights channels last for speed (``CONV_LAYOUT``); what the
+    networks compute, forward and backward, is what the default layout computes, up to the
+    order of float additions."""
+    torch.manual_seed(0)
+    encoder = ConvEncoder((28, 28), hidden=(16,), latent_dim=3, n_clusters=2)
+    decoder = ConvDecoder(latent_dim=3, hidden=(16,), image_shape=(28, 28))
+    convs = [*encoder.modules(), *decoder.modules()]
+    weights = [m.weight for m in convs if isinstance(m, torch.nn.Conv2d | torch.nn.ConvTranspose2d)]
+    assert len(weights) == 6
+    assert all(w.is_contiguous(memory_format=CONV_LAYOUT) for w in weights)
+    # One channel in or out is both layouts at once; the others are not the default's.
+    assert sum(not w.is_contiguous() for w in weights) == 4
+    x = torch.rand(5, 784)
+    outputs, grads = [], []
+    for enc, dec in [(encoder, decoder), (_contiguous_twin(encoder), _contiguous_twin(decoder))]:
+        loc, scale = enc(x, torch.arange(2).view(2, 1))
+        out = dec(loc + scale)
+        out.square().sum().backward()
+        outputs.append(out.detach())
+        grads.append([p.grad for p in [*enc.parameters(), *dec.parameters()]])
+    torch.testing.assert_close(outputs[0], outputs[1])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_weights_of_either_layout_load_and_a_move_keeps_the_layout():
+    """A checkpoint written before the layout (contiguous weights) loads into today's network,
+    which keeps its layout; one written today loads into a contiguous network; ``.to`` (a
+    device, a dtype) does not undo it."""
+    torch.manual_seed(0)
+    old = _contiguous_twin(ConvTrunk((16, 16), hidden=(4,)))
+    new = ConvTrunk((16, 16), hidden=(4,))
+    new.load_state_dict(old.state_dict())
+    assert not new.convs[1].weight.is_contiguous()
+    x = torch.rand(3, 256)
+    torch.testing.assert_close(new(x), old(x))
+    back = _contiguous_twin(ConvTrunk((16, 16), hidden=(4,)))
+    back.load_state_dict(new.state_dict())
+    torch.testing.assert_close(back(x), new(x))
+    moved = new.to("cpu", torch.float64)
+    assert not moved.convs[1].weight.is_contiguous()
+    assert moved.convs[1].weight.is_contiguous(memory_format=CONV_LAYOUT)
