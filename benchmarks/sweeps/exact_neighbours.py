@@ -8,12 +8,12 @@ import json
 import os
 import sys
 import time
-import warnings
 
 import numpy as np
 import torch
 
 os.environ.setdefault("NUMBA_THREADING_LAYER", "workqueue")
+import umap
 from sklearn.neighbors import NearestNeighbors
 
 from pyro_gmvae import metrics
@@ -33,30 +33,20 @@ y = d["labels"]
 run = open_run(run_dir)
 with torch.no_grad():
     codes = run.model.encoder(torch.as_tensor(x))[0].double().numpy()
-orig = S.umap_map
 
 
-def exact_map(source, components, neighbors, seed):
-    import umap
+class ExactUMAP(umap.UMAP):
+    """umap-learn's UMAP given scikit-learn's exact nearest neighbours of what it fits; the
+    start's own ``umap_map`` makes it, with its settings, once ``umap.UMAP`` is this."""
 
-    k = max(2, min(neighbors, len(source) - 1))
-    dist, ind = NearestNeighbors(n_neighbors=k).fit(source).kneighbors(source)
-    r = umap.UMAP(
-        n_components=components,
-        n_neighbors=k,
-        min_dist=0.0,
-        metric="euclidean",
-        random_state=seed,
-        init="spectral",
-        precomputed_knn=(ind, dist.astype(np.float32), None),
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return np.asarray(r.fit_transform(np.asarray(source, dtype=np.float32)), np.float64)
+    def fit(self, X, *args, **kwargs):
+        dist, ind = NearestNeighbors(n_neighbors=self.n_neighbors).fit(X).kneighbors(X)
+        self.precomputed_knn = (ind, dist.astype(np.float32), None)
+        return super().fit(X, *args, **kwargs)
 
 
 if mode == "exact":
-    S.umap_map = exact_map
+    umap.UMAP = ExactUMAP
 out = open(os.path.join(out_dir, f"{mode}.jsonl"), "a")
 for seed in seeds:
     c = dataclasses.replace(TrainConfig(), seed=seed)
