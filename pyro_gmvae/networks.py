@@ -113,9 +113,9 @@ CONV_CHANNELS = (16, 32, 64)
 #: convolutions to oneDNN's kernels for that layout, where the default layout's transposed
 #: convolutions take a slower path: a step on 256 MNIST images took 4-8% less time in
 #: pretraining and 12-18% less in SVI with the enumerated guide, the same weights in one
-#: process, two threads of the 2-core box (benchmarks/SPEED.md, ``speed.py --layouts``). The arithmetic is
-#: the same; only the order of float additions differs. A model's ``.to(device)`` keeps the
-#: layout; ``load_state_dict`` copies into it, so checkpoints of either layout load.
+#: process, two threads of the 2-core box (benchmarks/SPEED.md, ``speed.py --layouts``). The
+#: arithmetic is the same; only the order of float additions differs. A model's ``.to(device)``
+#: keeps the layout; ``load_state_dict`` copies into it, so checkpoints of either layout load.
 CONV_LAYOUT = torch.channels_last
 
 
