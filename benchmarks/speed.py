@@ -18,7 +18,9 @@ Three measurements, printed as tables (``python benchmarks/speed.py --help`` for
 3. On CUDA, an epoch of 60,000 28x28 examples at K = 10 (mnist8k repeated to 60,000 rows).
 
 Targets (from the issue) are printed as PASS/FAIL, never asserted. ``--profile N`` instead
-profiles N Pyro steps with cProfile and prints where the time goes.
+profiles N Pyro steps with cProfile and prints where the time goes; ``--layouts`` instead times
+pretraining and SVI steps with the convolutions' weights in the library's layout against the
+default (contiguous) layout, interleaved in one process.
 """
 
 from __future__ import annotations
@@ -837,8 +839,9 @@ def run_layouts(args: argparse.Namespace, x: np.ndarray, image_shape) -> list[di
     loss) with the convolutions' weights in the library's layout (``networks.CONV_LAYOUT``)
     against the same weights in PyTorch's default (contiguous) layout: two models built from
     one seed, the same batch, interleaved round-robin in one process. Prints the medians, their
-    ratio and whether the two losses agree (the arithmetic is the same; the order of float
-    additions is not)."""
+    ratio and the relative difference of the two losses before each phase's steps: nil before
+    the first step, then what the earlier steps' round-off carried on (the arithmetic is the
+    same; the order of float additions is not)."""
     print(
         f"\n## Layout of the convolutions: {CONV_LAYOUT} against contiguous, ms a step "
         f"(median of {args.repeats}, after {args.warmup} warm-up; {args.threads} threads)"
@@ -868,7 +871,7 @@ def run_layouts(args: argparse.Namespace, x: np.ndarray, image_shape) -> list[di
                 trainer.optimizer = trainer.make_optimizer()
             rows_batch = trainers["library"].minibatch(torch.arange(batch))
             for phase in (Pretrain(1), SVI(1)):
-                # Before any step of this phase; the same draws of z for both.
+                # Before this phase's steps, the same draws of z for both.
                 pyro.set_rng_seed(args.seed)
                 a = float(phase.loss(trainers["library"], rows_batch))
                 pyro.set_rng_seed(args.seed)

@@ -162,6 +162,23 @@ def test_micro_run_steps(mnist8k_path, tmp_path, capsys, monkeypatch):
             assert row["agreement"]["rel_loss"] < 1e-4 and row["agreement"]["rel_grad"] < 1e-3
 
 
+def test_layouts_time_the_same_weights_in_two_layouts(mnist8k_path, tmp_path, monkeypatch):
+    """``--layouts``: a pretraining and an SVI row per guide and batch, and before any step
+    the two models (one seed, two layouts of the convolutions) give the same loss: what is
+    timed is one computation in two memory layouts."""
+    result = tmp_path / "layouts.json"
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
+    speed.main([*MICRO, "--layouts", "--guides", "enumerated", "--json", str(result)])
+    rows = json.loads(result.read_text())["layouts"]
+    assert [(r["batch"], r["phase"]) for r in rows] == [
+        (b, phase) for b in (8, 16) for phase in ("pretrain", "svi")
+    ]
+    assert rows[0]["loss_relative_difference"] < 1e-6
+    for row in rows:
+        assert row["library_s"] > 0 and row["contiguous_s"] > 0
+        assert row["loss_relative_difference"] < 1e-3
+
+
 def test_epoch_worker_hand_and_pyro_train_alike(mnist8k_path):
     """One tiny epoch measured as the grid's subprocesses do (here in this process). With the
     same seed the hand-written loss, put in the trainer's place, follows Pyro's trajectory."""
