@@ -58,7 +58,7 @@ from pyro_gmvae.data import load_data
 from pyro_gmvae.model import GMVAE
 from pyro_gmvae.networks import CONV_LAYOUT
 from pyro_gmvae.reference import draw_like_jit, hand_loss
-from pyro_gmvae.train import SVI, Batch, Pretrain, Recipe, Trainer
+from pyro_gmvae.train import SVI, Batch, Phase, Pretrain, Recipe, Trainer
 
 from _paths import resolve_mnist8k  # benchmarks/_paths.py, beside this script
 
@@ -240,14 +240,15 @@ VARIANTS = {
 
 @dataclass
 class Runner:
-    """A variant bound to a trainer whose recipe is the variant's one SVI phase."""
+    """A variant bound to a trainer whose recipe is one phase: the variant's SVI phase, or
+    (``--layouts``) the pretraining or SVI phase it times."""
 
     variant: Variant
     trainer: Trainer
 
     @property
-    def phase(self) -> SVI:
-        return self.trainer.recipe["svi"]
+    def phase(self) -> Phase:
+        return self.trainer.recipe[0]
 
     def loss(self, batch: Batch) -> torch.Tensor:
         """The loss of ``batch`` per example, as the variant's phase computes it in training."""
@@ -259,14 +260,19 @@ class Runner:
 
 
 def make_runner(
-    model: GMVAE, x: torch.Tensor | np.ndarray, train_config: TrainConfig, variant: Variant
+    model: GMVAE,
+    x: torch.Tensor | np.ndarray,
+    train_config: TrainConfig,
+    variant: Variant,
+    phase: Phase | None = None,
 ) -> Runner:
     """A trainer of ``model`` on ``x`` whose recipe is ``train_config.epochs`` of the variant's
-    SVI phase, its optimizer already made: the steps timed before an epoch need one, and
-    ``Trainer.run`` keeps it (the phase asks for no new one)."""
-    elbo = None if variant.elbo is None else variant.elbo()
+    SVI phase (or ``phase``), its optimizer already made: the steps timed before an epoch need
+    one, and ``Trainer.run`` keeps it (the phase asks for no new one)."""
     c = train_config
-    phase = variant.phase(c.epochs, beta=c.beta, lr_decay=c.lr_decay, elbo=elbo)
+    if phase is None:
+        elbo = None if variant.elbo is None else variant.elbo()
+        phase = variant.phase(c.epochs, beta=c.beta, lr_decay=c.lr_decay, elbo=elbo)
     trainer = Trainer(model, x, c, recipe=Recipe([phase]), progress=False)
     if variant.fused_adam:
         trainer.optimizer = torch.optim.Adam(model.parameters(), lr=c.lr, fused=True)
@@ -851,42 +857,34 @@ def run_layouts(args: argparse.Namespace, x: np.ndarray, image_shape) -> list[di
     )
     rows = []
     for guide in args.guides:
-        config = model_config(args, guide, args.step_clusters, image_shape)
+        model_cfg = model_config(args, guide, args.step_clusters, image_shape)
         models = {
-            "library": build_model(config, args.seed),
-            "contiguous": build_model(config, args.seed).to(memory_format=torch.contiguous_format),
+            "library": build_model(model_cfg, args.seed),
+            "contiguous": build_model(model_cfg, args.seed).to(
+                memory_format=torch.contiguous_format
+            ),
         }
         for batch in args.step_batches:
-            trainers = {
-                name: Trainer(
-                    model,
-                    x[:batch],
-                    train_config(args, batch),
-                    recipe=Recipe([SVI(1)]),
-                    progress=False,
-                )
-                for name, model in models.items()
-            }
-            for trainer in trainers.values():
-                trainer.optimizer = trainer.make_optimizer()
-            rows_batch = trainers["library"].minibatch(torch.arange(batch))
+            train_cfg = train_config(args, batch)
+            rows_batch = None
             for phase in (Pretrain(1), SVI(1)):
+                # "pyro": the trainer's own step, on a trainer whose recipe is this phase.
+                runners = {
+                    name: make_runner(model, x[:batch], train_cfg, VARIANTS["pyro"], phase)
+                    for name, model in models.items()
+                }
+                if rows_batch is None:  # one batch, its moved views too, for every row
+                    rows_batch = runners["library"].trainer.minibatch(torch.arange(batch))
                 # Before this phase's steps, the same draws of z for both.
                 pyro.set_rng_seed(args.seed)
-                a = float(phase.loss(trainers["library"], rows_batch))
+                a = float(runners["library"].loss(rows_batch))
                 pyro.set_rng_seed(args.seed)
-                b = float(phase.loss(trainers["contiguous"], rows_batch))
-                times: dict[str, list[float]] = {name: [] for name in trainers}
-                for r in range(args.warmup + args.repeats):
-                    for name in list(trainers)[r % 2 :] + list(trainers)[: r % 2]:
-                        trainer = trainers[name]
-                        _sync(rows_batch.x.device)
-                        t0 = time.perf_counter()
-                        trainer.step(phase.loss(trainer, rows_batch))
-                        _sync(rows_batch.x.device)
-                        if r >= args.warmup:
-                            times[name].append(time.perf_counter() - t0)
-                median = {name: statistics.median(t) for name, t in times.items()}
+                b = float(runners["contiguous"].loss(rows_batch))
+                times = time_steps(runners, rows_batch, args.repeats, args.warmup)
+                for name, result in times.items():
+                    if "error" in result:
+                        sys.exit(f"--layouts, {name} layout, {phase.name}: {result['error']}")
+                median = {name: result["step"] for name, result in times.items()}
                 row = {
                     "guide": guide,
                     "batch": batch,
