@@ -19,6 +19,7 @@ from sklearn.neighbors import NearestNeighbors
 from pyro_gmvae import metrics
 from pyro_gmvae import start as S
 from pyro_gmvae.config import TrainConfig
+from pyro_gmvae.data import load_data
 from pyro_gmvae.runs import open_run
 
 mode, seeds, run_dir, out_dir = (
@@ -27,9 +28,8 @@ mode, seeds, run_dir, out_dir = (
     sys.argv[3],
     sys.argv[4],
 )
-d = np.load(os.environ["PYRO_GMVAE_MNIST8K"])
-x = (d["images"].reshape(8000, -1) / 255.0).astype(np.float32)
-y = d["labels"]
+data = load_data(os.environ["PYRO_GMVAE_MNIST8K"])
+x, y = data.x, data.labels
 run = open_run(run_dir)
 with torch.no_grad():
     codes = run.model.encoder(torch.as_tensor(x))[0].double().numpy()
