@@ -33,7 +33,7 @@ from sklearn.base import (
 from sklearn.utils import check_random_state, check_scalar
 from sklearn.utils.validation import check_is_fitted
 
-from .config import SUPERVISED_OPTIONS, ModelConfig, RunConfig, TrainConfig
+from .config import SUPERVISED_OPTIONS, ModelConfig, RunConfig, TrainConfig, network_for
 from .errors import CheckpointError, ConfigError
 from .evaluate import elbo_per_example, log_likelihood
 from .files import atomic_write_bytes, atomic_write_text
@@ -102,6 +102,9 @@ class GMVAEClustering(
         network: ``"auto"`` (``"conv"`` given an ``image_shape`` with a side over 4 pixels, else
             ``"mlp"``), ``"mlp"`` (fully connected layers ``hidden``) or ``"conv"`` (for images,
             with ``image_shape``: 3x3 convolutions of stride 2, then the layers ``hidden``).
+        precision: ``"float32"``, or ``"bfloat16"``: the convolutional networks multiply in
+            bfloat16 under ``torch.autocast`` and return float32 (faster on hardware with
+            bfloat16 instructions; not for ``network="mlp"``).
         likelihood: ``"auto"`` (see above), ``"bernoulli"``, ``"continuous_bernoulli"`` or
             ``"gaussian"``.
         guide: ``"auto"`` (``"enumerated"``: the estimator never sees labels),
@@ -161,6 +164,7 @@ class GMVAEClustering(
         latent_dim: int = 0,
         hidden: tuple[int, ...] = (),
         network: str = "auto",
+        precision: str = "float32",
         likelihood: str = "auto",
         guide: str = "auto",
         learn_weights: bool = False,
@@ -185,6 +189,7 @@ class GMVAEClustering(
         self.latent_dim = latent_dim
         self.hidden = hidden
         self.network = network
+        self.precision = precision
         self.likelihood = likelihood
         self.guide = guide
         self.learn_weights = learn_weights
@@ -295,6 +300,7 @@ class GMVAEClustering(
             latent_dim=self.latent_dim,
             hidden=tuple(self.hidden),
             network=self.network,
+            precision=self.precision,
             likelihood=likelihood,
             guide=self.guide,
             learn_weights=self.learn_weights,
@@ -312,6 +318,15 @@ class GMVAEClustering(
             raise ValueError(
                 "network='conv' reads each row as an image: give image_shape=(height, width) of "
                 "the flattened images, or use network='mlp'"
+            )
+        convolutional = config.network == "conv" or (
+            config.network == "auto" and network_for(config.image_shape) == "conv"
+        )
+        if config.precision != "float32" and not convolutional:
+            raise ValueError(
+                f"precision={config.precision!r} applies to the convolutional networks, which "
+                "images get: give image_shape=(height, width) of the flattened images, or keep "
+                "precision='float32' (the fully connected networks compute in float32)"
             )
         return config
 

@@ -80,11 +80,19 @@ class GMVAE(nn.Module):
         self.likelihood = likelihood or make_likelihood(config.likelihood, D)
         P, H, offsets = self.likelihood.params_per_feature, config.hidden, K if enumerated else 0
         if config.network == "conv":
-            shape = self._image_shape(config)
-            decoder = decoder or ConvDecoder(Z, H, shape, P)
-            encoder = encoder or ConvEncoder(shape, H, Z, n_clusters=offsets)
+            shape, precision = self._image_shape(config), config.precision
+            decoder = decoder or ConvDecoder(Z, H, shape, P, precision=precision)
+            encoder = encoder or ConvEncoder(shape, H, Z, n_clusters=offsets, precision=precision)
             if enumerated:
-                cluster_encoder = cluster_encoder or ConvClusterEncoder(shape, H, K)
+                cluster_encoder = cluster_encoder or ConvClusterEncoder(
+                    shape, H, K, precision=precision
+                )
+        elif config.precision != "float32":
+            raise ConfigError(
+                f"--precision {config.precision} applies to the convolutional networks; the fully "
+                "connected ones (--network mlp, which tables get) compute in float32: drop "
+                "--precision, or use --network conv for images"
+            )
         self.decoder = decoder or Decoder(Z, H, D * P)
         self.encoder = encoder or Encoder(D, H, Z, n_clusters=offsets)
         self.cluster_encoder = (cluster_encoder or ClusterEncoder(D, H, K)) if enumerated else None

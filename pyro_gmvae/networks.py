@@ -118,6 +118,26 @@ CONV_CHANNELS = (16, 32, 64)
 #: keeps the layout; ``load_state_dict`` copies into it, so checkpoints of either layout load.
 CONV_LAYOUT = torch.channels_last
 
+#: What the convolutional networks compute in (``--precision``), by name: None is float32 (no
+#: autocast). ``bfloat16`` runs :class:`ConvTrunk` and :class:`ConvDecoder` under
+#: ``torch.autocast``: their convolutions and fully connected layers multiply in bfloat16 and
+#: add up in float32; what they return is in their input's dtype (float32), so the heads, the
+#: prior, the likelihoods and every sum over pixels stay float32. On the 2-core box (AVX-512 BF16) a default mnist8k run took
+#: 20% less time (benchmarks/RESULTS.md); a CPU without bfloat16 instructions emulates them.
+PRECISIONS: dict[str, torch.dtype | None] = {"float32": None, "bfloat16": torch.bfloat16}
+
+
+def compute_dtype(precision: str) -> torch.dtype | None:
+    """The autocast dtype of a ``precision`` name of :data:`PRECISIONS` (None: float32)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    return PRECISIONS[precision]
+
+
+def autocast(dtype: torch.dtype | None, device: torch.device) -> torch.autocast:
+    """``torch.autocast`` to ``dtype`` on ``device``'s type, or a disabled one for None."""
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
 
 def conv_sizes(image_shape: tuple[int, int]) -> list[tuple[int, int]]:
     """The ``(height, width)`` of the feature maps, from the image through each stride-2
@@ -137,15 +157,19 @@ def _stage_channels(channels: Sequence[int], stages: int) -> list[int]:
 class ConvTrunk(nn.Module):
     """Images ``x (..., H*W)`` -> features ``(..., width)``: 3x3 convolutions of stride 2 with
     ReLU (``channels[i]`` at stage i) until the maps are at most 4x4, then fully connected
-    layers ``hidden`` with ReLU. ``width`` is ``hidden[-1]``, or the flattened maps' size."""
+    layers ``hidden`` with ReLU. ``width`` is ``hidden[-1]``, or the flattened maps' size.
+    ``precision`` names what the layers compute in (:data:`PRECISIONS`); the features come in
+    ``x``'s dtype."""
 
     def __init__(
         self,
         image_shape: tuple[int, int],
         hidden: Sequence[int],
         channels: Sequence[int] = CONV_CHANNELS,
+        precision: str = "float32",
     ):
         super().__init__()
+        self.autocast_dtype = compute_dtype(precision)
         self.image_shape = tuple(image_shape)
         sizes = conv_sizes(self.image_shape)
         stages = [1, *_stage_channels(channels, len(sizes) - 1)]
@@ -159,10 +183,12 @@ class ConvTrunk(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
-        h = x.reshape(-1, 1, *self.image_shape)
-        for conv in self.convs:
-            h = F.relu(conv(h))
-        return self.dense(h.flatten(1)).reshape(*lead, self.width)
+        with autocast(self.autocast_dtype, x.device):
+            h = x.reshape(-1, 1, *self.image_shape)
+            for conv in self.convs:
+                h = F.relu(conv(h))
+            h = self.dense(h.flatten(1))
+        return h.to(x.dtype).reshape(*lead, self.width)
 
 
 class ConvEncoder(Encoder):
@@ -175,9 +201,10 @@ class ConvEncoder(Encoder):
         latent_dim: int,
         n_clusters: int = 0,
         channels: Sequence[int] = CONV_CHANNELS,
+        precision: str = "float32",
     ):
         nn.Module.__init__(self)
-        trunk = ConvTrunk(image_shape, hidden, channels)
+        trunk = ConvTrunk(image_shape, hidden, channels, precision)
         self._heads(trunk, trunk.width, latent_dim, n_clusters)
 
 
@@ -190,9 +217,10 @@ class ConvClusterEncoder(nn.Module):
         hidden: Sequence[int],
         n_clusters: int,
         channels: Sequence[int] = CONV_CHANNELS,
+        precision: str = "float32",
     ):
         super().__init__()
-        trunk = ConvTrunk(image_shape, hidden, channels)
+        trunk = ConvTrunk(image_shape, hidden, channels, precision)
         self.net = nn.Sequential(trunk, nn.Linear(trunk.width, n_clusters))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -210,7 +238,7 @@ class ConvDecoder(nn.Module):
     Transposed convolutions, not a nearest-neighbour upsampling followed by a convolution: on a
     CPU the upsampling's copies and the convolutions at the larger size made the decoder's
     forward and backward pass about 5 times slower (126 against 24 ms for 256 MNIST images, one
-    thread; benchmarks/RESULTS.md)."""
+    thread; benchmarks/RESULTS.md). ``precision`` as :class:`ConvTrunk`'s."""
 
     def __init__(
         self,
@@ -219,8 +247,10 @@ class ConvDecoder(nn.Module):
         image_shape: tuple[int, int],
         outputs_per_pixel: int = 1,
         channels: Sequence[int] = CONV_CHANNELS,
+        precision: str = "float32",
     ):
         super().__init__()
+        self.autocast_dtype = compute_dtype(precision)
         self.sizes = conv_sizes(tuple(image_shape))
         stages = [outputs_per_pixel, *_stage_channels(channels, len(self.sizes) - 1)]
         self.smallest = (stages[-1], *self.sizes[-1])
@@ -235,9 +265,10 @@ class ConvDecoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         lead = z.shape[:-1]
-        h = self.dense(z.reshape(-1, z.shape[-1])).view(-1, *self.smallest)
-        for i, conv in enumerate(self.convs):
-            h = conv(h, output_size=self.sizes[-2 - i])
-            if i < len(self.convs) - 1:
-                h = F.relu(h)
-        return h.reshape(*lead, self.n_outputs)
+        with autocast(self.autocast_dtype, z.device):
+            h = self.dense(z.reshape(-1, z.shape[-1])).view(-1, *self.smallest)
+            for i, conv in enumerate(self.convs):
+                h = conv(h, output_size=self.sizes[-2 - i])
+                if i < len(self.convs) - 1:
+                    h = F.relu(h)
+        return h.to(z.dtype).reshape(*lead, self.n_outputs)

@@ -101,7 +101,9 @@ def test_defaults_are_the_librarys():
     params = GMVAEClustering().get_params()
     model, train = ModelConfig(), TrainConfig()
     assert params["n_clusters"] == model.clusters
-    for name in ("latent_dim", "hidden", "network", "guide", "learn_weights", "image_shape"):
+    for name in ("latent_dim", "hidden", "network", "precision", "guide", "learn_weights"):
+        assert params[name] == getattr(model, name), name
+    for name in ("image_shape",):
         assert params[name] == getattr(model, name), name
     for name in ("epochs", "pretrain_epochs", "anchor_epochs", "batch_size", "lr", "init"):
         assert params[name] == getattr(train, name), name
@@ -419,3 +421,16 @@ def test_conv_networks_read_the_rows_as_images():
     assert est.predict(x).shape == (40,)
     with pytest.raises(ValueError, match="network='conv'.*image_shape"):
         GMVAEClustering(n_clusters=3, network="conv", **TINY).fit(x)
+
+
+def test_bfloat16_is_for_images():
+    """``precision="bfloat16"`` trains the conv networks under autocast; a table's fully
+    connected networks would ignore it, so the estimator names the fix before any training."""
+    from sklearn.datasets import load_digits
+
+    x = load_digits().data[:40] / 16.0
+    est = GMVAEClustering(n_clusters=3, image_shape=(8, 8), precision="bfloat16", **TINY).fit(x)
+    assert est.model_.decoder.autocast_dtype is torch.bfloat16
+    assert est.predict(x).shape == (40,)
+    with pytest.raises(ValueError, match="precision='bfloat16'.*image_shape"):
+        GMVAEClustering(n_clusters=3, precision="bfloat16", **TINY).fit(x)

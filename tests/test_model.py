@@ -367,6 +367,31 @@ def test_conv_networks_on_a_table_name_the_fix():
         GMVAE(ModelConfig(clusters=K, n_features=D, network="cnn"))
 
 
+def test_bfloat16_is_for_the_convolutional_networks():
+    """``--precision bfloat16`` reaches each conv network (and a saved model keeps it); on a
+    table's fully connected networks, which would compute in float32 anyway, it names the fix."""
+    images = GMVAE(
+        ModelConfig(clusters=K, n_features=64, image_shape=CONV_SHAPE, precision="bfloat16")
+    )
+    networks = [images.encoder.trunk, images.decoder, images.cluster_encoder.net[0]]
+    assert [n.autocast_dtype for n in networks] == [torch.bfloat16] * 3
+    with pytest.raises(ConfigError, match="--precision bfloat16 applies to the convolutional"):
+        GMVAE(ModelConfig(clusters=K, n_features=D, precision="bfloat16"))
+    with pytest.raises(ConfigError, match="--precision must be one of float32, bfloat16"):
+        GMVAE(ModelConfig(clusters=K, n_features=64, image_shape=CONV_SHAPE, precision="half"))
+
+
+def test_a_bfloat16_model_loads_in_bfloat16(tmp_path):
+    model = GMVAE(
+        ModelConfig(clusters=K, n_features=64, image_shape=CONV_SHAPE, precision="bfloat16")
+    )
+    model.save(tmp_path / "m")
+    loaded = GMVAE.load(tmp_path / "m")
+    assert loaded.decoder.autocast_dtype is torch.bfloat16
+    x = tiny_data("bernoulli", "conv").float().numpy()
+    np.testing.assert_array_equal(loaded.predict_proba(x), model.predict_proba(x))
+
+
 class CountingDecoder(Decoder):
     def __init__(self, *args):
         super().__init__(*args)
