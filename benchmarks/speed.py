@@ -20,7 +20,8 @@ Three measurements, printed as tables (``python benchmarks/speed.py --help`` for
 Targets (from the issue) are printed as PASS/FAIL, never asserted. ``--profile N`` instead
 profiles N Pyro steps with cProfile and prints where the time goes; ``--layouts`` instead times
 pretraining and SVI steps with the convolutions' weights in the library's layout against the
-default (contiguous) layout, interleaved in one process.
+default (contiguous) layout, interleaved in one process, and ``--precisions`` the same steps with
+the networks in bfloat16 (``--precision bfloat16``) against float32.
 """
 
 from __future__ import annotations
@@ -840,30 +841,52 @@ def profile_steps(args: argparse.Namespace, x: np.ndarray, image_shape) -> None:
             stats.sort_stats("cumulative").print_stats(12)
 
 
-def run_layouts(args: argparse.Namespace, x: np.ndarray, image_shape) -> list[dict[str, Any]]:
-    """``--layouts``: one pretraining step and one SVI step (``Trainer.step`` on each phase's
-    loss) with the convolutions' weights in the library's layout (``networks.CONV_LAYOUT``)
-    against the same weights in PyTorch's default (contiguous) layout: two models built from
-    one seed, the same batch, interleaved round-robin in one process. Prints the medians, their
-    ratio and the relative difference of the two losses before each phase's steps: nil before
-    the first step, then what the earlier steps' round-off carried on (the arithmetic is the
-    same; the order of float additions is not)."""
+#: ``--layouts`` and ``--precisions``: the two models each times, by name, and the title of its
+#: table. The first is the one the flag is about, the second what it is measured against.
+PAIRS = {
+    "layouts": (
+        ("library", "contiguous"),
+        f"Layout of the convolutions: {CONV_LAYOUT} against contiguous",
+    ),
+    "precisions": (
+        ("bfloat16", "float32"),
+        "Precision of the convolutional networks: bfloat16 against float32",
+    ),
+}
+
+
+def pair_models(compare: str, model_cfg: ModelConfig, seed: int) -> dict[str, GMVAE]:
+    """The two models of a ``PAIRS`` comparison, built from one seed, so with the same weights:
+    the library's layout of the convolutions and the same weights contiguous, or the networks
+    under bfloat16 autocast and the same networks in float32 (``--precision``)."""
+    if compare == "layouts":
+        contiguous = build_model(model_cfg, seed).to(memory_format=torch.contiguous_format)
+        return {"library": build_model(model_cfg, seed), "contiguous": contiguous}
+    bf16 = dataclasses.replace(model_cfg, precision="bfloat16")
+    return {"bfloat16": build_model(bf16, seed), "float32": build_model(model_cfg, seed)}
+
+
+def run_pair(
+    args: argparse.Namespace, x: np.ndarray, image_shape, compare: str
+) -> list[dict[str, Any]]:
+    """``--layouts`` or ``--precisions``: one pretraining step and one SVI step
+    (``Trainer.step`` on each phase's loss) of two models of :func:`pair_models`, built from
+    one seed, on the same batch, interleaved round-robin in one process. Prints the medians,
+    their ratio and the relative difference of the two losses before each phase's steps: for
+    the layouts nil before the first step, then what the earlier steps' round-off carried on
+    (the arithmetic is the same; the order of float additions is not); for the precisions the
+    bfloat16 products' round-off as well."""
+    (first, second), title = PAIRS[compare]
     print(
-        f"\n## Layout of the convolutions: {CONV_LAYOUT} against contiguous, ms a step "
+        f"\n## {title}, ms a step "
         f"(median of {args.repeats}, after {args.warmup} warm-up; {args.threads} threads)"
     )
-    print(
-        f"{'guide':<11}{'batch':>6}  {'phase':<9}{'library':>9}{'contiguous':>11}{'ratio':>7}  loss diff"
-    )
+    print(f"{'guide':<11}{'batch':>6}  {'phase':<9}{first:>11}{second:>11}{'ratio':>7}  loss diff")
     rows = []
     for guide in args.guides:
-        model_cfg = model_config(args, guide, args.step_clusters, image_shape)
-        models = {
-            "library": build_model(model_cfg, args.seed),
-            "contiguous": build_model(model_cfg, args.seed).to(
-                memory_format=torch.contiguous_format
-            ),
-        }
+        models = pair_models(
+            compare, model_config(args, guide, args.step_clusters, image_shape), args.seed
+        )
         for batch in args.step_batches:
             train_cfg = train_config(args, batch)
             rows_batch = None
@@ -874,30 +897,30 @@ def run_layouts(args: argparse.Namespace, x: np.ndarray, image_shape) -> list[di
                     for name, model in models.items()
                 }
                 if rows_batch is None:  # one batch, its moved views too, for every row
-                    rows_batch = runners["library"].trainer.minibatch(torch.arange(batch))
+                    rows_batch = runners[first].trainer.minibatch(torch.arange(batch))
                 # Before this phase's steps, the same draws of z for both.
                 pyro.set_rng_seed(args.seed)
-                a = float(runners["library"].loss(rows_batch))
+                a = float(runners[first].loss(rows_batch))
                 pyro.set_rng_seed(args.seed)
-                b = float(runners["contiguous"].loss(rows_batch))
+                b = float(runners[second].loss(rows_batch))
                 times = time_steps(runners, rows_batch, args.repeats, args.warmup)
                 for name, result in times.items():
                     if "error" in result:
-                        sys.exit(f"--layouts, {name} layout, {phase.name}: {result['error']}")
+                        sys.exit(f"--{compare}, {name}, {phase.name}: {result['error']}")
                 median = {name: result["step"] for name, result in times.items()}
                 row = {
                     "guide": guide,
                     "batch": batch,
                     "phase": phase.name,
-                    "library_s": median["library"],
-                    "contiguous_s": median["contiguous"],
-                    "ratio": median["library"] / median["contiguous"],
+                    f"{first}_s": median[first],
+                    f"{second}_s": median[second],
+                    "ratio": median[first] / median[second],
                     "loss_relative_difference": abs(a - b) / max(abs(b), 1e-12),
                 }
                 rows.append(row)
                 print(
-                    f"{guide:<11}{batch:>6}  {phase.name:<9}{row['library_s'] * 1e3:>9.1f}"
-                    f"{row['contiguous_s'] * 1e3:>11.1f}{row['ratio']:>7.2f}  "
+                    f"{guide:<11}{batch:>6}  {phase.name:<9}{median[first] * 1e3:>11.1f}"
+                    f"{median[second] * 1e3:>11.1f}{row['ratio']:>7.2f}  "
                     f"{row['loss_relative_difference']:.0e}"
                 )
     return rows
@@ -979,6 +1002,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="only time pretraining and SVI steps with the convolutions' layout against contiguous",
     )
+    p.add_argument(
+        "--precisions",
+        action="store_true",
+        help="only time pretraining and SVI steps with the networks in bfloat16 against float32",
+    )
     p.add_argument("--json", type=Path, help="also write all results to this JSON file")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -1028,13 +1056,15 @@ def main(argv: list[str] | None = None) -> None:
             warnings.simplefilter("ignore")
             profile_steps(args, x, image_shape)
         return
-    if args.layouts:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            rows = run_layouts(args, x, image_shape)
-        if args.json is not None:
-            args.json.write_text(json.dumps({"machine": machine, "layouts": rows}, indent=1) + "\n")
-        return
+    for compare in PAIRS:
+        if getattr(args, compare):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                rows = run_pair(args, x, image_shape, compare)
+            if args.json is not None:
+                record = {"machine": machine, compare: rows}
+                args.json.write_text(json.dumps(record, indent=1) + "\n")
+            return
 
     steps: list[dict[str, Any]] = []
     if not args.skip_steps:

@@ -179,6 +179,21 @@ def test_layouts_time_the_same_weights_in_two_layouts(mnist8k_path, tmp_path, mo
         assert row["loss_relative_difference"] < 1e-3
 
 
+def test_precisions_time_the_same_weights_in_two_precisions(mnist8k_path, tmp_path, monkeypatch):
+    """``--precisions``: the same rows as ``--layouts``, the networks in bfloat16 against
+    float32; the losses before any step differ by bfloat16's round-off, not more."""
+    result = tmp_path / "precisions.json"
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
+    speed.main([*MICRO, "--precisions", "--guides", "enumerated", "--json", str(result)])
+    rows = json.loads(result.read_text())["precisions"]
+    assert [(r["batch"], r["phase"]) for r in rows] == [
+        (b, phase) for b in (8, 16) for phase in ("pretrain", "svi")
+    ]
+    assert 0 < rows[0]["loss_relative_difference"] < 1e-2
+    for row in rows:
+        assert row["bfloat16_s"] > 0 and row["float32_s"] > 0
+
+
 def test_epoch_worker_hand_and_pyro_train_alike(mnist8k_path):
     """One tiny epoch measured as the grid's subprocesses do (here in this process). With the
     same seed the hand-written loss, put in the trainer's place, follows Pyro's trajectory."""
