@@ -191,7 +191,7 @@ class ModelConfig:
     precision: str = _help(
         "float32, or bfloat16: the convolutional networks (--network conv) multiply in bfloat16 "
         "(torch.autocast) and return float32; faster on CPUs with bfloat16 instructions "
-        "(AVX-512 BF16, AMX) and on GPUs that have them, slower on CPUs without",
+        "(AVX-512 BF16, AMX) and on GPUs that have them; it may be slower on CPUs without",
         default="float32",
     )
     learn_weights: bool = _help(

@@ -120,12 +120,12 @@ CONV_LAYOUT = torch.channels_last
 
 #: What the convolutional networks compute in (``--precision``), by name: None is float32 (no
 #: autocast). ``bfloat16`` runs :class:`ConvTrunk` and :class:`ConvDecoder` under
-#: ``torch.autocast``: their convolutions and fully connected layers multiply in bfloat16 and
-#: add up in float32; what they return is in their input's dtype (float32), so the heads, the
-#: prior, the likelihoods and every sum over pixels stay float32. On the 2-core box (AVX-512
-#: BF16) a step took 8-10% less time in pretraining and 0-8% less in SVI (``speed.py
-#: --precisions``), and eight mnist8k seeds clustered within noise of float32's (benchmarks/
-#: RESULTS.md); a CPU without bfloat16 instructions emulates them, slower.
+#: ``torch.autocast``: their convolutions and fully connected layers compute in bfloat16 (each
+#: product summed in float32, then rounded); what they return is in their input's dtype, so
+#: the heads, the prior, the likelihoods and every sum over pixels stay float32. On the 2-core
+#: box (AVX-512 BF16) a step took 8-10% less time in pretraining and 0-8% less in SVI
+#: (``speed.py --precisions``), and eight mnist8k seeds clustered within noise of float32's
+#: (benchmarks/RESULTS.md). A CPU without bfloat16 instructions may be slower (not measured).
 PRECISIONS: dict[str, torch.dtype | None] = {"float32": None, "bfloat16": torch.bfloat16}
 
 
